@@ -1,0 +1,7 @@
+//! The agent domain: what an agent is ([`snapshot`]), how its OpAMP messages change it
+//! ([`merge`]), and how wire values read as JSON ([`convert`], [`capabilities`]).
+
+pub mod capabilities;
+pub mod convert;
+pub mod merge;
+pub mod snapshot;

@@ -1,0 +1,390 @@
+//! One ingest worker: owns the agents of its partitions, applies their messages in order,
+//! writes each round of changes in one transaction, and answers only after the commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ampora_shared::bus::Bus;
+use ampora_shared::pb::bus::{
+    agent_envelope::Event, AgentEnvelope, GatewayDelivery, Transport as WireTransport,
+};
+use ampora_shared::pb::opamp::{
+    server_error_response::Details, AgentIdentification, AgentToServer, AgentToServerFlags,
+    RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
+};
+use ampora_shared::uid;
+use bytes::Bytes;
+use prost::Message;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::agents::capabilities::SERVER_CAPABILITIES;
+use crate::agents::merge::{apply_connection_closed, apply_message, new_record, Origin};
+use crate::agents::snapshot::{AgentRecord, AgentStatus, Transport};
+use crate::config::ControlPlaneConfig;
+use crate::storage::{NewEvent, SeenUpdate, Store, WriteBatch};
+
+pub enum WorkItem {
+    Envelope(Uuid, AgentEnvelope),
+    /// The sweeper marked this agent offline in storage for silence since `cutoff`.
+    MarkedOffline {
+        uid: Uuid,
+        cutoff: OffsetDateTime,
+    },
+}
+
+pub struct Worker {
+    index: usize,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    config: ControlPlaneConfig,
+    /// Online agents this worker owns, as last committed (or about to be).
+    cache: HashMap<Uuid, AgentRecord>,
+    /// Heartbeat-only liveness not yet written.
+    pending_seen: HashMap<Uuid, SeenUpdate>,
+}
+
+/// What one round of messages produces.
+#[derive(Default)]
+struct Round {
+    agents: HashMap<Uuid, AgentRecord>,
+    events: Vec<NewEvent>,
+    replies: Vec<Reply>,
+}
+
+struct Reply {
+    gateway_id: String,
+    connection_id: u64,
+    message: ServerToAgent,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        config: ControlPlaneConfig,
+    ) -> Self {
+        Self {
+            index,
+            store,
+            bus,
+            config,
+            cache: HashMap::new(),
+            pending_seen: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut receiver: mpsc::Receiver<WorkItem>) {
+        let mut flush = tokio::time::interval(self.config.seen_flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                item = receiver.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                _ = flush.tick() => {
+                    self.flush_seen().await;
+                    continue;
+                }
+            };
+            let mut round = Round::default();
+            self.handle(first, &mut round).await;
+            let mut applied = 1;
+            while applied < self.config.batch_max {
+                match receiver.try_recv() {
+                    Ok(item) => self.handle(item, &mut round).await,
+                    Err(_) => break,
+                }
+                applied += 1;
+            }
+            metrics::histogram!("ampora_control_plane_round_messages").record(applied as f64);
+            self.commit(round).await;
+            if self.pending_seen.len() >= self.config.batch_max {
+                self.flush_seen().await;
+            }
+            metrics::gauge!("ampora_control_plane_cached_agents", "worker" => self.index.to_string())
+                .set(self.cache.len() as f64);
+        }
+        self.flush_seen().await;
+    }
+
+    async fn handle(&mut self, item: WorkItem, round: &mut Round) {
+        match item {
+            WorkItem::Envelope(uid, envelope) => self.handle_envelope(uid, envelope, round).await,
+            WorkItem::MarkedOffline { uid, cutoff } => {
+                let Some(record) = self.cache.remove(&uid) else {
+                    return;
+                };
+                if record.head.last_seen >= cutoff {
+                    // Seen after the cutoff but not yet flushed: it is alive, undo the sweep.
+                    round.events.push(event(
+                        uid,
+                        record.head.last_seen,
+                        "connected",
+                        serde_json::json!({"reason": "seen after heartbeat timeout"}),
+                    ));
+                    round.agents.insert(uid, record.clone());
+                    self.cache.insert(uid, record);
+                }
+            }
+        }
+    }
+
+    async fn handle_envelope(&mut self, uid: Uuid, envelope: AgentEnvelope, round: &mut Round) {
+        let origin = Origin {
+            gateway_id: envelope.gateway_id.clone(),
+            connection_id: envelope.connection_id,
+            transport: match WireTransport::try_from(envelope.transport) {
+                Ok(WireTransport::Http) => Transport::Http,
+                _ => Transport::Websocket,
+            },
+            remote_addr: envelope.remote_addr.clone(),
+            received_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+                envelope.received_unix_nano,
+            ))
+            .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        };
+        let reply_to = |message| Reply {
+            gateway_id: envelope.gateway_id.clone(),
+            connection_id: envelope.connection_id,
+            message,
+        };
+        match envelope.event {
+            Some(Event::AgentToServer(payload)) => {
+                let message = match AgentToServer::decode(payload) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        round.replies.push(reply_to(error_message(
+                            uid,
+                            ServerErrorResponseType::BadRequest,
+                            &format!("undecodable AgentToServer: {error}"),
+                            None,
+                        )));
+                        return;
+                    }
+                };
+                let reply = self.apply(uid, &message, &origin, round).await;
+                if let Some(reply) = reply {
+                    round.replies.push(reply_to(reply));
+                }
+            }
+            Some(Event::ConnectionClosed(closed)) => {
+                let Ok(Some(mut record)) = self.cached_or_stored(uid).await else {
+                    return;
+                };
+                if let Some(payload) = apply_connection_closed(
+                    &mut record,
+                    &envelope.gateway_id,
+                    envelope.connection_id,
+                    &closed.reason,
+                ) {
+                    tracing::info!(instance_uid = %uid, reason = %closed.reason, "agent offline: connection closed");
+                    round
+                        .events
+                        .push(event(uid, origin.received_at, "disconnected", payload));
+                    round.agents.insert(uid, record.clone());
+                    self.pending_seen.remove(&uid);
+                }
+                self.keep_if_online(uid, record);
+            }
+            None => tracing::warn!(instance_uid = %uid, "envelope without an event"),
+        }
+    }
+
+    /// Applies one message; returns the reply the agent should get, if any.
+    async fn apply(
+        &mut self,
+        uid: Uuid,
+        message: &AgentToServer,
+        origin: &Origin,
+        round: &mut Round,
+    ) -> Option<ServerToAgent> {
+        let requested_uid = message.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
+        // An agent asking for a uid becomes the new uid right away: nothing is kept under the old one.
+        let (target, stored) = if requested_uid {
+            (uid::new_instance_uid(), Ok(None))
+        } else {
+            (uid, self.cached_or_stored(uid).await)
+        };
+        let (mut record, known) = match stored {
+            Ok(Some(record)) => (record, true),
+            Ok(None) => (new_record(target, origin), false),
+            Err(error) => {
+                tracing::warn!(instance_uid = %uid, %error, "cannot load agent");
+                return Some(error_message(
+                    uid,
+                    ServerErrorResponseType::Unavailable,
+                    "state storage unavailable",
+                    Some(self.config.retry_after),
+                ));
+            }
+        };
+        let outcome = apply_message(&mut record, known, message, origin);
+        metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => if outcome.snapshot_changed { "change" } else { "heartbeat" }).increment(1);
+        for (kind, payload) in &outcome.events {
+            round
+                .events
+                .push(event(target, origin.received_at, kind, payload.clone()));
+        }
+        if outcome.snapshot_changed {
+            self.pending_seen.remove(&target);
+            round.agents.insert(target, record.clone());
+        } else {
+            self.pending_seen.insert(
+                target,
+                SeenUpdate {
+                    instance_uid: target,
+                    last_seen: record.head.last_seen,
+                    sequence_num: record.head.sequence_num,
+                },
+            );
+        }
+        let answer = origin.transport == Transport::Http
+            || outcome.new_connection
+            || outcome.flags() != 0
+            || requested_uid;
+        if requested_uid {
+            tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
+        } else {
+            self.keep_if_online(target, record);
+        }
+        answer.then(|| ServerToAgent {
+            instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+            flags: outcome.flags(),
+            capabilities: SERVER_CAPABILITIES,
+            agent_identification: requested_uid.then(|| AgentIdentification {
+                new_instance_uid: Bytes::copy_from_slice(target.as_bytes()),
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn cached_or_stored(&mut self, uid: Uuid) -> crate::storage::Result<Option<AgentRecord>> {
+        match self.cache.remove(&uid) {
+            Some(record) => Ok(Some(record)),
+            None => self.store.get_agent(uid).await,
+        }
+    }
+
+    /// Offline agents leave the cache, which so holds about the online fleet this worker owns.
+    fn keep_if_online(&mut self, uid: Uuid, record: AgentRecord) {
+        if record.head.status == AgentStatus::Online {
+            self.cache.insert(uid, record);
+        }
+    }
+
+    async fn commit(&mut self, round: Round) {
+        let Round {
+            agents,
+            events,
+            mut replies,
+        } = round;
+        let touched: Vec<Uuid> = agents.keys().copied().collect();
+        let batch = WriteBatch {
+            agents: agents.into_values().collect(),
+            events,
+            seen: Vec::new(),
+        };
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let result = self.store.write(&batch).await;
+            metrics::histogram!("ampora_control_plane_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if let Err(error) = result {
+                metrics::counter!("ampora_control_plane_commit_errors_total").increment(1);
+                tracing::warn!(%error, agents = touched.len(), "commit failed; agents will re-sync");
+                // Forget what was not stored: the next message reloads, sees a sequence gap and
+                // asks the agent for its full state.
+                for uid in &touched {
+                    self.cache.remove(uid);
+                }
+                for reply in &mut replies {
+                    let uid = uid::from_wire(&reply.message.instance_uid).unwrap_or_default();
+                    reply.message = error_message(
+                        uid,
+                        ServerErrorResponseType::Unavailable,
+                        "state storage unavailable",
+                        Some(self.config.retry_after),
+                    );
+                }
+            }
+        }
+        for reply in replies {
+            self.send(reply).await;
+        }
+    }
+
+    async fn flush_seen(&mut self) {
+        if self.pending_seen.is_empty() {
+            return;
+        }
+        let seen: Vec<SeenUpdate> = self.pending_seen.drain().map(|(_, seen)| seen).collect();
+        let batch = WriteBatch {
+            seen,
+            ..WriteBatch::default()
+        };
+        if let Err(error) = self.store.write(&batch).await {
+            tracing::warn!(%error, agents = batch.seen.len(), "liveness flush failed; will retry");
+            for seen in batch.seen {
+                self.pending_seen.entry(seen.instance_uid).or_insert(seen);
+            }
+        }
+    }
+
+    async fn send(&self, reply: Reply) {
+        let delivery = GatewayDelivery {
+            instance_uid: reply.message.instance_uid.clone(),
+            connection_id: reply.connection_id,
+            server_to_agent: reply.message.encode_to_vec().into(),
+            close_after: false,
+        };
+        let subject = self.config.subjects.gateway(&reply.gateway_id);
+        if let Err(error) = self
+            .bus
+            .publish(&subject, delivery.encode_to_vec().into())
+            .await
+        {
+            metrics::counter!("ampora_control_plane_reply_errors_total").increment(1);
+            tracing::warn!(%error, gateway_id = %reply.gateway_id, "cannot deliver reply");
+        }
+    }
+}
+
+fn event(
+    instance_uid: Uuid,
+    at: OffsetDateTime,
+    kind: &str,
+    payload: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        instance_uid,
+        at,
+        kind: kind.to_owned(),
+        payload,
+    }
+}
+
+fn error_message(
+    uid: Uuid,
+    kind: ServerErrorResponseType,
+    text: &str,
+    retry_after: Option<std::time::Duration>,
+) -> ServerToAgent {
+    ServerToAgent {
+        instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+        error_response: Some(ServerErrorResponse {
+            r#type: kind as i32,
+            error_message: text.to_owned(),
+            details: retry_after.map(|after| {
+                Details::RetryInfo(RetryInfo {
+                    retry_after_nanoseconds: after.as_nanos().min(u128::from(u64::MAX)) as u64,
+                })
+            }),
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,62 @@
+//! Ampora's control-plane: owns what is known about every agent.
+//!
+//! # Layout
+//! - [`agents`]: the domain — the snapshot types, capability names, and [`agents::merge`], which
+//!   applies one OpAMP message to an agent (state compression, sequence gaps, history events).
+//! - [`ingest`]: bus consumer → partition workers (one writer per agent) → batched commits →
+//!   replies to the gateway holding the agent; plus the heartbeat-timeout sweeper.
+//! - [`storage`]: the [`storage::Store`] trait and its PostgreSQL and SQLite implementations.
+//! - [`api`]: the operator REST API and health endpoints (axum).
+//! - [`config`]: settings and defaults.
+
+pub mod agents;
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ampora_shared::bus::Bus;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::ControlPlaneConfig;
+use ingest::Readiness;
+use storage::Store;
+
+/// Runs ingest and the HTTP API on `listener` until `shutdown` resolves, then drains both.
+/// `readiness` turns true once agent traffic is being consumed.
+pub async fn run(
+    listener: TcpListener,
+    config: ControlPlaneConfig,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let ingest = tokio::spawn(ingest::run(
+        bus,
+        store.clone(),
+        config,
+        readiness.clone(),
+        cancel.clone(),
+    ));
+    let router = api::app(api::ApiState { store, readiness });
+    let serve_cancel = cancel.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = serve_cancel.cancelled() => {}
+        }
+    });
+    let served = server.await;
+    cancel.cancel();
+    ingest.await??;
+    served?;
+    Ok(())
+}

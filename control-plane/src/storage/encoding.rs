@@ -1,0 +1,135 @@
+//! How snapshots and events become columns: JSON, gzip'd above a threshold; times as Unix
+//! microseconds and u64 counters as i64 bit patterns, the same on both backends.
+
+use ampora_shared::codec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Result, StoreError};
+use crate::agents::snapshot::Attributes;
+
+pub const JSON: &str = "json";
+pub const GZIP_JSON: &str = "gzip+json";
+/// Stored payloads never inflate past this, however they were written.
+const MAX_INFLATED: usize = 256 << 20;
+
+pub fn encode<T: Serialize>(value: &T, gzip_threshold: usize) -> (Vec<u8>, &'static str) {
+    let json = serde_json::to_vec(value).expect("snapshot types serialize");
+    if json.len() > gzip_threshold {
+        (codec::gzip(&json), GZIP_JSON)
+    } else {
+        (json, JSON)
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], encoding: &str) -> Result<T> {
+    let json = match encoding {
+        JSON => std::borrow::Cow::Borrowed(bytes),
+        GZIP_JSON => std::borrow::Cow::Owned(
+            codec::gunzip_bounded(bytes, MAX_INFLATED)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown payload encoding {other:?}"
+            )))
+        }
+    };
+    serde_json::from_slice(&json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+pub fn from_micros(micros: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {micros}: {e}")))
+}
+
+pub fn uid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("instance uid {text:?}: {e}")))
+}
+
+/// The text an `attr=key=value` filter compares with: strings as they are, anything else as JSON.
+pub fn attribute_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Every (key, value) pair of both attribute maps, without duplicates.
+pub fn attribute_rows(
+    identifying: &Attributes,
+    non_identifying: &Attributes,
+) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = identifying
+        .iter()
+        .chain(non_identifying)
+        .map(|(key, value)| (key.clone(), attribute_text(value)))
+        .collect();
+    rows.sort();
+    rows.dedup();
+    rows
+}
+
+pub fn unavailable(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(error.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_payloads_stay_plain_and_large_ones_are_gzipped() {
+        let small = serde_json::json!({"a": 1});
+        let (bytes, encoding) = encode(&small, 100);
+        assert_eq!(encoding, JSON);
+        assert_eq!(
+            decode::<serde_json::Value>(&bytes, encoding).unwrap(),
+            small
+        );
+        let large = serde_json::json!({"body": "x".repeat(10_000)});
+        let (bytes, encoding) = encode(&large, 100);
+        assert_eq!(encoding, GZIP_JSON);
+        assert!(bytes.len() < 1_000);
+        assert_eq!(
+            decode::<serde_json::Value>(&bytes, encoding).unwrap(),
+            large
+        );
+        assert!(decode::<serde_json::Value>(b"{}", "zstd").is_err());
+    }
+
+    #[test]
+    fn times_round_trip_at_microsecond_precision() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap();
+        assert_eq!(from_micros(micros(at)).unwrap(), at);
+    }
+
+    #[test]
+    fn attribute_rows_are_text_and_unique() {
+        let mut identifying = Attributes::new();
+        identifying.insert("service.name".into(), serde_json::json!("a"));
+        identifying.insert("n".into(), serde_json::json!(3));
+        let mut non_identifying = Attributes::new();
+        non_identifying.insert("service.name".into(), serde_json::json!("a"));
+        non_identifying.insert("ok".into(), serde_json::json!(true));
+        assert_eq!(
+            attribute_rows(&identifying, &non_identifying),
+            [
+                ("n".into(), "3".into()),
+                ("ok".into(), "true".into()),
+                ("service.name".into(), "a".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Persistence: one [`Store`] trait, implemented for PostgreSQL and SQLite with sqlx.
+//!
+//! Queries are checked at run time (`sqlx::query`, not the `query!` macros) so that building
+//! needs no database and no committed offline query data; the shared suite in `tests/storage.rs`
+//! runs every query on both backends instead.
+
+mod encoding;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
+
+/// A change in an agent's history: one row per change, newest read first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentEvent {
+    /// Increases with insertion order; used as the page token.
+    pub id: i64,
+    pub instance_uid: Uuid,
+    pub at: OffsetDateTime,
+    /// What changed, e.g. `connected`, `description`, `health`, `effective_config`.
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub instance_uid: Uuid,
+    pub at: OffsetDateTime,
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+/// A heartbeat's worth of news: the agent is alive and at this sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeenUpdate {
+    pub instance_uid: Uuid,
+    pub last_seen: OffsetDateTime,
+    pub sequence_num: u64,
+}
+
+/// Everything one ingest round writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// Full snapshots to insert or replace.
+    pub agents: Vec<AgentRecord>,
+    pub events: Vec<NewEvent>,
+    /// Liveness of agents whose snapshot did not change.
+    pub seen: Vec<SeenUpdate>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty() && self.events.is_empty() && self.seen.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AgentQuery {
+    pub status: Option<AgentStatus>,
+    /// Every pair must match an identifying or non-identifying attribute (string form of value).
+    pub attributes: Vec<(String, String)>,
+    pub limit: u32,
+    /// Return agents whose uid sorts after this one (the page token).
+    pub after: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub limit: u32,
+    /// Return events with an id below this one (the page token).
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url {0:?}: expected postgres:// or sqlite:")]
+    UnsupportedUrl(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Details and event payloads above this many bytes are stored gzip'd.
+    pub gzip_threshold: usize,
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection (and, on SQLite, for the write lock).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            gzip_threshold: 4096,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Opens the database a URL names (`postgres://…`, `postgresql://…` or `sqlite:…`) and brings
+/// its schema up to date.
+pub async fn connect(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::connect(url, &options).await
+    } else if url.starts_with("sqlite:") {
+        sqlite::connect(url, &options).await
+    } else {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Err(StoreError::UnsupportedUrl(format!("{scheme}:…")))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>>;
+
+    /// Writes the whole batch in one transaction, or nothing.
+    async fn write(&self, batch: &WriteBatch) -> Result<()>;
+
+    /// Marks agents of `transport` still online but unseen since `cutoff` offline, records an
+    /// `offline` event for each (payload `{"reason": ...}`), and returns them. (WebSocket agents go
+    /// offline when their connection closes; polling HTTP agents only by this timeout.)
+    async fn mark_stale_offline(
+        &self,
+        transport: Transport,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>>;
+
+    /// Agents ordered by uid.
+    async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>>;
+
+    /// One agent's history, newest first.
+    async fn list_events(&self, uid: Uuid, query: &EventQuery) -> Result<Vec<AgentEvent>>;
+
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<()>;
+}

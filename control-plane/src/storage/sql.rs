@@ -1,0 +1,270 @@
+//! The one SQL implementation of [`Store`](super::Store), stamped out for each sqlx backend.
+//! Both dialects share every statement: `$N` placeholders, `ON CONFLICT … DO UPDATE`,
+//! `UPDATE … FROM (VALUES …)`, `RETURNING`.
+
+/// Rows per multi-row statement: well under PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+pub const AGENT_COLUMNS: &str =
+    "instance_uid, status, transport, gateway_id, connection_id, remote_addr, \
+     sequence_num, capabilities, first_seen, last_seen, summary";
+
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        use async_trait::async_trait;
+        use sqlx::{QueryBuilder, Row};
+        use time::OffsetDateTime;
+        use uuid::Uuid;
+
+        use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
+        use crate::storage::encoding::{self, unavailable};
+        use crate::storage::sql::{AGENT_COLUMNS, ROWS_PER_STATEMENT};
+        use crate::storage::{
+            AgentEvent, AgentQuery, EventQuery, NewEvent, Result, Store, StoreError, WriteBatch,
+        };
+
+        pub struct $store {
+            pool: sqlx::Pool<$db>,
+            gzip_threshold: usize,
+        }
+
+        fn head_from_row(row: &$row) -> Result<AgentHead> {
+            let text = |column: &str| row.try_get::<String, _>(column).map_err(unavailable);
+            let number = |column: &str| row.try_get::<i64, _>(column).map_err(unavailable);
+            let status = text("status")?;
+            let transport = text("transport")?;
+            Ok(AgentHead {
+                instance_uid: encoding::uid(&text("instance_uid")?)?,
+                status: AgentStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("agent status {status:?}")))?,
+                transport: Transport::parse(&transport)
+                    .ok_or_else(|| StoreError::Corrupt(format!("agent transport {transport:?}")))?,
+                gateway_id: text("gateway_id")?,
+                connection_id: number("connection_id")? as u64,
+                remote_addr: text("remote_addr")?,
+                sequence_num: number("sequence_num")? as u64,
+                capabilities: number("capabilities")? as u64,
+                first_seen: encoding::from_micros(number("first_seen")?)?,
+                last_seen: encoding::from_micros(number("last_seen")?)?,
+                summary: encoding::decode(text("summary")?.as_bytes(), encoding::JSON)?,
+            })
+        }
+
+        impl $store {
+            async fn insert_events(
+                &self,
+                connection: &mut <$db as sqlx::Database>::Connection,
+                events: &[NewEvent],
+            ) -> Result<()> {
+                for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                    let mut insert = QueryBuilder::<$db>::new(
+                        "INSERT INTO agent_events (instance_uid, at, kind, payload, payload_encoding) ",
+                    );
+                    insert.push_values(chunk, |mut row, event| {
+                        let (payload, payload_encoding) = encoding::encode(&event.payload, self.gzip_threshold);
+                        row.push_bind(event.instance_uid.to_string())
+                            .push_bind(encoding::micros(event.at))
+                            .push_bind(event.kind.clone())
+                            .push_bind(payload)
+                            .push_bind(payload_encoding);
+                    });
+                    insert.build().execute(&mut *connection).await.map_err(unavailable)?;
+                }
+                Ok(())
+            }
+
+            async fn upsert_agents(
+                &self,
+                connection: &mut <$db as sqlx::Database>::Connection,
+                agents: &[AgentRecord],
+            ) -> Result<()> {
+                for chunk in agents.chunks(ROWS_PER_STATEMENT) {
+                    let mut upsert = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) "
+                    ));
+                    upsert.push_values(chunk, |mut row, record| {
+                        let head = &record.head;
+                        let (details, details_encoding) = encoding::encode(&record.details, self.gzip_threshold);
+                        row.push_bind(head.instance_uid.to_string())
+                            .push_bind(head.status.as_str())
+                            .push_bind(head.transport.as_str())
+                            .push_bind(head.gateway_id.clone())
+                            .push_bind(head.connection_id as i64)
+                            .push_bind(head.remote_addr.clone())
+                            .push_bind(head.sequence_num as i64)
+                            .push_bind(head.capabilities as i64)
+                            .push_bind(encoding::micros(head.first_seen))
+                            .push_bind(encoding::micros(head.last_seen))
+                            .push_bind(serde_json::to_string(&head.summary).expect("summary serializes"))
+                            .push_bind(details)
+                            .push_bind(details_encoding);
+                    });
+                    upsert.push(
+                        " ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
+                         transport = excluded.transport, gateway_id = excluded.gateway_id, \
+                         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
+                         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
+                         last_seen = excluded.last_seen, summary = excluded.summary, \
+                         details = excluded.details, details_encoding = excluded.details_encoding",
+                    );
+                    upsert.build().execute(&mut *connection).await.map_err(unavailable)?;
+
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
+                    let mut uids = delete.separated(", ");
+                    for record in chunk {
+                        uids.push_bind(record.head.instance_uid.to_string());
+                    }
+                    delete.push(")");
+                    delete.build().execute(&mut *connection).await.map_err(unavailable)?;
+
+                    let rows: Vec<(String, String, String)> = chunk
+                        .iter()
+                        .flat_map(|record| {
+                            let uid = record.head.instance_uid.to_string();
+                            let summary = &record.head.summary;
+                            encoding::attribute_rows(&summary.identifying_attributes, &summary.non_identifying_attributes)
+                                .into_iter()
+                                .map(move |(key, value)| (uid.clone(), key, value))
+                        })
+                        .collect();
+                    for rows in rows.chunks(ROWS_PER_STATEMENT) {
+                        let mut insert = QueryBuilder::<$db>::new("INSERT INTO agent_attributes (instance_uid, key, value) ");
+                        insert.push_values(rows, |mut row, (uid, key, value)| {
+                            row.push_bind(uid.clone()).push_bind(key.clone()).push_bind(value.clone());
+                        });
+                        insert.build().execute(&mut *connection).await.map_err(unavailable)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid = $1"
+                ))
+                .bind(uid.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let Some(row) = row else { return Ok(None) };
+                let details: Vec<u8> = row.try_get("details").map_err(unavailable)?;
+                let details_encoding: String = row.try_get("details_encoding").map_err(unavailable)?;
+                Ok(Some(AgentRecord {
+                    head: head_from_row(&row)?,
+                    details: encoding::decode(&details, &details_encoding)?,
+                }))
+            }
+
+            async fn write(&self, batch: &WriteBatch) -> Result<()> {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                self.upsert_agents(&mut transaction, &batch.agents).await?;
+                self.insert_events(&mut transaction, &batch.events).await?;
+                for chunk in batch.seen.chunks(ROWS_PER_STATEMENT) {
+                    let mut update = QueryBuilder::<$db>::new("UPDATE agents SET last_seen = v.column2, sequence_num = v.column3 FROM (");
+                    update.push_values(chunk, |mut row, seen| {
+                        row.push_bind(seen.instance_uid.to_string())
+                            .push_bind(encoding::micros(seen.last_seen))
+                            .push_bind(seen.sequence_num as i64);
+                    });
+                    update.push(") AS v WHERE agents.instance_uid = v.column1");
+                    update.build().execute(&mut *transaction).await.map_err(unavailable)?;
+                }
+                transaction.commit().await.map_err(unavailable)
+            }
+
+            async fn mark_stale_offline(
+                &self,
+                transport: Transport,
+                cutoff: OffsetDateTime,
+                now: OffsetDateTime,
+                reason: &str,
+            ) -> Result<Vec<Uuid>> {
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                let rows = sqlx::query(
+                    "UPDATE agents SET status = 'offline' \
+                     WHERE transport = $1 AND status = 'online' AND last_seen < $2 RETURNING instance_uid",
+                )
+                .bind(transport.as_str())
+                .bind(encoding::micros(cutoff))
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+                let uids = rows
+                    .iter()
+                    .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
+                    .collect::<Result<Vec<Uuid>>>()?;
+                let events: Vec<NewEvent> = uids
+                    .iter()
+                    .map(|uid| NewEvent {
+                        instance_uid: *uid,
+                        at: now,
+                        kind: "offline".to_owned(),
+                        payload: serde_json::json!({ "reason": reason }),
+                    })
+                    .collect();
+                self.insert_events(&mut transaction, &events).await?;
+                transaction.commit().await.map_err(unavailable)?;
+                Ok(uids)
+            }
+
+            async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>> {
+                let mut select = QueryBuilder::<$db>::new(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE 1 = 1"));
+                if let Some(status) = query.status {
+                    select.push(" AND status = ").push_bind(status.as_str());
+                }
+                for (key, value) in &query.attributes {
+                    select
+                        .push(" AND EXISTS (SELECT 1 FROM agent_attributes a WHERE a.instance_uid = agents.instance_uid AND a.key = ")
+                        .push_bind(key.clone())
+                        .push(" AND a.value = ")
+                        .push_bind(value.clone())
+                        .push(")");
+                }
+                if let Some(after) = query.after {
+                    select.push(" AND instance_uid > ").push_bind(after.to_string());
+                }
+                select.push(" ORDER BY instance_uid LIMIT ").push_bind(i64::from(query.limit));
+                let rows = select.build().fetch_all(&self.pool).await.map_err(unavailable)?;
+                rows.iter().map(head_from_row).collect()
+            }
+
+            async fn list_events(&self, uid: Uuid, query: &EventQuery) -> Result<Vec<AgentEvent>> {
+                let mut select = QueryBuilder::<$db>::new(
+                    "SELECT id, instance_uid, at, kind, payload, payload_encoding FROM agent_events WHERE instance_uid = ",
+                );
+                select.push_bind(uid.to_string());
+                if let Some(before) = query.before {
+                    select.push(" AND id < ").push_bind(before);
+                }
+                select.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(query.limit));
+                let rows = select.build().fetch_all(&self.pool).await.map_err(unavailable)?;
+                rows.iter()
+                    .map(|row| {
+                        let payload: Vec<u8> = row.try_get("payload").map_err(unavailable)?;
+                        let payload_encoding: String = row.try_get("payload_encoding").map_err(unavailable)?;
+                        Ok(AgentEvent {
+                            id: row.try_get("id").map_err(unavailable)?,
+                            instance_uid: encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?)?,
+                            at: encoding::from_micros(row.try_get("at").map_err(unavailable)?)?,
+                            kind: row.try_get("kind").map_err(unavailable)?,
+                            payload: encoding::decode(&payload, &payload_encoding)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

@@ -1,0 +1,79 @@
+//! Gateway settings. Defaults suit production; [`GatewayConfig::for_test`] shortens timers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ampora_shared::subjects::Subjects;
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Unique per gateway process: replies are addressed to it.
+    pub gateway_id: String,
+    pub tls: Option<TlsConfig>,
+    /// Largest OpAMP message, after decompression (WebSocket close 1009, HTTP 413).
+    pub max_message_size: usize,
+    /// WebSocket read buffer per connection; tungstenite's default (128 KiB) costs ~1 GB per
+    /// 10k idle agents.
+    pub ws_read_buffer_size: usize,
+    /// WebSocket write buffer per connection, and the most that may queue unsent.
+    pub ws_write_buffer_size: usize,
+    pub ws_max_write_buffer_size: usize,
+    pub ws_ping_interval: Duration,
+    /// No frame at all (not even a pong) for this long closes the connection.
+    pub ws_idle_timeout: Duration,
+    /// A connection that sends nothing useful this long after connecting is dropped: the TLS
+    /// handshake, the HTTP request head, or the first OpAMP message on a WebSocket.
+    pub first_message_timeout: Duration,
+    /// How long an HTTP exchange waits for the control-plane (then 503 + Retry-After).
+    pub http_reply_timeout: Duration,
+    /// Told to HTTP agents in `Retry-After` and to WebSocket agents in `RetryInfo`.
+    pub retry_after: Duration,
+    pub max_connections: usize,
+    /// Deliveries queued per WebSocket connection before new ones are dropped.
+    pub connection_queue: usize,
+    pub shutdown_grace: Duration,
+    pub subjects: Subjects,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            gateway_id: uuid::Uuid::new_v4().simple().to_string(),
+            tls: None,
+            max_message_size: 4 << 20,
+            ws_read_buffer_size: 4 << 10,
+            ws_write_buffer_size: 4 << 10,
+            ws_max_write_buffer_size: 1 << 20,
+            ws_ping_interval: Duration::from_secs(30),
+            ws_idle_timeout: Duration::from_secs(90),
+            first_message_timeout: Duration::from_secs(30),
+            http_reply_timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
+            max_connections: 50_000,
+            connection_queue: 16,
+            shutdown_grace: Duration::from_secs(10),
+            subjects: Subjects::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn for_test() -> Self {
+        Self {
+            ws_ping_interval: Duration::from_millis(200),
+            ws_idle_timeout: Duration::from_secs(2),
+            first_message_timeout: Duration::from_secs(1),
+            http_reply_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(2),
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! OpAMP over plain HTTP: one AgentToServer per POST, its ServerToAgent in the response.
+
+use ampora_shared::codec::{self, CodecError};
+use ampora_shared::pb::bus::Transport;
+use ampora_shared::uid;
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::relay::Peer;
+use crate::routes::{AppState, RemoteAddr};
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+fn reject(status: StatusCode, reason: &str) -> Response {
+    metrics::counter!("ampora_gateway_http_rejections_total", "status" => status.as_u16().to_string()).increment(1);
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+fn unavailable(state: &AppState, reason: &str) -> Response {
+    let mut response = reject(StatusCode::SERVICE_UNAVAILABLE, reason);
+    let seconds = state.config.retry_after.as_secs().max(1).to_string();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&seconds).expect("digits are a valid header"),
+    );
+    response
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `POST /v1/opamp`
+pub async fn opamp_post(
+    State(state): State<AppState>,
+    Extension(RemoteAddr(remote_addr)): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let config = &state.config;
+    let content_type = header_text(&headers, header::CONTENT_TYPE);
+    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/x-protobuf",
+        );
+    }
+    let gzipped = match header_text(&headers, header::CONTENT_ENCODING).trim() {
+        "" | "identity" => false,
+        "gzip" => true,
+        _ => {
+            return reject(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Encoding must be gzip or absent",
+            )
+        }
+    };
+    let raw = match read_bounded(body, config.max_message_size).await {
+        Ok(raw) => raw,
+        Err(BodyError::TooLarge) => {
+            return reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body exceeds {} bytes", config.max_message_size),
+            )
+        }
+        Err(BodyError::Broken) => {
+            return reject(StatusCode::BAD_REQUEST, "request body could not be read")
+        }
+    };
+    metrics::counter!("ampora_gateway_bytes_in_total").increment(raw.len() as u64);
+    let payload = if gzipped {
+        match codec::gunzip_bounded(&raw, config.max_message_size) {
+            Ok(inflated) => Bytes::from(inflated),
+            Err(CodecError::TooLarge { limit }) => {
+                return reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("decompressed body exceeds {limit} bytes"),
+                )
+            }
+            Err(error) => return reject(StatusCode::BAD_REQUEST, &error.to_string()),
+        }
+    } else {
+        raw
+    };
+    let message = match codec::decode_agent_to_server(&payload) {
+        Ok(message) => message,
+        Err(error) => return reject(StatusCode::BAD_REQUEST, &error.to_string()),
+    };
+    let Some(instance_uid) = uid::from_wire(&message.instance_uid) else {
+        return reject(StatusCode::BAD_REQUEST, "instance_uid must be 16 bytes");
+    };
+    metrics::counter!("ampora_gateway_messages_in_total", "transport" => "http").increment(1);
+
+    let relay = &state.relay;
+    let peer = Peer {
+        connection_id: relay.next_connection_id(),
+        transport: Transport::Http,
+        remote_addr,
+    };
+    let started = std::time::Instant::now();
+    let reply = relay.register_http(peer.connection_id);
+    if let Err(error) = relay.publish_message(&peer, &instance_uid, payload).await {
+        relay.deregister(peer.connection_id);
+        tracing::warn!(%instance_uid, %error, "cannot relay agent message");
+        return unavailable(&state, "server temporarily unavailable");
+    }
+    let delivery = tokio::time::timeout(config.http_reply_timeout, reply).await;
+    relay.deregister(peer.connection_id);
+    metrics::histogram!("ampora_gateway_http_reply_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let Ok(Ok(delivery)) = delivery else {
+        tracing::warn!(%instance_uid, "no reply from the control-plane in time");
+        return unavailable(&state, "no reply from the control-plane in time");
+    };
+    metrics::counter!("ampora_gateway_messages_out_total", "transport" => "http").increment(1);
+    let accepts_gzip = header_text(&headers, header::ACCEPT_ENCODING)
+        .split(',')
+        .any(|coding| coding.split(';').next().map(str::trim) == Some("gzip"));
+    respond(delivery.server_to_agent, accepts_gzip)
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads at most `limit` bytes. Past the limit it keeps reading (without keeping) up to as much
+/// again, so a client still sending its oversized body receives the 413 instead of a reset.
+async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut body = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let chunk = chunk.map_err(|_| BodyError::Broken)?;
+        total = total.saturating_add(chunk.len());
+        if total <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if total > limit.saturating_mul(2).max(limit + (1 << 20)) {
+            break;
+        }
+    }
+    if total > limit {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(Bytes::from(kept))
+    }
+}
+
+fn respond(server_to_agent: Bytes, gzip: bool) -> Response {
+    let mut response = if gzip {
+        let mut response = Body::from(codec::gzip(&server_to_agent)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        response
+    } else {
+        Body::from(server_to_agent).into_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+    response
+}
+
+/// Any method but POST (and GET for WebSocket upgrades) on the OpAMP path.
+pub async fn method_not_allowed() -> Response {
+    let mut response = reject(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "use POST for OpAMP over HTTP or GET to upgrade to WebSocket",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    response
+}

@@ -1,0 +1,58 @@
+//! Ampora's gateway: terminates agent connections and relays OpAMP over the bus.
+//!
+//! # Layout
+//! - [`config`]: settings and their defaults.
+//! - `listener`: the accept loop — connection limit, TLS handshake (rustls), HTTP/1.1 and
+//!   upgrades via hyper, deadlines for peers that never speak, graceful drain.
+//! - `routes`: `/v1/opamp` (GET upgrade → WebSocket, POST → plain HTTP), health and metrics.
+//! - `websocket`: one task per WebSocket agent: frames in, envelopes out, deliveries back.
+//! - `http`: one OpAMP exchange per POST, answered within the request.
+//! - `relay`: connection ids, the bus side — publishing envelopes, routing deliveries to the
+//!   connection they name.
+//! - `tls`: loading certificates into a rustls server config.
+//!
+//! A message moves: socket → `websocket`/`http` (decode, bounds) → `relay::Relay::publish`
+//! → bus → control-plane → bus → `relay` dispatcher → the connection's queue → socket.
+
+pub mod config;
+mod http;
+mod listener;
+mod relay;
+mod routes;
+mod tls;
+mod websocket;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ampora_shared::bus::{Bus, BusError};
+use tokio::net::TcpListener;
+
+pub use config::{GatewayConfig, TlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves agents on `listener` until `shutdown` resolves, then drains: stops accepting, closes
+/// WebSockets with 1001 ("going away"), and lets in-flight HTTP exchanges finish within
+/// `config.shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    config: GatewayConfig,
+    bus: Arc<dyn Bus>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let config = Arc::new(config);
+    let relay = relay::Relay::start(bus, config.clone()).await?;
+    tracing::info!(gateway_id = %config.gateway_id, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gateway listening");
+    listener::serve(listener, tls, config, relay, shutdown).await;
+    Ok(())
+}

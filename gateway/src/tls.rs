@@ -1,0 +1,40 @@
+//! Server TLS from PEM files.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{GatewayError, TlsConfig};
+
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, GatewayError> {
+    let certs = CertificateDer::pem_file_iter(&config.cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            GatewayError::Tls(format!("certificate {}: {e}", config.cert_path.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(GatewayError::Tls(format!(
+            "certificate {}: no certificate in the file",
+            config.cert_path.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key_path).map_err(|e| {
+        GatewayError::Tls(format!("private key {}: {e}", config.key_path.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit together: {e}")))?;
+    // WebSocket upgrades need HTTP/1.1.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Reconnect storms resume sessions instead of paying for full handshakes.
+    server.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    server.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| GatewayError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}

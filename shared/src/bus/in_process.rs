@@ -1,0 +1,239 @@
+//! The bus inside one process, for `ampora serve` and tests: same semantics as NATS core, except
+//! that a full subscriber queue makes the publisher wait instead of dropping the message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::subject::{matches, validate_pattern, validate_publish};
+use super::{Bus, BusError, BusMessage, Result, Subscription};
+
+/// Default per-subscription queue length.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+/// Default largest payload, matching NATS' default `max_payload`.
+pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
+
+#[derive(Clone)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    subscribers: RwLock<Vec<Subscriber>>,
+    next_id: AtomicU64,
+    round_robin: AtomicUsize,
+    queue_capacity: usize,
+    max_payload: usize,
+}
+
+struct Subscriber {
+    id: u64,
+    pattern: String,
+    queue_group: Option<String>,
+    sender: mpsc::Sender<BusMessage>,
+}
+
+impl InProcessBus {
+    pub fn new(queue_capacity: usize, max_payload: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                subscribers: RwLock::new(Vec::new()),
+                next_id: AtomicU64::new(1),
+                round_robin: AtomicUsize::new(0),
+                queue_capacity: queue_capacity.max(1),
+                max_payload,
+            }),
+        }
+    }
+
+    fn add(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription> {
+        validate_pattern(pattern)?;
+        let (sender, receiver) = mpsc::channel(self.inner.queue_capacity);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .subscribers
+            .write()
+            .expect("bus lock poisoned")
+            .push(Subscriber {
+                id,
+                pattern: pattern.to_owned(),
+                queue_group: queue_group.map(str::to_owned),
+                sender,
+            });
+        Ok(Box::pin(InProcessSubscription {
+            receiver,
+            id,
+            bus: Arc::downgrade(&self.inner),
+        }))
+    }
+
+    /// The senders a message on `subject` goes to: all plain subscribers, one per queue group.
+    fn targets(&self, subject: &str) -> Vec<mpsc::Sender<BusMessage>> {
+        let subscribers = self.inner.subscribers.read().expect("bus lock poisoned");
+        let mut targets = Vec::new();
+        let mut groups: BTreeMap<&str, Vec<&mpsc::Sender<BusMessage>>> = BTreeMap::new();
+        for subscriber in subscribers.iter().filter(|s| matches(&s.pattern, subject)) {
+            match &subscriber.queue_group {
+                None => targets.push(subscriber.sender.clone()),
+                Some(group) => groups.entry(group).or_default().push(&subscriber.sender),
+            }
+        }
+        if !groups.is_empty() {
+            let turn = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+            for members in groups.values() {
+                targets.push(members[turn % members.len()].clone());
+            }
+        }
+        targets
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new(DEFAULT_QUEUE_CAPACITY, DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
+        validate_publish(subject)?;
+        if payload.len() > self.inner.max_payload {
+            return Err(BusError::TooLarge {
+                size: payload.len(),
+                limit: self.inner.max_payload,
+            });
+        }
+        for target in self.targets(subject) {
+            let message = BusMessage {
+                subject: subject.to_owned(),
+                payload: payload.clone(),
+            };
+            // A closed receiver is a subscription being dropped; its guard removes it.
+            let _ = target.send(message).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription> {
+        self.add(subject, None)
+    }
+
+    async fn queue_subscribe(&self, subject: &str, queue_group: &str) -> Result<Subscription> {
+        self.add(subject, Some(queue_group))
+    }
+}
+
+struct InProcessSubscription {
+    receiver: mpsc::Receiver<BusMessage>,
+    id: u64,
+    bus: std::sync::Weak<Inner>,
+}
+
+impl Stream for InProcessSubscription {
+    type Item = BusMessage;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<BusMessage>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for InProcessSubscription {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            if let Ok(mut subscribers) = bus.subscribers.write() {
+                subscribers.retain(|s| s.id != self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    async fn next(sub: &mut Subscription) -> Option<BusMessage> {
+        tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn plain_subscribers_all_receive() {
+        let bus = InProcessBus::default();
+        let mut a = bus.subscribe("x.*").await.unwrap();
+        let mut b = bus.subscribe("x.>").await.unwrap();
+        bus.publish("x.y", Bytes::from_static(b"hi")).await.unwrap();
+        assert_eq!(next(&mut a).await.unwrap().payload, "hi");
+        assert_eq!(next(&mut b).await.unwrap().subject, "x.y");
+    }
+
+    #[tokio::test]
+    async fn queue_group_delivers_once() {
+        let bus = InProcessBus::default();
+        let mut a = bus.queue_subscribe("q.*", "g").await.unwrap();
+        let mut b = bus.queue_subscribe("q.*", "g").await.unwrap();
+        for i in 0..10u8 {
+            bus.publish("q.1", Bytes::from(vec![i])).await.unwrap();
+        }
+        let mut received = 0;
+        while next(&mut a).await.is_some() {
+            received += 1;
+        }
+        let from_a = received;
+        while next(&mut b).await.is_some() {
+            received += 1;
+        }
+        assert_eq!(received, 10);
+        assert!(from_a > 0 && from_a < 10, "round robin spreads: {from_a}");
+    }
+
+    #[tokio::test]
+    async fn dropped_subscription_unsubscribes() {
+        let bus = InProcessBus::default();
+        let sub = bus.subscribe("d").await.unwrap();
+        drop(sub);
+        assert!(bus.inner.subscribers.read().unwrap().is_empty());
+        bus.publish("d", Bytes::new()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bounded_queue_and_payload() {
+        let bus = InProcessBus::new(1, 4);
+        let mut sub = bus.subscribe("b").await.unwrap();
+        assert!(matches!(
+            bus.publish("b", Bytes::from_static(b"12345")).await,
+            Err(BusError::TooLarge { size: 5, limit: 4 })
+        ));
+        bus.publish("b", Bytes::from_static(b"1")).await.unwrap();
+        // The queue holds one message: the second publish waits until it is drained.
+        let second = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish("b", Bytes::from_static(b"2")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        assert_eq!(next(&mut sub).await.unwrap().payload, "1");
+        second.await.unwrap().unwrap();
+        assert_eq!(next(&mut sub).await.unwrap().payload, "2");
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_subjects() {
+        let bus = InProcessBus::default();
+        assert!(bus.publish("a.*", Bytes::new()).await.is_err());
+        assert!(bus.subscribe("a.>.b").await.is_err());
+    }
+}

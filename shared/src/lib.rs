@@ -1,0 +1,25 @@
+//! What both sides of Ampora speak.
+//!
+//! # Layout
+//! - [`pb`]: protobuf types generated from `proto/` — OpAMP itself (`pb::opamp`) and our bus
+//!   messages (`pb::bus`).
+//! - [`codec`]: OpAMP framing — the WebSocket header byte, bounded gzip in and out.
+//! - [`uid`]: the 16-byte instance uid as a [`uuid::Uuid`].
+//! - [`subjects`]: the bus subjects, so both sides name them the same way.
+//! - [`bus`]: the [`bus::Bus`] trait (publish, subscribe, queue-subscribe: shaped on NATS) and the
+//!   in-process implementation used by `ampora serve`, and the NATS one for production.
+//! - [`telemetry`]: tracing and Prometheus set-up for every binary role.
+//! - `testing` (feature `testing`): a throwaway `nats-server` for tests.
+//!
+//! Data moves: gateway decodes a frame with [`codec`], wraps it in a [`pb::bus::AgentEnvelope`],
+//! publishes it on [`subjects::Subjects::agent_inbound`]; the control-plane answers with a
+//! [`pb::bus::GatewayDelivery`] on [`subjects::Subjects::gateway`].
+
+pub mod bus;
+pub mod codec;
+pub mod pb;
+pub mod subjects;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod uid;

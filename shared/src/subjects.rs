@@ -1,0 +1,88 @@
+//! Bus subject names. Every deployment (and every test) has its own prefix, so several can share
+//! one broker without hearing each other.
+//!
+//! - `{prefix}.agent.{partition}`: agent → control-plane envelopes. The partition is a hash of the
+//!   instance uid, so one agent's messages always travel on one subject and keep their order there.
+//!   Control-plane replicas queue-subscribe to `{prefix}.agent.*`.
+//! - `{prefix}.gateway.{gateway_id}`: control-plane → the one gateway holding a connection.
+
+use uuid::Uuid;
+
+pub const DEFAULT_PREFIX: &str = "ampora";
+pub const DEFAULT_PARTITIONS: u16 = 64;
+/// The queue group control-plane replicas share agent traffic in.
+pub const CONTROL_PLANE_QUEUE: &str = "ampora-control-plane";
+
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+    partitions: u16,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>, partitions: u16) -> Self {
+        Self {
+            prefix: prefix.into(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// Which partition an agent's messages travel on.
+    pub fn partition_of(&self, uid: &Uuid) -> u16 {
+        // FNV-1a: stable across processes and releases, unlike std's randomized hasher.
+        let hash = uid
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        (hash % u64::from(self.partitions)) as u16
+    }
+
+    pub fn agent_inbound(&self, uid: &Uuid) -> String {
+        format!("{}.agent.{}", self.prefix, self.partition_of(uid))
+    }
+
+    /// Matches every partition of agent traffic.
+    pub fn agent_inbound_all(&self) -> String {
+        format!("{}.agent.*", self.prefix)
+    }
+
+    pub fn gateway(&self, gateway_id: &str) -> String {
+        format!("{}.gateway.{}", self.prefix, gateway_id)
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX, DEFAULT_PARTITIONS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_agent_one_partition() {
+        let subjects = Subjects::new("t", 8);
+        let uid = Uuid::now_v7();
+        assert_eq!(subjects.agent_inbound(&uid), subjects.agent_inbound(&uid));
+        assert!(subjects.partition_of(&uid) < 8);
+        assert_eq!(subjects.gateway("g1"), "t.gateway.g1");
+        assert_eq!(subjects.agent_inbound_all(), "t.agent.*");
+    }
+
+    #[test]
+    fn partitions_spread() {
+        let subjects = Subjects::new("t", 8);
+        let used: std::collections::HashSet<_> = (0..200)
+            .map(|_| subjects.partition_of(&Uuid::new_v4()))
+            .collect();
+        assert_eq!(used.len(), 8);
+    }
+}

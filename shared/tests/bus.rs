@@ -1,0 +1,153 @@
+//! One suite, every `Bus` implementation: in-process and NATS (a real `nats-server`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ampora_shared::bus::{Bus, BusError, InProcessBus, NatsBus, NatsOptions, Subscription};
+use ampora_shared::testing::TestNats;
+use bytes::Bytes;
+use futures::StreamExt;
+
+async fn next(subscription: &mut Subscription) -> Option<Bytes> {
+    tokio::time::timeout(Duration::from_millis(500), subscription.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|m| m.payload)
+}
+
+/// Subscriptions on NATS are live once the server has them; a round trip makes sure.
+async fn settle(bus: &dyn Bus) {
+    let mut probe = bus.subscribe("settle.probe").await.unwrap();
+    bus.publish("settle.probe", Bytes::new()).await.unwrap();
+    next(&mut probe).await.expect("probe round trip");
+}
+
+async fn fan_out_and_wildcards(bus: Arc<dyn Bus>) {
+    let mut star = bus.subscribe("t.agent.*").await.unwrap();
+    let mut tail = bus.subscribe("t.>").await.unwrap();
+    let mut other = bus.subscribe("u.*").await.unwrap();
+    settle(bus.as_ref()).await;
+    bus.publish("t.agent.7", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut star).await.unwrap(), "one");
+    assert_eq!(next(&mut tail).await.unwrap(), "one");
+    assert!(next(&mut other).await.is_none());
+    bus.publish("t.agent.7.deep", Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut tail).await.unwrap(), "two");
+    assert!(next(&mut star).await.is_none());
+}
+
+async fn queue_groups_deliver_once_and_keep_order_per_member(bus: Arc<dyn Bus>) {
+    let mut members = vec![
+        bus.queue_subscribe("q.*", "workers").await.unwrap(),
+        bus.queue_subscribe("q.*", "workers").await.unwrap(),
+    ];
+    let mut observer = bus.subscribe("q.*").await.unwrap();
+    settle(bus.as_ref()).await;
+    for i in 0..100u32 {
+        bus.publish("q.x", Bytes::from(i.to_be_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    for member in &mut members {
+        let mut own = Vec::new();
+        while let Some(payload) = next(member).await {
+            own.push(u32::from_be_bytes(payload[..].try_into().unwrap()));
+        }
+        assert!(
+            own.windows(2).all(|w| w[0] < w[1]),
+            "one member sees its share in order"
+        );
+        received.extend(own);
+    }
+    received.sort_unstable();
+    assert_eq!(
+        received,
+        (0..100).collect::<Vec<_>>(),
+        "each message to exactly one member"
+    );
+    let mut observed = 0;
+    while next(&mut observer).await.is_some() {
+        observed += 1;
+    }
+    assert_eq!(observed, 100, "a plain subscriber still sees everything");
+}
+
+async fn dropping_unsubscribes(bus: Arc<dyn Bus>) {
+    let subscription = bus.subscribe("d.x").await.unwrap();
+    drop(subscription);
+    let mut later = bus.subscribe("d.x").await.unwrap();
+    settle(bus.as_ref()).await;
+    bus.publish("d.x", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut later).await.unwrap(), "after");
+}
+
+async fn invalid_subjects_are_refused(bus: Arc<dyn Bus>) {
+    assert!(matches!(
+        bus.publish("a.*", Bytes::new()).await,
+        Err(BusError::InvalidSubject(_))
+    ));
+    assert!(matches!(
+        bus.publish("a..b", Bytes::new()).await,
+        Err(BusError::InvalidSubject(_))
+    ));
+    assert!(matches!(
+        bus.subscribe("a.>.b").await,
+        Err(BusError::InvalidSubject(_))
+    ));
+}
+
+macro_rules! bus_suite {
+    ($($test:ident),* $(,)?) => {
+        mod in_process {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(Arc::new(InProcessBus::default())).await;
+                }
+            )*
+        }
+        mod nats {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let server = TestNats::start();
+                    let bus = NatsBus::connect(&NatsOptions { url: server.url(), ..Default::default() }).await.unwrap();
+                    super::$test(Arc::new(bus)).await;
+                }
+            )*
+        }
+    };
+}
+
+bus_suite!(
+    fan_out_and_wildcards,
+    queue_groups_deliver_once_and_keep_order_per_member,
+    dropping_unsubscribes,
+    invalid_subjects_are_refused,
+);
+
+#[tokio::test]
+async fn nats_refuses_payloads_over_the_server_limit() {
+    let server = TestNats::start();
+    let bus = NatsBus::connect(&NatsOptions {
+        url: server.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let huge = Bytes::from(vec![0u8; 2 << 20]);
+    assert!(matches!(
+        bus.publish("big", huge).await,
+        Err(BusError::TooLarge { .. })
+    ));
+}

@@ -1,0 +1,169 @@
+//! Command line and environment. Every setting is a flag and an `AMPORA_*` variable; a file of
+//! `AMPORA_*=value` lines named by `AMPORA_CONFIG` fills in what neither sets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ampora",
+    version,
+    about = "Ampora: an OpAMP server for fleets of telemetry agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process: gateway + control-plane on SQLite and an in-process bus.
+    Serve(ServeArgs),
+    /// A gateway: terminates agent connections and relays them over the bus.
+    Gateway(GatewayArgs),
+    /// A control-plane replica: agent state, persistence and the API.
+    ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where agents connect (WebSocket and HTTP on one port).
+    #[arg(long, env = "AMPORA_OPAMP_LISTEN", default_value = "127.0.0.1:4320")]
+    pub opamp_listen: SocketAddr,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+    #[command(flatten)]
+    pub control_plane: ControlPlaneOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[arg(long, env = "AMPORA_OPAMP_LISTEN", default_value = "0.0.0.0:4320")]
+    pub opamp_listen: SocketAddr,
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub control_plane: ControlPlaneOptions,
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// The operator API, health and metrics.
+    #[arg(long, env = "AMPORA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Where the embedded SQLite database lives.
+    #[arg(long, env = "AMPORA_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite:…`; default: SQLite in the data dir.
+    #[arg(long, env = "AMPORA_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BusArgs {
+    /// NATS server(s) the gateways and control-planes share (comma-separated).
+    #[arg(long, env = "AMPORA_NATS_URL")]
+    pub nats_url: String,
+    /// CA bundle (PEM) to verify NATS with; setting it requires TLS.
+    #[arg(long, env = "AMPORA_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for NATS servers that verify clients.
+    #[arg(long, env = "AMPORA_NATS_CERT", requires = "nats_key")]
+    pub nats_cert: Option<PathBuf>,
+    #[arg(long, env = "AMPORA_NATS_KEY", requires = "nats_cert")]
+    pub nats_key: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT + nkey).
+    #[arg(long, env = "AMPORA_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// An nkey seed for NATS.
+    #[arg(long, env = "AMPORA_NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
+    /// Subject prefix; deployments sharing one NATS use different prefixes.
+    #[arg(long, env = "AMPORA_BUS_PREFIX", default_value = "ampora")]
+    pub bus_prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayOptions {
+    /// Unique per gateway process; default: a random id.
+    #[arg(long, env = "AMPORA_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// PEM certificate chain; with --tls-key, agents connect over TLS.
+    #[arg(long, env = "AMPORA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "AMPORA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest OpAMP message in bytes (after decompression).
+    #[arg(long, env = "AMPORA_MAX_MESSAGE_SIZE", default_value_t = 4 << 20)]
+    pub max_message_size: usize,
+    #[arg(long, env = "AMPORA_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ws_ping_interval: Duration,
+    /// A WebSocket silent this long (not even a pong) is closed and its agent goes offline.
+    #[arg(long, env = "AMPORA_WS_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub ws_idle_timeout: Duration,
+    /// A connection that sends no OpAMP message this long after connecting is dropped.
+    #[arg(long, env = "AMPORA_FIRST_MESSAGE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub first_message_timeout: Duration,
+    /// How long an HTTP request waits for the control-plane before 503.
+    #[arg(long, env = "AMPORA_HTTP_REPLY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_reply_timeout: Duration,
+    #[arg(long, env = "AMPORA_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// How long draining may take on shutdown.
+    #[arg(long, env = "AMPORA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneOptions {
+    /// An HTTP agent unseen this long is offline.
+    #[arg(long, env = "AMPORA_HEARTBEAT_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+    #[arg(long, env = "AMPORA_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+    #[arg(long, env = "AMPORA_INGEST_WORKERS", default_value_t = 4)]
+    pub ingest_workers: usize,
+    /// Most messages written in one database transaction.
+    #[arg(long, env = "AMPORA_INGEST_BATCH", default_value_t = 512)]
+    pub ingest_batch: usize,
+    /// Event payloads and details above this many bytes are stored gzip'd.
+    #[arg(long, env = "AMPORA_GZIP_THRESHOLD", default_value_t = 4096)]
+    pub gzip_threshold: usize,
+}
+
+/// Reads `AMPORA_CONFIG` (a file of `KEY=value` lines) into the environment without overriding
+/// anything already set, so flags > environment > file > defaults.
+pub fn load_config_file() {
+    if let Some(path) = std::env::var_os("AMPORA_CONFIG") {
+        if let Err(error) = dotenvy::from_path(&path) {
+            eprintln!(
+                "ampora: cannot read config file {}: {error}",
+                PathBuf::from(path).display()
+            );
+            std::process::exit(64);
+        }
+    }
+}

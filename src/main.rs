@@ -1,0 +1,25 @@
+//! `ampora`: parse the configuration, start the chosen roles, run until a signal, drain.
+
+mod cli;
+mod roles;
+
+use clap::Parser;
+
+/// Exit status for configuration mistakes (sysexits' EX_USAGE).
+const EXIT_BAD_CONFIG: i32 = 64;
+
+fn main() {
+    cli::load_config_file();
+    let command = cli::Cli::parse();
+    ampora_shared::telemetry::init_tracing();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    if let Err(error) = runtime.block_on(roles::run(command.command)) {
+        eprintln!("ampora: {error:#}");
+        let code = if error.is::<roles::ConfigError>() {
+            EXIT_BAD_CONFIG
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}

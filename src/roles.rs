@@ -1,0 +1,257 @@
+//! Wiring: turns the parsed command line into running gateway and control-plane roles.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ampora_control_plane::config::ControlPlaneConfig;
+use ampora_control_plane::ingest::Readiness;
+use ampora_control_plane::storage::{self, StoreOptions};
+use ampora_gateway::{GatewayConfig, TlsConfig};
+use ampora_shared::bus::{Bus, InProcessBus, NatsBus, NatsOptions};
+use ampora_shared::subjects::{Subjects, DEFAULT_PARTITIONS};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{
+    BusArgs, Command, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions,
+    ServeArgs, StorageArgs,
+};
+
+/// A mistake in the configuration (exit status 64), as opposed to a failure while running.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal(shutdown.clone()));
+    match command {
+        Command::Serve(args) => serve(args, shutdown).await,
+        Command::Gateway(args) => gateway(args, shutdown).await,
+        Command::ControlPlane(args) => control_plane(args, shutdown).await,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ServeArgs {
+        opamp_listen,
+        http,
+        storage,
+        gateway,
+        control_plane,
+    } = args;
+    let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
+    let database_url = database_url(&storage)?;
+    let store = storage::connect(&database_url, store_options(&control_plane))
+        .await
+        .with_context(|| format!("while opening the database {}", redact(&database_url)))?;
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let opamp_listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
+    let http_listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
+    let opamp_addr = opamp_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let readiness = Readiness::default();
+    let control_plane = tokio::spawn(ampora_control_plane::run(
+        http_listener,
+        control_plane_config(&control_plane, subjects.clone()),
+        store,
+        bus.clone(),
+        readiness.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    while !readiness.is_ready() {
+        if control_plane.is_finished() {
+            return control_plane
+                .await?
+                .context("control-plane failed to start");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let tls = gateway.tls_cert.is_some();
+    let gateway = tokio::spawn(ampora_gateway::run(
+        opamp_listener,
+        gateway_config(&gateway, subjects),
+        bus,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let (ws, http_scheme) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    println!("Ampora is ready.");
+    println!("  OpAMP WebSocket: {ws}://{opamp_addr}/v1/opamp");
+    println!("  OpAMP HTTP:      {http_scheme}://{opamp_addr}/v1/opamp");
+    println!("  API:             http://{http_addr}/api/v1/agents");
+    tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
+
+    let (gateway_result, control_plane_result) = tokio::join!(gateway, control_plane);
+    gateway_result?.context("gateway failed")?;
+    control_plane_result?.context("control-plane failed")?;
+    Ok(())
+}
+
+fn database_url(storage: &StorageArgs) -> anyhow::Result<String> {
+    if let Some(url) = &storage.database_url {
+        return Ok(url.clone());
+    }
+    std::fs::create_dir_all(&storage.data_dir).map_err(|e| {
+        ConfigError(format!(
+            "AMPORA_DATA_DIR {}: cannot create it: {e}",
+            storage.data_dir.display()
+        ))
+    })?;
+    Ok(format!(
+        "sqlite:{}",
+        Path::new(&storage.data_dir).join("ampora.db").display()
+    ))
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError(format!("{variable} {addr}: cannot listen: {e}")).into())
+}
+
+fn store_options(options: &ControlPlaneOptions) -> StoreOptions {
+    StoreOptions {
+        gzip_threshold: options.gzip_threshold,
+        ..StoreOptions::default()
+    }
+}
+
+fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> ControlPlaneConfig {
+    ControlPlaneConfig {
+        subjects,
+        workers: options.ingest_workers.max(1),
+        batch_max: options.ingest_batch.max(1),
+        heartbeat_timeout: options.heartbeat_timeout,
+        sweep_interval: options.sweep_interval,
+        ..ControlPlaneConfig::default()
+    }
+}
+
+fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig {
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert_path), Some(key_path)) => Some(TlsConfig {
+            cert_path: cert_path.clone(),
+            key_path: key_path.clone(),
+        }),
+        _ => None,
+    };
+    GatewayConfig {
+        gateway_id: options
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        tls,
+        max_message_size: options.max_message_size,
+        ws_ping_interval: options.ws_ping_interval,
+        ws_idle_timeout: options.ws_idle_timeout,
+        first_message_timeout: options.first_message_timeout,
+        http_reply_timeout: options.http_reply_timeout,
+        max_connections: options.max_connections,
+        shutdown_grace: options.shutdown_grace,
+        subjects,
+        ..GatewayConfig::default()
+    }
+}
+
+async fn connect_bus(args: &BusArgs, name: &str) -> anyhow::Result<Arc<dyn Bus>> {
+    let options = NatsOptions {
+        url: args.nats_url.clone(),
+        name: name.to_owned(),
+        tls_ca: args.nats_ca.clone(),
+        tls_client_cert: args.nats_cert.clone(),
+        tls_client_key: args.nats_key.clone(),
+        credentials_file: args.nats_creds.clone(),
+        nkey_seed: args.nats_nkey.clone(),
+        subscription_capacity: 0,
+    };
+    let bus = NatsBus::connect(&options)
+        .await
+        .context("while connecting to NATS")?;
+    Ok(Arc::new(bus))
+}
+
+fn subjects(args: &BusArgs) -> Subjects {
+    Subjects::new(args.bus_prefix.clone(), DEFAULT_PARTITIONS)
+}
+
+async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let GatewayArgs {
+        opamp_listen,
+        gateway,
+        bus,
+    } = args;
+    let config = gateway_config(&gateway, subjects(&bus));
+    let connection = connect_bus(&bus, &format!("ampora-gateway-{}", config.gateway_id)).await?;
+    let listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    println!("Ampora gateway {} is ready.", config.gateway_id);
+    println!("  OpAMP: {scheme}://{addr}/v1/opamp");
+    tracing::info!(%addr, gateway_id = %config.gateway_id, "gateway ready");
+    ampora_gateway::run(listener, config, connection, shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ControlPlaneArgs {
+        http,
+        storage,
+        control_plane,
+        bus,
+    } = args;
+    let database_url = database_url(&storage)?;
+    let store = storage::connect(&database_url, store_options(&control_plane))
+        .await
+        .with_context(|| format!("while opening the database {}", redact(&database_url)))?;
+    let connection = connect_bus(&bus, "ampora-control-plane").await?;
+    let listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
+    let addr = listener.local_addr()?;
+    println!("Ampora control-plane is ready.");
+    println!("  API: http://{addr}/api/v1/agents");
+    tracing::info!(%addr, database = %redact(&database_url), "control-plane ready");
+    let config = control_plane_config(&control_plane, subjects(&bus));
+    ampora_control_plane::run(
+        listener,
+        config,
+        store,
+        connection,
+        Readiness::default(),
+        shutdown.cancelled_owned(),
+    )
+    .await
+}

@@ -1,0 +1,420 @@
+//! End to end on `ampora serve`: agents over WebSocket and HTTP, state in SQLite or PostgreSQL,
+//! read back through the API.
+
+mod agent;
+mod support;
+
+use std::time::Duration;
+
+use agent::{full_state, heartbeat, HttpAgent, WsAgent};
+use ampora_shared::pb::opamp::{
+    AgentDisconnect, AgentToServerFlags, ComponentHealth, ServerCapabilities, ServerToAgentFlags,
+};
+use serde_json::Value;
+use support::Ampora;
+use uuid::Uuid;
+
+const REPORT_FULL_STATE: u64 = ServerToAgentFlags::ReportFullState as u64;
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("API request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+async fn agent_json(ampora: &Ampora, uid: Uuid) -> Option<Value> {
+    let (status, body) = get_json(&format!("{}/api/v1/agents/{uid}", ampora.api_base())).await;
+    (status == 200).then_some(body)
+}
+
+/// Polls the agent's snapshot until `ready` holds; panics with the last snapshot otherwise.
+async fn wait_agent(
+    ampora: &Ampora,
+    uid: Uuid,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        last = agent_json(ampora, uid).await;
+        if last.as_ref().is_some_and(&ready) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("agent {uid} never became {what}; last snapshot: {last:#?}");
+}
+
+async fn event_kinds(ampora: &Ampora, uid: Uuid) -> Vec<String> {
+    let (status, body) = get_json(&format!(
+        "{}/api/v1/agents/{uid}/events?limit=1000",
+        ampora.api_base()
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn postgres_url() -> String {
+    ampora_control_plane::testing::TestPostgres::shared()
+        .create_database()
+        .await
+}
+
+// === WebSocket ===
+
+async fn websocket_agent_state(ampora: Ampora) {
+    let mut agent = WsAgent::connect(&ampora.ws_url()).await;
+    let uid = agent.uid;
+
+    // Unknown to the server: it answers with its capabilities and asks for the full state.
+    let first = agent.exchange(full_state("checkout", "prod")).await;
+    assert_eq!(first.instance_uid.as_ref(), uid.as_bytes());
+    assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
+    assert_ne!(
+        first.capabilities & ServerCapabilities::AcceptsStatus as u64,
+        0
+    );
+    agent.send(full_state("checkout", "prod")).await;
+    assert!(
+        agent.recv(Duration::from_millis(500)).await.is_none(),
+        "nothing to say after a complete report"
+    );
+
+    let snapshot = wait_agent(&ampora, uid, "online", |a| a["status"] == "online").await;
+    assert_eq!(snapshot["instance_uid"], uid.to_string());
+    assert_eq!(snapshot["transport"], "websocket");
+    assert_eq!(
+        snapshot["identifying_attributes"]["service.name"],
+        "checkout"
+    );
+    assert_eq!(
+        snapshot["non_identifying_attributes"]["deployment.environment"],
+        "prod"
+    );
+    let capabilities: Vec<&str> = snapshot["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        capabilities,
+        [
+            "ReportsStatus",
+            "AcceptsRemoteConfig",
+            "ReportsEffectiveConfig",
+            "ReportsHealth",
+            "ReportsRemoteConfig"
+        ]
+    );
+    assert_eq!(snapshot["health"]["healthy"], true);
+    assert_eq!(snapshot["remote_config_status"]["status"], "APPLIED");
+    assert_eq!(
+        snapshot["remote_config_status"]["last_remote_config_hash"],
+        "abcd"
+    );
+    let body = snapshot["effective_config"]["files"]["collector.yaml"]["body"]
+        .as_str()
+        .unwrap();
+    assert!(body.starts_with("receivers:\n  otlp: {}"), "{body}");
+    let events_before = event_kinds(&ampora, uid).await;
+
+    // State compression: a heartbeat leaves everything as it was and writes no history.
+    let seen_before = snapshot["last_seen"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    agent.send(heartbeat()).await;
+    let after = wait_agent(&ampora, uid, "seen again", |a| {
+        a["last_seen"].as_str().unwrap() > seen_before.as_str()
+    })
+    .await;
+    assert_eq!(
+        after["identifying_attributes"],
+        snapshot["identifying_attributes"]
+    );
+    assert_eq!(after["health"], snapshot["health"]);
+    assert_eq!(after["effective_config"], snapshot["effective_config"]);
+    assert_eq!(after["sequence_num"], 2);
+    assert_eq!(event_kinds(&ampora, uid).await, events_before);
+
+    // One changed field: one event, the rest kept.
+    let mut unhealthy = heartbeat();
+    unhealthy.health = Some(ComponentHealth {
+        healthy: false,
+        last_error: "exporter down".into(),
+        ..Default::default()
+    });
+    agent.send(unhealthy).await;
+    let changed = wait_agent(&ampora, uid, "unhealthy", |a| {
+        a["health"]["healthy"] == false
+    })
+    .await;
+    assert_eq!(changed["health"]["last_error"], "exporter down");
+    assert_eq!(
+        changed["identifying_attributes"]["service.name"],
+        "checkout"
+    );
+    let kinds = event_kinds(&ampora, uid).await;
+    assert_eq!(kinds.len(), events_before.len() + 1);
+    assert_eq!(kinds[0], "health");
+
+    // A sequence gap: the server missed something and asks for everything.
+    agent.next_seq += 3;
+    let reply = agent.exchange(heartbeat()).await;
+    assert_eq!(reply.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
+
+    // Closing the socket takes the agent offline.
+    agent.close().await;
+    wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    let kinds = event_kinds(&ampora, uid).await;
+    assert_eq!(kinds[0], "disconnected");
+    assert!(
+        kinds.contains(&"connected".to_owned()) && kinds.contains(&"description".to_owned()),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_agent_state_on_sqlite() {
+    websocket_agent_state(Ampora::start(&[]).await).await;
+}
+
+#[tokio::test]
+async fn websocket_agent_state_on_postgres() {
+    let url = postgres_url().await;
+    websocket_agent_state(Ampora::start(&[("AMPORA_DATABASE_URL", &url)]).await).await;
+}
+
+// === HTTP ===
+
+async fn http_agent_state(ampora: Ampora) {
+    let mut agent = HttpAgent::new(&ampora.http_opamp_url());
+    let uid = agent.uid;
+    let first = agent.exchange(full_state("billing", "staging")).await;
+    assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
+    assert_ne!(first.capabilities, 0);
+    // HTTP always gets an answer; a complete, in-order report needs no flags.
+    assert_eq!(
+        agent.exchange(full_state("billing", "staging")).await.flags,
+        0
+    );
+    let snapshot = wait_agent(&ampora, uid, "online", |a| a["status"] == "online").await;
+    assert_eq!(snapshot["transport"], "http");
+    assert_eq!(
+        snapshot["identifying_attributes"]["service.name"],
+        "billing"
+    );
+    assert_eq!(snapshot["health"]["healthy"], true);
+
+    assert_eq!(agent.exchange(heartbeat()).await.flags, 0);
+    agent.next_seq += 5;
+    assert_eq!(
+        agent.exchange(heartbeat()).await.flags & REPORT_FULL_STATE,
+        REPORT_FULL_STATE
+    );
+
+    // It stops polling: the heartbeat timeout takes it offline.
+    let offline = wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    assert_eq!(offline["identifying_attributes"]["service.name"], "billing");
+    assert_eq!(event_kinds(&ampora, uid).await[0], "offline");
+
+    // And back.
+    agent.exchange(heartbeat()).await;
+    wait_agent(&ampora, uid, "online again", |a| a["status"] == "online").await;
+    assert_eq!(event_kinds(&ampora, uid).await[0], "connected");
+}
+
+const FAST_TIMEOUTS: &[(&str, &str)] = &[
+    ("AMPORA_HEARTBEAT_TIMEOUT", "2s"),
+    ("AMPORA_SWEEP_INTERVAL", "200ms"),
+];
+
+#[tokio::test]
+async fn http_agent_state_on_sqlite() {
+    http_agent_state(Ampora::start(FAST_TIMEOUTS).await).await;
+}
+
+#[tokio::test]
+async fn http_agent_state_on_postgres() {
+    let url = postgres_url().await;
+    let mut env = FAST_TIMEOUTS.to_vec();
+    env.push(("AMPORA_DATABASE_URL", &url));
+    http_agent_state(Ampora::start(&env).await).await;
+}
+
+// === Lifecycle ===
+
+#[tokio::test]
+async fn agent_disconnect_and_heartbeat_timeout_take_agents_offline() {
+    let ampora = Ampora::start(&[
+        ("AMPORA_WS_PING_INTERVAL", "200ms"),
+        ("AMPORA_WS_IDLE_TIMEOUT", "1s"),
+    ])
+    .await;
+
+    let mut polite = WsAgent::connect(&ampora.ws_url()).await;
+    polite.exchange(full_state("polite", "prod")).await;
+    wait_agent(&ampora, polite.uid, "online", |a| a["status"] == "online").await;
+    let mut goodbye = heartbeat();
+    goodbye.agent_disconnect = Some(AgentDisconnect {});
+    polite.send(goodbye).await;
+    // Offline at once, while the socket is still open.
+    wait_agent(&ampora, polite.uid, "offline", |a| a["status"] == "offline").await;
+
+    // An agent that stops answering pings (it never reads its socket) times out.
+    let mut silent = WsAgent::connect(&ampora.ws_url()).await;
+    silent.send(full_state("silent", "prod")).await;
+    wait_agent(&ampora, silent.uid, "online", |a| a["status"] == "online").await;
+    let offline = wait_agent(&ampora, silent.uid, "offline", |a| a["status"] == "offline").await;
+    assert_eq!(offline["identifying_attributes"]["service.name"], "silent");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn request_instance_uid_gets_a_new_uid() {
+    let ampora = Ampora::start(&[]).await;
+    let mut agent = WsAgent::connect(&ampora.ws_url()).await;
+    let old = agent.uid;
+    let mut message = full_state("renamed", "prod");
+    message.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let reply = agent.exchange(message).await;
+    assert_eq!(reply.instance_uid.as_ref(), old.as_bytes());
+    let new = Uuid::from_slice(
+        &reply
+            .agent_identification
+            .expect("identification")
+            .new_instance_uid,
+    )
+    .expect("16 bytes");
+    assert_ne!(new, old);
+
+    agent.uid = new;
+    agent.send(heartbeat()).await;
+    let snapshot = wait_agent(&ampora, new, "online", |a| a["status"] == "online").await;
+    assert_eq!(
+        snapshot["identifying_attributes"]["service.name"],
+        "renamed"
+    );
+    assert!(
+        agent_json(&ampora, old).await.is_none(),
+        "nothing is kept under the old uid"
+    );
+}
+
+// === Read API ===
+
+#[tokio::test]
+async fn agents_api_filters_pages_and_errors() {
+    let ampora = Ampora::start(&[]).await;
+    let mut uids = Vec::new();
+    for (name, environment) in [("a", "prod"), ("b", "prod"), ("c", "dev")] {
+        let mut agent = HttpAgent::new(&ampora.http_opamp_url());
+        agent.exchange(full_state(name, environment)).await;
+        uids.push(agent.uid);
+    }
+    let mut leaving = WsAgent::connect(&ampora.ws_url()).await;
+    leaving.exchange(full_state("d", "dev")).await;
+    let leaving_uid = leaving.uid;
+    leaving.close().await;
+    wait_agent(&ampora, uids[2], "online", |a| a["status"] == "online").await;
+    wait_agent(&ampora, leaving_uid, "offline", |a| {
+        a["status"] == "offline"
+    })
+    .await;
+    let base = format!("{}/api/v1/agents", ampora.api_base());
+
+    let (status, body) = get_json(&format!("{base}?attr=deployment.environment=prod")).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["identifying_attributes"]["service.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"a") && names.contains(&"b"));
+
+    let (_, body) = get_json(&format!(
+        "{base}?attr=deployment.environment=dev&attr=service.name=c"
+    ))
+    .await;
+    assert_eq!(body["agents"].as_array().unwrap().len(), 1);
+    let (_, body) = get_json(&format!("{base}?status=offline")).await;
+    assert_eq!(body["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(body["agents"][0]["instance_uid"], leaving_uid.to_string());
+    let (_, body) = get_json(&format!("{base}?status=online")).await;
+    assert_eq!(body["agents"].as_array().unwrap().len(), 3);
+
+    // Paging visits every agent once.
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let url = match &token {
+            Some(token) => format!("{base}?limit=1&page_token={token}"),
+            None => format!("{base}?limit=1"),
+        };
+        let (_, body) = get_json(&url).await;
+        for agent in body["agents"].as_array().unwrap() {
+            seen.push(agent["instance_uid"].as_str().unwrap().to_owned());
+        }
+        match body["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (4, 4));
+
+    // Errors are JSON with the right status.
+    for (url, expected) in [
+        (format!("{base}/{}", Uuid::now_v7()), 404),
+        (format!("{base}/not-a-uuid"), 400),
+        (format!("{base}?status=sleeping"), 400),
+        (format!("{base}?limit=0"), 400),
+        (format!("{base}?attr=novalue"), 400),
+        (format!("{base}?colour=blue"), 400),
+        (format!("{base}/{}/events", Uuid::now_v7()), 404),
+        (format!("{}/api/v1/nothing", ampora.api_base()), 404),
+    ] {
+        let (status, body) = get_json(&url).await;
+        assert_eq!(status, expected, "{url}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{url}: {body}"
+        );
+    }
+
+    // History pages newest first.
+    let uid = uids[0];
+    let (_, first_page) = get_json(&format!("{base}/{uid}/events?limit=2")).await;
+    let events = first_page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(events[0]["id"].as_i64() > events[1]["id"].as_i64());
+    let token = first_page["next_page_token"].as_str().expect("more events");
+    let (_, second_page) =
+        get_json(&format!("{base}/{uid}/events?limit=2&page_token={token}")).await;
+    assert!(second_page["events"][0]["id"].as_i64() < events[1]["id"].as_i64());
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            reqwest::get(format!("{}{path}", ampora.api_base()))
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+}
