@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+mod clients;
+
+pub use clients::ExternalAgent;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
