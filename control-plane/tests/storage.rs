@@ -1,0 +1,560 @@
+//! One storage suite, both backends: SQLite in a temp dir and a real PostgreSQL server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ampora_control_plane::agents::snapshot::{
+    AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Health,
+    PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
+};
+use ampora_control_plane::storage::{
+    self, AgentQuery, EventQuery, NewEvent, SeenUpdate, Store, StoreOptions, WriteBatch,
+};
+use ampora_control_plane::testing::TestPostgres;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_700_000_000 + seconds).unwrap()
+}
+
+fn record(uid: Uuid, environment: &str, seen: i64) -> AgentRecord {
+    let mut identifying = BTreeMap::new();
+    identifying.insert("service.name".to_owned(), json!("collector"));
+    let mut non_identifying = BTreeMap::new();
+    non_identifying.insert("deployment.environment".to_owned(), json!(environment));
+    non_identifying.insert("cores".to_owned(), json!(8));
+    non_identifying.insert("tags".to_owned(), json!(["a", "b"]));
+    let mut components = BTreeMap::new();
+    components.insert(
+        "otlp".to_owned(),
+        Health {
+            healthy: false,
+            start_time: None,
+            last_error: "port in use".into(),
+            status: "".into(),
+            status_time: None,
+            components: BTreeMap::new(),
+        },
+    );
+    let mut files = BTreeMap::new();
+    files.insert(
+        "collector.yaml".to_owned(),
+        ConfigFile {
+            content_type: "text/yaml".into(),
+            body: format!("receivers: {}\n", "x".repeat(20_000)),
+        },
+    );
+    let mut packages = BTreeMap::new();
+    packages.insert(
+        "otelcol".to_owned(),
+        PackageStatus {
+            status: "Installed".into(),
+            agent_has_version: "1.0".into(),
+            agent_has_hash: "ab".into(),
+            server_offered_version: String::new(),
+            server_offered_hash: String::new(),
+            error_message: String::new(),
+        },
+    );
+    AgentRecord {
+        head: AgentHead {
+            instance_uid: uid,
+            status: AgentStatus::Online,
+            transport: Transport::Websocket,
+            gateway_id: "gw-1".into(),
+            connection_id: u64::MAX - 1,
+            remote_addr: "127.0.0.1:5555".into(),
+            sequence_num: 42,
+            capabilities: 0x1807,
+            first_seen: at(seen),
+            last_seen: at(seen),
+            summary: AgentSummary {
+                identifying_attributes: identifying,
+                non_identifying_attributes: non_identifying,
+                health: Some(Health {
+                    healthy: true,
+                    start_time: Some(at(0)),
+                    last_error: String::new(),
+                    status: "ok".into(),
+                    status_time: None,
+                    components,
+                }),
+                remote_config_status: Some(RemoteConfigStatus {
+                    status: "APPLIED".into(),
+                    last_remote_config_hash: "abcd".into(),
+                    error_message: String::new(),
+                }),
+                custom_capabilities: vec!["io.example.thing".into()],
+            },
+        },
+        details: AgentDetails {
+            effective_config: Some(files),
+            package_statuses: Some(PackageStatuses {
+                packages,
+                server_provided_all_packages_hash: "ff".into(),
+                error_message: String::new(),
+            }),
+            available_components: Some(json!({"hash": "01", "components": {}})),
+        },
+    }
+}
+
+fn event(uid: Uuid, seconds: i64, kind: &str) -> NewEvent {
+    NewEvent {
+        instance_uid: uid,
+        at: at(seconds),
+        kind: kind.into(),
+        payload: json!({"n": seconds, "big": "y".repeat(if seconds % 2 == 0 { 10 } else { 9_000 })}),
+    }
+}
+
+async fn write(store: &dyn Store, agents: Vec<AgentRecord>, events: Vec<NewEvent>) {
+    store
+        .write(&WriteBatch {
+            agents,
+            events,
+            seen: Vec::new(),
+        })
+        .await
+        .unwrap();
+}
+
+fn query(limit: u32) -> AgentQuery {
+    AgentQuery {
+        limit,
+        ..AgentQuery::default()
+    }
+}
+
+// === the suite ===
+
+async fn round_trips_a_full_record(store: Arc<dyn Store>) {
+    let uid = Uuid::now_v7();
+    let original = record(uid, "prod", 0);
+    write(store.as_ref(), vec![original.clone()], vec![]).await;
+    assert_eq!(store.get_agent(uid).await.unwrap(), Some(original.clone()));
+    assert_eq!(store.get_agent(Uuid::now_v7()).await.unwrap(), None);
+    let listed = store.list_agents(&query(10)).await.unwrap();
+    assert_eq!(listed, vec![original.head]);
+}
+
+async fn upsert_keeps_first_seen_and_applies_seen(store: Arc<dyn Store>) {
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
+    let mut later = record(uid, "dev", 100);
+    later.head.status = AgentStatus::Offline;
+    write(store.as_ref(), vec![later], vec![]).await;
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(stored.head.first_seen, at(0));
+    assert_eq!(stored.head.last_seen, at(100));
+    assert_eq!(stored.head.status, AgentStatus::Offline);
+    assert_eq!(
+        stored.head.summary.non_identifying_attributes["deployment.environment"],
+        "dev"
+    );
+
+    store
+        .write(&WriteBatch {
+            seen: vec![SeenUpdate {
+                instance_uid: uid,
+                last_seen: at(200),
+                sequence_num: 77,
+            }],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.head.last_seen, stored.head.sequence_num),
+        (at(200), 77)
+    );
+    assert_eq!(
+        stored.head.summary.non_identifying_attributes["deployment.environment"], "dev",
+        "seen touches nothing else"
+    );
+}
+
+async fn filters_by_attributes_and_status(store: Arc<dyn Store>) {
+    let prod = Uuid::now_v7();
+    let dev = Uuid::now_v7();
+    let mut offline = record(Uuid::now_v7(), "prod", 0);
+    offline.head.status = AgentStatus::Offline;
+    write(
+        store.as_ref(),
+        vec![
+            record(prod, "prod", 0),
+            record(dev, "dev", 0),
+            offline.clone(),
+        ],
+        vec![],
+    )
+    .await;
+    let uids = |heads: Vec<AgentHead>| {
+        heads
+            .into_iter()
+            .map(|h| h.instance_uid)
+            .collect::<Vec<_>>()
+    };
+
+    let attr = |pairs: &[(&str, &str)]| AgentQuery {
+        attributes: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        limit: 10,
+        ..AgentQuery::default()
+    };
+    assert_eq!(
+        uids(
+            store
+                .list_agents(&attr(&[("deployment.environment", "dev")]))
+                .await
+                .unwrap()
+        ),
+        vec![dev]
+    );
+    assert_eq!(
+        uids(
+            store
+                .list_agents(&attr(&[
+                    ("deployment.environment", "prod"),
+                    ("service.name", "collector")
+                ]))
+                .await
+                .unwrap()
+        ),
+        vec![prod, offline.head.instance_uid]
+    );
+    assert!(store
+        .list_agents(&attr(&[
+            ("deployment.environment", "prod"),
+            ("service.name", "other")
+        ]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        uids(
+            store
+                .list_agents(&attr(&[("cores", "8"), ("deployment.environment", "dev")]))
+                .await
+                .unwrap()
+        ),
+        vec![dev]
+    );
+    let offline_only = AgentQuery {
+        status: Some(AgentStatus::Offline),
+        limit: 10,
+        ..AgentQuery::default()
+    };
+    assert_eq!(
+        uids(store.list_agents(&offline_only).await.unwrap()),
+        vec![offline.head.instance_uid]
+    );
+
+    // Attributes are rewritten, not accumulated.
+    write(store.as_ref(), vec![record(dev, "staging", 5)], vec![]).await;
+    assert!(store
+        .list_agents(&attr(&[("deployment.environment", "dev")]))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn pages_agents_without_gaps_or_repeats(store: Arc<dyn Store>) {
+    let mut expected: Vec<Uuid> = (0..25).map(|_| Uuid::new_v4()).collect();
+    write(
+        store.as_ref(),
+        expected.iter().map(|uid| record(*uid, "prod", 0)).collect(),
+        vec![],
+    )
+    .await;
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_agents(&AgentQuery {
+                limit: 10,
+                after,
+                ..AgentQuery::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.iter().map(|h| h.instance_uid));
+        if page.len() < 10 {
+            break;
+        }
+        after = page.last().map(|h| h.instance_uid);
+    }
+    assert_eq!(seen, expected);
+}
+
+async fn events_newest_first_with_paging(store: Arc<dyn Store>) {
+    let uid = Uuid::now_v7();
+    let other = Uuid::now_v7();
+    write(
+        store.as_ref(),
+        vec![record(uid, "prod", 0), record(other, "prod", 0)],
+        (0..7)
+            .map(|i| event(uid, i, "health"))
+            .chain([event(other, 99, "noise")])
+            .collect(),
+    )
+    .await;
+    let first = store
+        .list_events(
+            uid,
+            &EventQuery {
+                limit: 4,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|e| e.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [6, 5, 4, 3]
+    );
+    assert_eq!(
+        first[1].payload["big"].as_str().unwrap().len(),
+        9_000,
+        "gzip'd payloads come back whole"
+    );
+    assert_eq!(first[0].at, at(6));
+    let rest = store
+        .list_events(
+            uid,
+            &EventQuery {
+                limit: 4,
+                before: Some(first[3].id),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter()
+            .map(|e| e.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 1, 0]
+    );
+    assert!(rest
+        .iter()
+        .all(|e| e.instance_uid == uid && e.kind == "health"));
+}
+
+async fn marks_only_stale_online_agents_of_a_transport_offline(store: Arc<dyn Store>) {
+    let mut stale_http = record(Uuid::now_v7(), "prod", 0);
+    stale_http.head.transport = Transport::Http;
+    let mut fresh_http = record(Uuid::now_v7(), "prod", 100);
+    fresh_http.head.transport = Transport::Http;
+    let stale_ws = record(Uuid::now_v7(), "prod", 0);
+    let mut offline_http = record(Uuid::now_v7(), "prod", 0);
+    offline_http.head.transport = Transport::Http;
+    offline_http.head.status = AgentStatus::Offline;
+    write(
+        store.as_ref(),
+        vec![
+            stale_http.clone(),
+            fresh_http.clone(),
+            stale_ws.clone(),
+            offline_http.clone(),
+        ],
+        vec![],
+    )
+    .await;
+
+    let marked = store
+        .mark_stale_offline(Transport::Http, at(50), at(60), "heartbeat timeout")
+        .await
+        .unwrap();
+    assert_eq!(marked, vec![stale_http.head.instance_uid]);
+    let uid = stale_http.head.instance_uid;
+    assert_eq!(
+        store.get_agent(uid).await.unwrap().unwrap().head.status,
+        AgentStatus::Offline
+    );
+    let events = store
+        .list_events(
+            uid,
+            &EventQuery {
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            events.len(),
+            events[0].kind.as_str(),
+            events[0].payload["reason"].as_str()
+        ),
+        (1, "offline", Some("heartbeat timeout"))
+    );
+    for untouched in [&fresh_http, &stale_ws] {
+        assert_eq!(
+            store
+                .get_agent(untouched.head.instance_uid)
+                .await
+                .unwrap()
+                .unwrap()
+                .head
+                .status,
+            AgentStatus::Online
+        );
+    }
+    assert!(store
+        .mark_stale_offline(Transport::Http, at(50), at(61), "again")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn writes_large_batches_in_one_transaction(store: Arc<dyn Store>) {
+    let records: Vec<AgentRecord> = (0..3_000)
+        .map(|_| record(Uuid::now_v7(), "bulk", 0))
+        .collect();
+    let events: Vec<NewEvent> = records
+        .iter()
+        .map(|r| event(r.head.instance_uid, 2, "connected"))
+        .collect();
+    write(store.as_ref(), records.clone(), events).await;
+    let bulk = AgentQuery {
+        attributes: vec![("deployment.environment".into(), "bulk".into())],
+        limit: 1000,
+        ..AgentQuery::default()
+    };
+    assert_eq!(store.list_agents(&bulk).await.unwrap().len(), 1000);
+    let seen: Vec<SeenUpdate> = records
+        .iter()
+        .map(|r| SeenUpdate {
+            instance_uid: r.head.instance_uid,
+            last_seen: at(500),
+            sequence_num: 9,
+        })
+        .collect();
+    store
+        .write(&WriteBatch {
+            seen,
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let last = records.last().unwrap().head.instance_uid;
+    assert_eq!(
+        store
+            .get_agent(last)
+            .await
+            .unwrap()
+            .unwrap()
+            .head
+            .sequence_num,
+        9
+    );
+
+    // A failing statement rolls the whole batch back: nothing of it is stored.
+    let fresh = Uuid::now_v7();
+    let mut duplicate = record(fresh, "x", 0);
+    duplicate.head.instance_uid = fresh;
+    let failing = WriteBatch {
+        agents: vec![record(fresh, "x", 0), duplicate],
+        ..WriteBatch::default()
+    };
+    assert!(store.write(&failing).await.is_err());
+    assert_eq!(store.get_agent(fresh).await.unwrap(), None);
+}
+
+async fn pings(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
+
+// === backends ===
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("test.db").display());
+    (
+        storage::connect(&url, StoreOptions::default())
+            .await
+            .unwrap(),
+        dir,
+    )
+}
+
+async fn postgres() -> Arc<dyn Store> {
+    let url = TestPostgres::shared().create_database().await;
+    storage::connect(&url, StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+macro_rules! storage_suite {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::$test(store).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+storage_suite!(
+    round_trips_a_full_record,
+    upsert_keeps_first_seen_and_applies_seen,
+    filters_by_attributes_and_status,
+    pages_agents_without_gaps_or_repeats,
+    events_newest_first_with_paging,
+    marks_only_stale_online_agents_of_a_transport_offline,
+    writes_large_batches_in_one_transaction,
+    pings,
+);
+
+#[tokio::test]
+async fn refuses_unknown_database_urls() {
+    let error = storage::connect("mysql://localhost/x", StoreOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("expected postgres:// or sqlite:"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_down_is_unavailable_not_a_crash() {
+    let options = StoreOptions {
+        acquire_timeout: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
+    let error = storage::connect("postgres://postgres@127.0.0.1:1/none", options)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, storage::StoreError::Unavailable(_)),
+        "{error}"
+    );
+}
