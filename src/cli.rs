@@ -135,6 +135,12 @@ pub struct GatewayOptions {
     /// How long draining may take on shutdown.
     #[arg(long, env = "AMPORA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// With no control-plane heard this long, agents are told UNAVAILABLE at once.
+    #[arg(long, env = "AMPORA_CONTROL_PLANE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub control_plane_timeout: Duration,
+    /// How often gateways and control-planes announce they are alive.
+    #[arg(long, env = "AMPORA_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub gateway_heartbeat_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +158,17 @@ pub struct ControlPlaneOptions {
     /// Event payloads and details above this many bytes are stored gzip'd.
     #[arg(long, env = "AMPORA_GZIP_THRESHOLD", default_value_t = 4096)]
     pub gzip_threshold: usize,
+    /// Unique per control-plane replica; default: a random id.
+    #[arg(long, env = "AMPORA_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// A dead replica's agents move to the others within this.
+    #[arg(long, env = "AMPORA_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// A gateway silent this long is dead: its WebSocket agents go offline.
+    #[arg(long, env = "AMPORA_GATEWAY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub gateway_timeout: Duration,
+    #[arg(long, env = "AMPORA_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub control_plane_heartbeat_interval: Duration,
 }
 
 /// Reads `AMPORA_CONFIG` (a file of `KEY=value` lines) into the environment without overriding

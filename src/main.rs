@@ -10,7 +10,15 @@ const EXIT_BAD_CONFIG: i32 = 64;
 
 fn main() {
     cli::load_config_file();
-    let command = cli::Cli::parse();
+    let command = cli::Cli::try_parse().unwrap_or_else(|error| {
+        let code = if error.use_stderr() {
+            EXIT_BAD_CONFIG
+        } else {
+            0
+        };
+        let _ = error.print();
+        std::process::exit(code);
+    });
     ampora_shared::telemetry::init_tracing();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     if let Err(error) = runtime.block_on(roles::run(command.command)) {

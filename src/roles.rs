@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::Readiness;
@@ -62,9 +63,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     } = args;
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
     let database_url = database_url(&storage)?;
-    let store = storage::connect(&database_url, store_options(&control_plane))
-        .await
-        .with_context(|| format!("while opening the database {}", redact(&database_url)))?;
+    let store = open_store(&database_url, &control_plane).await?;
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
     let opamp_listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let http_listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
@@ -112,6 +111,19 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     Ok(())
 }
 
+async fn open_store(
+    url: &str,
+    options: &ControlPlaneOptions,
+) -> anyhow::Result<Arc<dyn storage::Store>> {
+    match storage::connect(url, store_options(options)).await {
+        Err(storage::StoreError::UnsupportedUrl(scheme)) => Err(ConfigError(format!(
+            "AMPORA_DATABASE_URL {scheme}: expected postgres://… or sqlite:…"
+        ))
+        .into()),
+        result => result.with_context(|| format!("while opening the database {}", redact(url))),
+    }
+}
+
 fn database_url(storage: &StorageArgs) -> anyhow::Result<String> {
     if let Some(url) = &storage.database_url {
         return Ok(url.clone());
@@ -152,13 +164,20 @@ fn store_options(options: &ControlPlaneOptions) -> StoreOptions {
 }
 
 fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> ControlPlaneConfig {
+    let defaults = ControlPlaneConfig::default();
     ControlPlaneConfig {
+        replica_id: options.replica_id.clone().unwrap_or(defaults.replica_id),
         subjects,
         workers: options.ingest_workers.max(1),
         batch_max: options.ingest_batch.max(1),
         heartbeat_timeout: options.heartbeat_timeout,
         sweep_interval: options.sweep_interval,
-        ..ControlPlaneConfig::default()
+        lease_ttl: options.lease_ttl,
+        // Renew well within the lease so one slow round does not lose it.
+        lease_renew_interval: (options.lease_ttl / 5).max(Duration::from_millis(100)),
+        heartbeat_interval: options.control_plane_heartbeat_interval,
+        gateway_timeout: options.gateway_timeout,
+        ..defaults
     }
 }
 
@@ -183,6 +202,8 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         http_reply_timeout: options.http_reply_timeout,
         max_connections: options.max_connections,
         shutdown_grace: options.shutdown_grace,
+        control_plane_timeout: options.control_plane_timeout,
+        heartbeat_interval: options.gateway_heartbeat_interval,
         subjects,
         ..GatewayConfig::default()
     }
@@ -235,9 +256,7 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
         bus,
     } = args;
     let database_url = database_url(&storage)?;
-    let store = storage::connect(&database_url, store_options(&control_plane))
-        .await
-        .with_context(|| format!("while opening the database {}", redact(&database_url)))?;
+    let store = open_store(&database_url, &control_plane).await?;
     let connection = connect_bus(&bus, "ampora-control-plane").await?;
     let listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
     let addr = listener.local_addr()?;

@@ -6,6 +6,8 @@ use ampora_shared::subjects::Subjects;
 
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
+    /// Unique per replica; owns partition leases under this name.
+    pub replica_id: String,
     pub subjects: Subjects,
     /// Ingest workers; each owns the agents of some partitions, so one agent has one writer.
     pub workers: usize,
@@ -21,11 +23,21 @@ pub struct ControlPlaneConfig {
     pub sweep_interval: Duration,
     /// Told to agents when the server cannot take their message now.
     pub retry_after: Duration,
+    /// A partition lease lasts this long unless renewed; a replica that dies without a word
+    /// gives its agents up after at most this.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and rebalanced between replicas.
+    pub lease_renew_interval: Duration,
+    /// How often this replica tells gateways it is alive.
+    pub heartbeat_interval: Duration,
+    /// A gateway silent this long is dead: its WebSocket agents go offline.
+    pub gateway_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
         Self {
+            replica_id: uuid::Uuid::new_v4().simple().to_string(),
             subjects: Subjects::default(),
             workers: 4,
             worker_queue: 1024,
@@ -34,6 +46,10 @@ impl Default for ControlPlaneConfig {
             heartbeat_timeout: Duration::from_secs(90),
             sweep_interval: Duration::from_secs(5),
             retry_after: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
+            lease_renew_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(1),
+            gateway_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -45,6 +61,10 @@ impl ControlPlaneConfig {
             seen_flush_interval: Duration::from_millis(100),
             heartbeat_timeout: Duration::from_secs(2),
             sweep_interval: Duration::from_millis(200),
+            lease_ttl: Duration::from_secs(3),
+            lease_renew_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(250),
+            gateway_timeout: Duration::from_secs(2),
             ..Self::default()
         }
     }

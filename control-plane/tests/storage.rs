@@ -9,7 +9,8 @@ use ampora_control_plane::agents::snapshot::{
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
 use ampora_control_plane::storage::{
-    self, AgentQuery, EventQuery, NewEvent, SeenUpdate, Store, StoreOptions, WriteBatch,
+    self, AgentQuery, EventQuery, Fence, Lease, NewEvent, SeenUpdate, Store, StoreError,
+    StoreOptions, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -112,14 +113,12 @@ fn event(uid: Uuid, seconds: i64, kind: &str) -> NewEvent {
 }
 
 async fn write(store: &dyn Store, agents: Vec<AgentRecord>, events: Vec<NewEvent>) {
-    store
-        .write(&WriteBatch {
-            agents,
-            events,
-            seen: Vec::new(),
-        })
-        .await
-        .unwrap();
+    let batch = WriteBatch {
+        agents,
+        events,
+        ..WriteBatch::default()
+    };
+    store.write(&batch).await.unwrap();
 }
 
 fn query(limit: u32) -> AgentQuery {
@@ -472,6 +471,132 @@ async fn writes_large_batches_in_one_transaction(store: Arc<dyn Store>) {
     assert_eq!(store.get_agent(fresh).await.unwrap(), None);
 }
 
+async fn leases_split_fairly_and_fence_writes(store: Arc<dyn Store>) {
+    let now = OffsetDateTime::now_utc();
+    let later = now + Duration::from_secs(10);
+    assert_eq!(store.heartbeat_replica("a", now, later).await.unwrap(), 1);
+    let a = store.claim_partitions("a", 8, 8, now, later).await.unwrap();
+    assert_eq!(
+        a.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert!(a.iter().all(|l| l.epoch == 1));
+
+    // A second replica joins: it gets nothing until the first gives its surplus up.
+    assert_eq!(store.heartbeat_replica("b", now, later).await.unwrap(), 2);
+    assert!(store
+        .claim_partitions("b", 8, 4, now, later)
+        .await
+        .unwrap()
+        .is_empty());
+    let a = store.claim_partitions("a", 8, 4, now, later).await.unwrap();
+    assert_eq!(a.len(), 4);
+    let b = store.claim_partitions("b", 8, 4, now, later).await.unwrap();
+    assert_eq!(
+        b.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        [4, 5, 6, 7]
+    );
+    assert!(
+        b.iter().all(|l| l.epoch == 2),
+        "a new owner means a new epoch: {b:?}"
+    );
+
+    // A write fenced by a lease the writer no longer holds stores nothing.
+    let uid = Uuid::now_v7();
+    let stale = Fence {
+        owner: "a".into(),
+        leases: vec![Lease {
+            partition: 5,
+            epoch: 1,
+        }],
+    };
+    let batch = WriteBatch {
+        agents: vec![record(uid, "prod", 0)],
+        fence: Some(stale),
+        ..WriteBatch::default()
+    };
+    assert!(matches!(store.write(&batch).await, Err(StoreError::Fenced)));
+    assert_eq!(store.get_agent(uid).await.unwrap(), None);
+    let current = Fence {
+        owner: "b".into(),
+        leases: vec![b[1]],
+    };
+    let batch = WriteBatch {
+        agents: vec![record(uid, "prod", 0)],
+        fence: Some(current),
+        ..WriteBatch::default()
+    };
+    store.write(&batch).await.unwrap();
+    assert!(store.get_agent(uid).await.unwrap().is_some());
+
+    // Replica a dies: once its leases expire, b takes everything.
+    let after_expiry = later + Duration::from_secs(1);
+    assert_eq!(
+        store
+            .heartbeat_replica("b", after_expiry, after_expiry + Duration::from_secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    let b = store
+        .claim_partitions(
+            "b",
+            8,
+            8,
+            after_expiry,
+            after_expiry + Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 8);
+
+    // A clean shutdown hands leases over at once.
+    store.release_replica("b").await.unwrap();
+    let c = store
+        .claim_partitions(
+            "c",
+            8,
+            8,
+            after_expiry,
+            after_expiry + Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 8);
+}
+
+async fn dead_gateways_agents_go_offline(store: Arc<dyn Store>) {
+    let mut on_dead = record(Uuid::now_v7(), "prod", 0);
+    on_dead.head.gateway_id = "dead".into();
+    let mut on_live = record(Uuid::now_v7(), "prod", 0);
+    on_live.head.gateway_id = "live".into();
+    write(
+        store.as_ref(),
+        vec![on_dead.clone(), on_live.clone()],
+        vec![],
+    )
+    .await;
+    let mut gateways = store.gateways_with_online_agents().await.unwrap();
+    gateways.sort();
+    assert_eq!(gateways, ["dead", "live"]);
+    let marked = store
+        .mark_gateway_offline("dead", at(10), "gateway lost")
+        .await
+        .unwrap();
+    assert_eq!(marked, vec![on_dead.head.instance_uid]);
+    assert_eq!(
+        store
+            .get_agent(on_live.head.instance_uid)
+            .await
+            .unwrap()
+            .unwrap()
+            .head
+            .status,
+        AgentStatus::Online
+    );
+    assert_eq!(store.gateways_with_online_agents().await.unwrap(), ["live"]);
+}
+
 async fn pings(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
 }
@@ -526,6 +651,8 @@ storage_suite!(
     events_newest_first_with_paging,
     marks_only_stale_online_agents_of_a_transport_offline,
     writes_large_batches_in_one_transaction,
+    leases_split_fairly_and_fence_writes,
+    dead_gateways_agents_go_offline,
     pings,
 );
 

@@ -36,6 +36,11 @@ pub struct GatewayConfig {
     pub http_reply_timeout: Duration,
     /// Told to HTTP agents in `Retry-After` and to WebSocket agents in `RetryInfo`.
     pub retry_after: Duration,
+    /// How often this gateway tells control-planes it is alive.
+    pub heartbeat_interval: Duration,
+    /// With no control-plane heard for this long, agents are told UNAVAILABLE at once instead
+    /// of waiting for replies that will not come.
+    pub control_plane_timeout: Duration,
     pub max_connections: usize,
     /// Deliveries queued per WebSocket connection before new ones are dropped.
     pub connection_queue: usize,
@@ -57,6 +62,8 @@ impl Default for GatewayConfig {
             first_message_timeout: Duration::from_secs(30),
             http_reply_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            control_plane_timeout: Duration::from_secs(5),
             max_connections: 50_000,
             connection_queue: 16,
             shutdown_grace: Duration::from_secs(10),
@@ -72,6 +79,8 @@ impl GatewayConfig {
             ws_idle_timeout: Duration::from_secs(2),
             first_message_timeout: Duration::from_secs(1),
             http_reply_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(250),
+            control_plane_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(2),
             ..Self::default()
         }

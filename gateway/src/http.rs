@@ -48,6 +48,9 @@ pub async fn opamp_post(
     body: Body,
 ) -> Response {
     let config = &state.config;
+    if state.shutdown.is_cancelled() {
+        return unavailable(&state, "gateway shutting down; reconnect");
+    }
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
         return reject(

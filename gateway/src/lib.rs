@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use ampora_shared::bus::{Bus, BusError};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{GatewayConfig, TlsConfig};
 
@@ -51,8 +52,10 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let config = Arc::new(config);
-    let relay = relay::Relay::start(bus, config.clone()).await?;
+    let stop = CancellationToken::new();
+    let relay = relay::Relay::start(bus, config.clone(), stop.clone()).await?;
     tracing::info!(gateway_id = %config.gateway_id, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gateway listening");
     listener::serve(listener, tls, config, relay, shutdown).await;
+    stop.cancel();
     Ok(())
 }

@@ -4,16 +4,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use ampora_shared::bus::Subscription;
 use ampora_shared::bus::{Bus, BusError};
 use ampora_shared::pb::bus::{
-    agent_envelope::Event, AgentEnvelope, ConnectionClosed, GatewayDelivery, Transport,
+    agent_envelope::Event, AgentEnvelope, ConnectionClosed, ControlPlaneHeartbeat, GatewayDelivery,
+    GatewayHeartbeat, Transport,
 };
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::GatewayConfig;
@@ -38,16 +41,24 @@ pub struct Relay {
     next_connection_id: AtomicU64,
     routes: Mutex<HashMap<u64, Route>>,
     ready: AtomicBool,
+    started: Instant,
+    /// Milliseconds after `started` when a control-plane was last heard.
+    control_plane_heard_ms: AtomicU64,
 }
 
 impl Relay {
-    /// Subscribes to this gateway's deliveries before any agent can connect.
+    /// Subscribes to this gateway's deliveries before any agent can connect; runs the relay's
+    /// background tasks until `stop`.
     pub async fn start(
         bus: Arc<dyn Bus>,
         config: Arc<GatewayConfig>,
+        stop: CancellationToken,
     ) -> Result<Arc<Relay>, BusError> {
-        let subscription = bus
+        let deliveries = bus
             .subscribe(&config.subjects.gateway(&config.gateway_id))
+            .await?;
+        let heartbeats = bus
+            .subscribe(&config.subjects.control_plane_heartbeat())
             .await?;
         let relay = Arc::new(Relay {
             bus,
@@ -55,9 +66,61 @@ impl Relay {
             next_connection_id: AtomicU64::new(1),
             routes: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(true),
+            started: Instant::now(),
+            control_plane_heard_ms: AtomicU64::new(0),
         });
-        tokio::spawn(relay.clone().dispatch(subscription));
+        for task in [
+            tokio::spawn(relay.clone().dispatch(deliveries)),
+            tokio::spawn(relay.clone().hear_control_planes(heartbeats)),
+            tokio::spawn(relay.clone().announce()),
+        ] {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                task.abort();
+            });
+        }
         Ok(relay)
+    }
+
+    /// Whether some control-plane was heard recently (counting from our start, so a fresh
+    /// gateway gives them one timeout to speak up).
+    pub fn control_plane_available(&self) -> bool {
+        let heard = self.control_plane_heard_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        now.saturating_sub(heard) <= self.config.control_plane_timeout.as_millis() as u64
+    }
+
+    async fn hear_control_planes(self: Arc<Self>, mut heartbeats: Subscription) {
+        while let Some(message) = heartbeats.next().await {
+            if ControlPlaneHeartbeat::decode(message.payload).is_ok() {
+                let now = self.started.elapsed().as_millis() as u64;
+                self.control_plane_heard_ms.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells control-planes this gateway is alive, so its agents stay online.
+    async fn announce(self: Arc<Self>) {
+        let mut interval = tokio::time::interval(self.config.heartbeat_interval);
+        let subject = self.config.subjects.gateway_heartbeat();
+        loop {
+            interval.tick().await;
+            let beat = GatewayHeartbeat {
+                gateway_id: self.config.gateway_id.clone(),
+                connections: self.routes().len() as u64,
+            };
+            if let Err(error) = self
+                .bus
+                .publish(&subject, beat.encode_to_vec().into())
+                .await
+            {
+                tracing::debug!(%error, "cannot announce the gateway");
+            }
+            let available = self.control_plane_available();
+            metrics::gauge!("ampora_gateway_control_plane_available")
+                .set(f64::from(u8::from(available)));
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -116,6 +179,11 @@ impl Relay {
     }
 
     async fn publish(&self, peer: &Peer, uid: &Uuid, event: Event) -> Result<(), BusError> {
+        if matches!(event, Event::AgentToServer(_)) && !self.control_plane_available() {
+            return Err(BusError::Unavailable(
+                "no control-plane heard recently".into(),
+            ));
+        }
         let envelope = AgentEnvelope {
             instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
             gateway_id: self.config.gateway_id.clone(),
@@ -141,7 +209,7 @@ impl Relay {
         result
     }
 
-    async fn dispatch(self: Arc<Self>, mut subscription: ampora_shared::bus::Subscription) {
+    async fn dispatch(self: Arc<Self>, mut subscription: Subscription) {
         while let Some(message) = subscription.next().await {
             let delivery = match GatewayDelivery::decode(message.payload) {
                 Ok(delivery) => delivery,

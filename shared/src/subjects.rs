@@ -5,6 +5,8 @@
 //!   instance uid, so one agent's messages always travel on one subject and keep their order there.
 //!   Control-plane replicas queue-subscribe to `{prefix}.agent.*`.
 //! - `{prefix}.gateway.{gateway_id}`: control-plane → the one gateway holding a connection.
+//! - `{prefix}.heartbeat.gateway` / `{prefix}.heartbeat.control-plane`: liveness, every second.
+//! - `{prefix}.evictions`: control-plane → control-planes, agents changed by a sweep.
 
 use uuid::Uuid;
 
@@ -55,6 +57,23 @@ impl Subjects {
     pub fn gateway(&self, gateway_id: &str) -> String {
         format!("{}.gateway.{}", self.prefix, gateway_id)
     }
+
+    /// One partition's agent traffic, for the control-plane replica that owns it.
+    pub fn agent_partition(&self, partition: u16) -> String {
+        format!("{}.agent.{}", self.prefix, partition)
+    }
+
+    pub fn gateway_heartbeat(&self) -> String {
+        format!("{}.heartbeat.gateway", self.prefix)
+    }
+
+    pub fn control_plane_heartbeat(&self) -> String {
+        format!("{}.heartbeat.control-plane", self.prefix)
+    }
+
+    pub fn evictions(&self) -> String {
+        format!("{}.evictions", self.prefix)
+    }
 }
 
 impl Default for Subjects {
@@ -75,6 +94,10 @@ mod tests {
         assert!(subjects.partition_of(&uid) < 8);
         assert_eq!(subjects.gateway("g1"), "t.gateway.g1");
         assert_eq!(subjects.agent_inbound_all(), "t.agent.*");
+        assert_eq!(
+            subjects.agent_partition(subjects.partition_of(&uid)),
+            subjects.agent_inbound(&uid)
+        );
     }
 
     #[test]

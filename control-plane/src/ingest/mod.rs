@@ -1,29 +1,32 @@
 //! Agent traffic in: bus → partition workers → database → replies.
 //!
-//! One consumer queue-subscribes to every agent partition and hands each envelope to the worker
-//! owning its partition, so one agent's messages are applied in order by one writer. A sweeper
-//! marks silent HTTP agents offline and tells the owning worker to forget its cached copy.
+//! Agents are split into partitions by a hash of their uid. Each control-plane replica holds
+//! leases on a fair share of the partitions ([`ownership`]) and subscribes to just those; inside
+//! the replica each partition maps to one worker, so every agent has exactly one writer, which
+//! applies its messages in order. Writes are fenced by the lease epoch, so a replica that lost a
+//! lease (paused, partitioned) cannot overwrite the new owner's work.
+//!
+//! Beside ingest run the sweeps ([`presence`]): silent HTTP agents and the WebSocket agents of
+//! dead gateways go offline, and every replica is told to forget its cached copies.
 
+mod ownership;
+mod presence;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ampora_shared::bus::Bus;
-use ampora_shared::pb::bus::AgentEnvelope;
-use ampora_shared::subjects::CONTROL_PLANE_QUEUE;
-use ampora_shared::uid;
-use futures::StreamExt;
+use ampora_shared::pb::bus::ControlPlaneHeartbeat;
 use prost::Message;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::agents::snapshot::Transport;
 use crate::config::ControlPlaneConfig;
 use crate::storage::Store;
+use ownership::Ownership;
 use worker::{WorkItem, Worker};
 
 /// Says whether ingest is consuming; read by `/readyz`.
@@ -40,7 +43,32 @@ impl Readiness {
     }
 }
 
-/// Consumes agent traffic until `shutdown`, then drains the workers (flushing liveness).
+/// Hands work to the worker that owns an agent's partition.
+#[derive(Clone)]
+struct Router {
+    config: Arc<ControlPlaneConfig>,
+    workers: Arc<Vec<mpsc::Sender<WorkItem>>>,
+}
+
+impl Router {
+    fn worker_of_partition(&self, partition: u16) -> &mpsc::Sender<WorkItem> {
+        &self.workers[usize::from(partition) % self.workers.len()]
+    }
+
+    async fn send(&self, uid: &Uuid, item: WorkItem) {
+        let partition = self.config.subjects.partition_of(uid);
+        if self
+            .worker_of_partition(partition)
+            .send(item)
+            .await
+            .is_err()
+        {
+            tracing::error!("ingest worker stopped");
+        }
+    }
+}
+
+/// Consumes agent traffic until `shutdown`, then gives its partitions up and drains the workers.
 pub async fn run(
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
@@ -48,111 +76,85 @@ pub async fn run(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut subscription = bus
-        .queue_subscribe(&config.subjects.agent_inbound_all(), CONTROL_PLANE_QUEUE)
-        .await?;
+    let config = Arc::new(config);
+    let ownership = Arc::new(Ownership::new(config.clone()));
     let mut workers = JoinSet::new();
     let senders: Vec<mpsc::Sender<WorkItem>> = (0..config.workers.max(1))
         .map(|index| {
             let (sender, receiver) = mpsc::channel(config.worker_queue.max(1));
-            let worker = Worker::new(index, store.clone(), bus.clone(), config.clone());
+            let worker = Worker::new(
+                index,
+                store.clone(),
+                bus.clone(),
+                config.clone(),
+                ownership.clone(),
+            );
             workers.spawn(worker.run(receiver));
             sender
         })
         .collect();
-    let route = {
-        let subjects = config.subjects.clone();
-        let senders = senders.clone();
-        move |uid: &Uuid| senders[usize::from(subjects.partition_of(uid)) % senders.len()].clone()
+    let router = Router {
+        config: config.clone(),
+        workers: Arc::new(senders),
     };
-    let sweeper = tokio::spawn(sweep(
-        store,
+
+    let mut background = JoinSet::new();
+    background.spawn(presence::listen_evictions(
+        bus.clone(),
         config.clone(),
-        route.clone(),
+        router.clone(),
         shutdown.clone(),
     ));
-    readiness.set(true);
-    tracing::info!(workers = senders.len(), "control-plane ingest consuming");
+    let gateways = presence::Gateways::default();
+    background.spawn(presence::listen_gateways(
+        bus.clone(),
+        config.clone(),
+        gateways.clone(),
+        shutdown.clone(),
+    ));
+    background.spawn(presence::sweep(
+        store.clone(),
+        bus.clone(),
+        config.clone(),
+        gateways,
+        shutdown.clone(),
+    ));
 
+    tracing::info!(replica_id = %config.replica_id, workers = router.workers.len(), "control-plane ingest starting");
+    let mut renew = tokio::time::interval(config.lease_renew_interval);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat = ControlPlaneHeartbeat {
+        replica_id: config.replica_id.clone(),
+    }
+    .encode_to_vec();
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            message = subscription.next() => match message {
-                Some(message) => message,
-                None => {
-                    tracing::error!("agent subscription ended");
-                    break;
+            _ = renew.tick() => {
+                match ownership.rebalance(store.as_ref(), bus.as_ref(), &router).await {
+                    Ok(()) => readiness.set(true),
+                    Err(error) => tracing::warn!(%error, "cannot renew partition leases"),
                 }
-            },
-        };
-        metrics::counter!("ampora_control_plane_envelopes_total").increment(1);
-        let envelope = match AgentEnvelope::decode(message.payload) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                metrics::counter!("ampora_control_plane_envelopes_rejected_total", "reason" => "undecodable").increment(1);
-                tracing::warn!(subject = %message.subject, %error, "dropping undecodable envelope");
-                continue;
             }
-        };
-        let Some(uid) = uid::from_wire(&envelope.instance_uid) else {
-            metrics::counter!("ampora_control_plane_envelopes_rejected_total", "reason" => "bad_uid").increment(1);
-            tracing::warn!(gateway_id = %envelope.gateway_id, "dropping envelope without a 16-byte instance uid");
-            continue;
-        };
-        if route(&uid)
-            .send(WorkItem::Envelope(uid, envelope))
-            .await
-            .is_err()
-        {
-            tracing::error!("ingest worker stopped");
-            break;
+            _ = heartbeat.tick(), if readiness.is_ready() => {
+                let _ = bus.publish(&config.subjects.control_plane_heartbeat(), beat.clone().into()).await;
+            }
         }
     }
 
     readiness.set(false);
-    drop(subscription);
-    drop(route);
-    drop(senders);
-    sweeper.abort();
+    background.abort_all();
+    ownership.stop_all(&router).await;
+    if let Err(error) = store.release_replica(&config.replica_id).await {
+        tracing::warn!(%error, "cannot release partition leases; they expire on their own");
+    }
+    drop(router);
     while let Some(result) = workers.join_next().await {
         if let Err(error) = result {
             tracing::error!(%error, "ingest worker failed");
         }
     }
     Ok(())
-}
-
-/// Marks HTTP agents that stopped polling offline.
-async fn sweep(
-    store: Arc<dyn Store>,
-    config: ControlPlaneConfig,
-    route: impl Fn(&Uuid) -> mpsc::Sender<WorkItem>,
-    shutdown: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(config.sweep_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let now = OffsetDateTime::now_utc();
-        let cutoff = now - config.heartbeat_timeout;
-        match store
-            .mark_stale_offline(Transport::Http, cutoff, now, "heartbeat timeout")
-            .await
-        {
-            Ok(uids) => {
-                metrics::counter!("ampora_control_plane_heartbeat_timeouts_total")
-                    .increment(uids.len() as u64);
-                for uid in uids {
-                    tracing::info!(instance_uid = %uid, "agent offline: heartbeat timeout");
-                    let _ = route(&uid)
-                        .send(WorkItem::MarkedOffline { uid, cutoff })
-                        .await;
-                }
-            }
-            Err(error) => tracing::warn!(%error, "heartbeat sweep failed"),
-        }
-    }
 }

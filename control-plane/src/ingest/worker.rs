@@ -1,7 +1,8 @@
 //! One ingest worker: owns the agents of its partitions, applies their messages in order,
 //! writes each round of changes in one transaction, and answers only after the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,28 +21,35 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
 use crate::agents::merge::{apply_connection_closed, apply_message, new_record, Origin};
 use crate::agents::snapshot::{AgentRecord, AgentStatus, Transport};
 use crate::config::ControlPlaneConfig;
-use crate::storage::{NewEvent, SeenUpdate, Store, WriteBatch};
+use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
 
 pub enum WorkItem {
     Envelope(Uuid, AgentEnvelope),
-    /// The sweeper marked this agent offline in storage for silence since `cutoff`.
+    /// A sweep marked this agent offline in storage for silence since `cutoff`.
     MarkedOffline {
         uid: Uuid,
         cutoff: OffsetDateTime,
     },
+    /// This replica no longer owns the partition (or owns it under a new epoch).
+    Release(u16),
 }
 
 pub struct Worker {
     index: usize,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
-    config: ControlPlaneConfig,
+    config: Arc<ControlPlaneConfig>,
+    ownership: Arc<Ownership>,
     /// Online agents this worker owns, as last committed (or about to be).
     cache: HashMap<Uuid, AgentRecord>,
+    /// Digest of the last message applied per cached agent: a redelivered or retried message
+    /// (same sequence number, same bytes) is answered but not applied again.
+    last_applied: HashMap<Uuid, u64>,
     /// Heartbeat-only liveness not yet written.
     pending_seen: HashMap<Uuid, SeenUpdate>,
 }
@@ -49,6 +57,8 @@ pub struct Worker {
 /// What one round of messages produces.
 #[derive(Default)]
 struct Round {
+    /// Partitions whose agents this round writes: the commit is fenced by their leases.
+    partitions: HashSet<u16>,
     agents: HashMap<Uuid, AgentRecord>,
     events: Vec<NewEvent>,
     replies: Vec<Reply>,
@@ -65,14 +75,17 @@ impl Worker {
         index: usize,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
-        config: ControlPlaneConfig,
+        config: Arc<ControlPlaneConfig>,
+        ownership: Arc<Ownership>,
     ) -> Self {
         Self {
             index,
             store,
             bus,
             config,
+            ownership,
             cache: HashMap::new(),
+            last_applied: HashMap::new(),
             pending_seen: HashMap::new(),
         }
     }
@@ -119,17 +132,28 @@ impl Worker {
                 let Some(record) = self.cache.remove(&uid) else {
                     return;
                 };
+                self.last_applied.remove(&uid);
                 if record.head.last_seen >= cutoff {
                     // Seen after the cutoff but not yet flushed: it is alive, undo the sweep.
+                    round
+                        .partitions
+                        .insert(self.config.subjects.partition_of(&uid));
                     round.events.push(event(
                         uid,
                         record.head.last_seen,
                         "connected",
-                        serde_json::json!({"reason": "seen after heartbeat timeout"}),
+                        serde_json::json!({"reason": "seen after the sweep"}),
                     ));
                     round.agents.insert(uid, record.clone());
                     self.cache.insert(uid, record);
                 }
+            }
+            WorkItem::Release(partition) => {
+                let subjects = &self.config.subjects;
+                let released = |uid: &Uuid| subjects.partition_of(uid) == partition;
+                self.cache.retain(|uid, _| !released(uid));
+                self.last_applied.retain(|uid, _| !released(uid));
+                self.pending_seen.retain(|uid, _| !released(uid));
             }
         }
     }
@@ -184,6 +208,9 @@ impl Worker {
                 ) {
                     tracing::info!(instance_uid = %uid, reason = %closed.reason, "agent offline: connection closed");
                     round
+                        .partitions
+                        .insert(self.config.subjects.partition_of(&uid));
+                    round
                         .events
                         .push(event(uid, origin.received_at, "disconnected", payload));
                     round.agents.insert(uid, record.clone());
@@ -210,6 +237,23 @@ impl Worker {
         } else {
             (uid, self.cached_or_stored(uid).await)
         };
+        let digest = message_digest(message);
+        if let Ok(Some(record)) = &stored {
+            let duplicate = record.head.sequence_num == message.sequence_num
+                && self.last_applied.get(&target) == Some(&digest);
+            if duplicate {
+                metrics::counter!("ampora_control_plane_duplicates_total").increment(1);
+                let reply = (origin.transport == Transport::Http).then(|| ServerToAgent {
+                    instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+                    capabilities: SERVER_CAPABILITIES,
+                    ..Default::default()
+                });
+                if let Ok(Some(record)) = stored {
+                    self.keep_if_online(target, record);
+                }
+                return reply;
+            }
+        }
         let (mut record, known) = match stored {
             Ok(Some(record)) => (record, true),
             Ok(None) => (new_record(target, origin), false),
@@ -224,6 +268,10 @@ impl Worker {
             }
         };
         let outcome = apply_message(&mut record, known, message, origin);
+        round
+            .partitions
+            .insert(self.config.subjects.partition_of(&target));
+        self.last_applied.insert(target, digest);
         metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => if outcome.snapshot_changed { "change" } else { "heartbeat" }).increment(1);
         for (kind, payload) in &outcome.events {
             round
@@ -274,11 +322,21 @@ impl Worker {
     fn keep_if_online(&mut self, uid: Uuid, record: AgentRecord) {
         if record.head.status == AgentStatus::Online {
             self.cache.insert(uid, record);
+        } else {
+            self.last_applied.remove(&uid);
+        }
+    }
+
+    fn forget(&mut self, uids: impl IntoIterator<Item = Uuid>) {
+        for uid in uids {
+            self.cache.remove(&uid);
+            self.last_applied.remove(&uid);
         }
     }
 
     async fn commit(&mut self, round: Round) {
         let Round {
+            partitions,
             agents,
             events,
             mut replies,
@@ -288,6 +346,7 @@ impl Worker {
             agents: agents.into_values().collect(),
             events,
             seen: Vec::new(),
+            fence: Some(self.ownership.fence(partitions)),
         };
         if !batch.is_empty() {
             let started = Instant::now();
@@ -295,13 +354,17 @@ impl Worker {
             metrics::histogram!("ampora_control_plane_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
             if let Err(error) = result {
-                metrics::counter!("ampora_control_plane_commit_errors_total").increment(1);
+                let reason = if matches!(error, StoreError::Fenced) {
+                    "fenced"
+                } else {
+                    "unavailable"
+                };
+                metrics::counter!("ampora_control_plane_commit_errors_total", "reason" => reason)
+                    .increment(1);
                 tracing::warn!(%error, agents = touched.len(), "commit failed; agents will re-sync");
                 // Forget what was not stored: the next message reloads, sees a sequence gap and
                 // asks the agent for its full state.
-                for uid in &touched {
-                    self.cache.remove(uid);
-                }
+                self.forget(touched);
                 for reply in &mut replies {
                     let uid = uid::from_wire(&reply.message.instance_uid).unwrap_or_default();
                     reply.message = error_message(
@@ -323,14 +386,24 @@ impl Worker {
             return;
         }
         let seen: Vec<SeenUpdate> = self.pending_seen.drain().map(|(_, seen)| seen).collect();
+        let subjects = &self.config.subjects;
+        let fence = self
+            .ownership
+            .fence(seen.iter().map(|s| subjects.partition_of(&s.instance_uid)));
         let batch = WriteBatch {
             seen,
+            fence: Some(fence),
             ..WriteBatch::default()
         };
-        if let Err(error) = self.store.write(&batch).await {
-            tracing::warn!(%error, agents = batch.seen.len(), "liveness flush failed; will retry");
-            for seen in batch.seen {
-                self.pending_seen.entry(seen.instance_uid).or_insert(seen);
+        match self.store.write(&batch).await {
+            Ok(()) => {}
+            // Someone else owns these agents now: their liveness is theirs to write.
+            Err(StoreError::Fenced) => self.forget(batch.seen.iter().map(|s| s.instance_uid)),
+            Err(error) => {
+                tracing::warn!(%error, agents = batch.seen.len(), "liveness flush failed; will retry");
+                for seen in batch.seen {
+                    self.pending_seen.entry(seen.instance_uid).or_insert(seen);
+                }
             }
         }
     }
@@ -352,6 +425,13 @@ impl Worker {
             tracing::warn!(%error, gateway_id = %reply.gateway_id, "cannot deliver reply");
         }
     }
+}
+
+/// Identifies a message's bytes, to tell a redelivery from a new message.
+fn message_digest(message: &AgentToServer) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    message.encode_to_vec().hash(&mut hasher);
+    hasher.finish()
 }
 
 fn event(

@@ -46,6 +46,20 @@ pub struct SeenUpdate {
     pub sequence_num: u64,
 }
 
+/// Ownership of one agent partition: writes to its agents are fenced by the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub partition: u16,
+    pub epoch: i64,
+}
+
+/// Proof that the writer still owns the partitions it writes for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fence {
+    pub owner: String,
+    pub leases: Vec<Lease>,
+}
+
 /// Everything one ingest round writes, in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
@@ -54,6 +68,8 @@ pub struct WriteBatch {
     pub events: Vec<NewEvent>,
     /// Liveness of agents whose snapshot did not change.
     pub seen: Vec<SeenUpdate>,
+    /// When set, the batch is written only if `owner` still holds every lease, unexpired.
+    pub fence: Option<Fence>,
 }
 
 impl WriteBatch {
@@ -89,6 +105,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("database migration failed: {0}")]
     Migration(String),
+    #[error("partition lease lost: another replica owns these agents now")]
+    Fenced,
 }
 
 #[derive(Debug, Clone)]
@@ -151,4 +169,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
+
+    /// Records that `replica` is alive until `expires_at`; returns how many replicas are alive.
+    async fn heartbeat_replica(
+        &self,
+        replica: &str,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<u32>;
+
+    /// Keeps `replica`'s unexpired leases until `expires_at`, gives up those beyond `want`, and
+    /// takes free or expired partitions (of `0..total`) up to `want`, each with a new epoch.
+    /// Returns every lease it holds afterwards.
+    async fn claim_partitions(
+        &self,
+        replica: &str,
+        total: u16,
+        want: u16,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<Vec<Lease>>;
+
+    /// Gives up all of `replica`'s leases and membership (clean shutdown).
+    async fn release_replica(&self, replica: &str) -> Result<()>;
+
+    /// Gateways that hold online WebSocket agents, by the agents' records.
+    async fn gateways_with_online_agents(&self) -> Result<Vec<String>>;
+
+    /// Marks the online WebSocket agents of a dead gateway offline, with an `offline` event each.
+    async fn mark_gateway_offline(
+        &self,
+        gateway_id: &str,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>>;
 }

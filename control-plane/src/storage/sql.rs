@@ -20,7 +20,7 @@ macro_rules! sql_store {
         use crate::storage::encoding::{self, unavailable};
         use crate::storage::sql::{AGENT_COLUMNS, ROWS_PER_STATEMENT};
         use crate::storage::{
-            AgentEvent, AgentQuery, EventQuery, NewEvent, Result, Store, StoreError, WriteBatch,
+            AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, Result, Store, StoreError, WriteBatch,
         };
 
         pub struct $store {
@@ -51,6 +51,58 @@ macro_rules! sql_store {
         }
 
         impl $store {
+            /// Locks the fence's leases (in partition order, like every lease update) and checks
+            /// they are still the writer's.
+            async fn check_fence(
+                connection: &mut <$db as sqlx::Database>::Connection,
+                fence: &Fence,
+            ) -> Result<()> {
+                let now = encoding::micros(OffsetDateTime::now_utc());
+                let mut leases = fence.leases.clone();
+                leases.sort_by_key(|lease| lease.partition);
+                for lease in leases {
+                    let held = sqlx::query(
+                        "UPDATE partition_leases SET epoch = epoch \
+                         WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4",
+                    )
+                    .bind(i32::from(lease.partition))
+                    .bind(fence.owner.clone())
+                    .bind(lease.epoch)
+                    .bind(now)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(unavailable)?;
+                    if held.rows_affected() != 1 {
+                        return Err(StoreError::Fenced);
+                    }
+                }
+                Ok(())
+            }
+
+            async fn offline_with_events(
+                &self,
+                connection: &mut <$db as sqlx::Database>::Connection,
+                rows: Vec<$row>,
+                now: OffsetDateTime,
+                reason: &str,
+            ) -> Result<Vec<Uuid>> {
+                let uids = rows
+                    .iter()
+                    .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
+                    .collect::<Result<Vec<Uuid>>>()?;
+                let events: Vec<NewEvent> = uids
+                    .iter()
+                    .map(|uid| NewEvent {
+                        instance_uid: *uid,
+                        at: now,
+                        kind: "offline".to_owned(),
+                        payload: serde_json::json!({ "reason": reason }),
+                    })
+                    .collect();
+                self.insert_events(connection, &events).await?;
+                Ok(uids)
+            }
+
             async fn insert_events(
                 &self,
                 connection: &mut <$db as sqlx::Database>::Connection,
@@ -163,6 +215,9 @@ macro_rules! sql_store {
                     return Ok(());
                 }
                 let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                if let Some(fence) = &batch.fence {
+                    Self::check_fence(&mut transaction, fence).await?;
+                }
                 self.upsert_agents(&mut transaction, &batch.agents).await?;
                 self.insert_events(&mut transaction, &batch.events).await?;
                 for chunk in batch.seen.chunks(ROWS_PER_STATEMENT) {
@@ -195,20 +250,7 @@ macro_rules! sql_store {
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(unavailable)?;
-                let uids = rows
-                    .iter()
-                    .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
-                    .collect::<Result<Vec<Uuid>>>()?;
-                let events: Vec<NewEvent> = uids
-                    .iter()
-                    .map(|uid| NewEvent {
-                        instance_uid: *uid,
-                        at: now,
-                        kind: "offline".to_owned(),
-                        payload: serde_json::json!({ "reason": reason }),
-                    })
-                    .collect();
-                self.insert_events(&mut transaction, &events).await?;
+                let uids = self.offline_with_events(&mut transaction, rows, now, reason).await?;
                 transaction.commit().await.map_err(unavailable)?;
                 Ok(uids)
             }
@@ -262,6 +304,159 @@ macro_rules! sql_store {
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
                 Ok(())
+            }
+
+            async fn heartbeat_replica(&self, replica: &str, now: OffsetDateTime, expires_at: OffsetDateTime) -> Result<u32> {
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO control_plane_replicas (replica_id, expires_at) VALUES ($1, $2) \
+                     ON CONFLICT (replica_id) DO UPDATE SET expires_at = excluded.expires_at",
+                )
+                .bind(replica.to_owned())
+                .bind(encoding::micros(expires_at))
+                .execute(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+                sqlx::query("DELETE FROM control_plane_replicas WHERE expires_at <= $1")
+                    .bind(encoding::micros(now))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                let live: i64 = sqlx::query("SELECT COUNT(*) AS live FROM control_plane_replicas")
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get("live")
+                    .map_err(unavailable)?;
+                transaction.commit().await.map_err(unavailable)?;
+                Ok(live.max(1) as u32)
+            }
+
+            async fn claim_partitions(
+                &self,
+                replica: &str,
+                total: u16,
+                want: u16,
+                now: OffsetDateTime,
+                expires_at: OffsetDateTime,
+            ) -> Result<Vec<Lease>> {
+                let now = encoding::micros(now);
+                let expires_at = encoding::micros(expires_at);
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                let mut missing = QueryBuilder::<$db>::new("INSERT INTO partition_leases (partition, owner, epoch, expires_at) ");
+                missing.push_values(0..total, |mut row, partition| {
+                    row.push_bind(i32::from(partition)).push_bind("").push_bind(0i64).push_bind(0i64);
+                });
+                missing.push(" ON CONFLICT (partition) DO NOTHING");
+                missing.build().execute(&mut *transaction).await.map_err(unavailable)?;
+
+                let lease = |row: &$row| -> Result<Lease> {
+                    let partition: i32 = row.try_get("partition").map_err(unavailable)?;
+                    Ok(Lease { partition: partition as u16, epoch: row.try_get("epoch").map_err(unavailable)? })
+                };
+                let held = sqlx::query(
+                    "SELECT partition, epoch FROM partition_leases \
+                     WHERE owner = $1 AND expires_at > $2 AND partition < $3 ORDER BY partition",
+                )
+                .bind(replica.to_owned())
+                .bind(now)
+                .bind(i32::from(total))
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+                let mut leases = held.iter().map(lease).collect::<Result<Vec<Lease>>>()?;
+                for surplus in leases.split_off(leases.len().min(usize::from(want))) {
+                    sqlx::query("UPDATE partition_leases SET owner = '', expires_at = 0 WHERE partition = $1 AND owner = $2")
+                        .bind(i32::from(surplus.partition))
+                        .bind(replica.to_owned())
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                for kept in &leases {
+                    sqlx::query("UPDATE partition_leases SET expires_at = $1 WHERE partition = $2 AND owner = $3")
+                        .bind(expires_at)
+                        .bind(i32::from(kept.partition))
+                        .bind(replica.to_owned())
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                let room = usize::from(want).saturating_sub(leases.len());
+                if room > 0 {
+                    let free = sqlx::query(
+                        "SELECT partition FROM partition_leases WHERE expires_at <= $1 AND partition < $2 \
+                         ORDER BY partition LIMIT $3",
+                    )
+                    .bind(now)
+                    .bind(i32::from(total))
+                    .bind(room as i64)
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                    for row in free {
+                        let partition: i32 = row.try_get("partition").map_err(unavailable)?;
+                        let taken = sqlx::query(
+                            "UPDATE partition_leases SET owner = $1, epoch = epoch + 1, expires_at = $2 \
+                             WHERE partition = $3 AND expires_at <= $4 RETURNING partition, epoch",
+                        )
+                        .bind(replica.to_owned())
+                        .bind(expires_at)
+                        .bind(partition)
+                        .bind(now)
+                        .fetch_optional(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                        if let Some(row) = taken {
+                            leases.push(lease(&row)?);
+                        }
+                    }
+                }
+                transaction.commit().await.map_err(unavailable)?;
+                leases.sort_by_key(|lease| lease.partition);
+                Ok(leases)
+            }
+
+            async fn release_replica(&self, replica: &str) -> Result<()> {
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                sqlx::query("UPDATE partition_leases SET owner = '', expires_at = 0 WHERE owner = $1")
+                    .bind(replica.to_owned())
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("DELETE FROM control_plane_replicas WHERE replica_id = $1")
+                    .bind(replica.to_owned())
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                transaction.commit().await.map_err(unavailable)
+            }
+
+            async fn gateways_with_online_agents(&self) -> Result<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT DISTINCT gateway_id FROM agents WHERE status = 'online' AND transport = 'websocket'",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                rows.iter()
+                    .map(|row| row.try_get::<String, _>("gateway_id").map_err(unavailable))
+                    .collect()
+            }
+
+            async fn mark_gateway_offline(&self, gateway_id: &str, now: OffsetDateTime, reason: &str) -> Result<Vec<Uuid>> {
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                let rows = sqlx::query(
+                    "UPDATE agents SET status = 'offline' \
+                     WHERE gateway_id = $1 AND status = 'online' AND transport = 'websocket' RETURNING instance_uid",
+                )
+                .bind(gateway_id.to_owned())
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+                let uids = self.offline_with_events(&mut transaction, rows, now, reason).await?;
+                transaction.commit().await.map_err(unavailable)?;
+                Ok(uids)
             }
         }
     };

@@ -1,0 +1,50 @@
+//! The binary's edges: bad configuration is refused with exit status 64 and a message naming it.
+
+use std::process::Command;
+
+fn ampora(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ampora"))
+        .args(args)
+        .env("AMPORA_DATA_DIR", data.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_listen_address_is_a_usage_error() {
+    let (code, stderr) = ampora(&["serve"], &[("AMPORA_OPAMP_LISTEN", "not-an-address")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("opamp-listen") || stderr.contains("AMPORA_OPAMP_LISTEN"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unsupported_database_url_is_a_usage_error() {
+    let (code, stderr) = ampora(
+        &["serve"],
+        &[("AMPORA_DATABASE_URL", "mysql://localhost/x")],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("AMPORA_DATABASE_URL"), "{stderr}");
+}
+
+#[test]
+fn separate_roles_need_nats() {
+    let (code, stderr) = ampora(&["gateway"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("nats"), "{stderr}");
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let (code, _) = ampora(&["--help"], &[]);
+    assert_eq!(code, 0);
+}
