@@ -4,21 +4,63 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A NATS server for one test; killed on drop.
 pub struct TestNats {
     port: u16,
+    /// Cluster listen port and the other members' route URLs, for a cluster member.
+    cluster: Option<(u16, Vec<String>)>,
     child: Option<Child>,
 }
 
 impl TestNats {
     pub fn start() -> TestNats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut nats = TestNats { port, child: None };
+        let mut nats = TestNats {
+            port: free_port(),
+            cluster: None,
+            child: None,
+        };
         nats.restart();
         nats
+    }
+
+    /// A cluster of `size` servers routed to each other.
+    pub fn cluster(size: usize) -> Vec<TestNats> {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut members: Vec<TestNats> = cluster_ports
+            .iter()
+            .map(|own| {
+                let routes = cluster_ports
+                    .iter()
+                    .filter(|other| *other != own)
+                    .map(|other| format!("nats://127.0.0.1:{other}"))
+                    .collect();
+                TestNats {
+                    port: free_port(),
+                    cluster: Some((*own, routes)),
+                    child: None,
+                }
+            })
+            .collect();
+        for member in &mut members {
+            member.restart();
+        }
+        members
+    }
+
+    /// The client URLs of several servers, as one comma-separated URL list.
+    pub fn urls(servers: &[TestNats]) -> String {
+        servers
+            .iter()
+            .map(TestNats::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn url(&self) -> String {
@@ -35,8 +77,19 @@ impl TestNats {
     /// Starts (again) on the same port, waiting until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = Command::new("nats-server");
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((cluster_port, routes)) = &self.cluster {
+            command
+                .args([
+                    "--cluster_name",
+                    "ampora-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{cluster_port}"),
+                ])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 mod clients;
+pub mod cluster;
+pub mod fleet;
 
 pub use clients::ExternalAgent;
 

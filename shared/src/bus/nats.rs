@@ -66,10 +66,16 @@ impl NatsBus {
         if options.subscription_capacity > 0 {
             connect = connect.subscription_capacity(options.subscription_capacity);
         }
+        let servers = options
+            .url
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::Unavailable(format!("NATS url {}: {e}", options.url)))?;
         let client = connect
             .retry_on_initial_connect()
             .event_callback(|event| async move { tracing::info!(%event, "NATS connection event") })
-            .connect(options.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Unavailable(format!("NATS {}: {e}", options.url)))?;
         Ok(Self { client })
