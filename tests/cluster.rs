@@ -3,9 +3,13 @@
 //! agent, WebSocket and HTTP mixed). Each test breaks one thing and checks that every agent is
 //! served again, current, and that no agent's history ever went backwards.
 
+mod agent;
 mod support;
 
 use std::time::Duration;
+
+use agent::{full_state, heartbeat, WsAgent};
+use ampora_shared::pb::opamp::ServerErrorResponseType;
 
 use support::cluster::{Cluster, ClusterOptions};
 use support::fleet::Fleet;
@@ -94,13 +98,89 @@ async fn recovers(cluster: &mut Cluster, fleet: Fleet, go: Vec<ExternalAgent>) {
     fleet.stop().await;
 }
 
+async fn agent_status(api: &str, uid: uuid::Uuid) -> serde_json::Value {
+    let body: serde_json::Value = reqwest::get(format!("{api}/api/v1/agents/{uid}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"].clone()
+}
+
 #[tokio::test]
 async fn killed_gateway_agents_reconnect_through_the_load_balancer() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(options()).await;
     let (fleet, go) = steady(&mut cluster).await;
+    // An agent on the doomed gateway that will not come back: it must be marked offline.
+    let mut stranded = WsAgent::connect(&cluster.gateways[0].address).await;
+    stranded.exchange(full_state("stranded", "prod")).await;
+    let api = cluster.api();
+    assert_eq!(agent_status(&api, stranded.uid).await, "online");
+
     cluster.gateways[0].kill9();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while agent_status(&api, stranded.uid).await != "offline" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead gateway's agent is still online"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     recovers(&mut cluster, fleet, go).await;
+}
+
+#[tokio::test]
+async fn without_control_planes_agents_are_told_unavailable_at_once() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        gateways: 1,
+        control_planes: 1,
+        nats_servers: 1,
+    })
+    .await;
+    let mut agent = WsAgent::connect(&cluster.ws_url()).await;
+    agent.exchange(full_state("patient", "prod")).await;
+    cluster.control_planes[0].kill9();
+    // Past the gateway's control-plane timeout (3 s here), answers come from the gateway itself.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reply = agent.exchange(heartbeat()).await;
+    let error = reply.error_response.expect("an error response");
+    assert_eq!(error.r#type, ServerErrorResponseType::Unavailable as i32);
+    assert!(error.details.is_some(), "retry info is given");
+
+    let mut message = full_state("http", "prod");
+    message.instance_uid = uuid::Uuid::now_v7().as_bytes().to_vec().into();
+    let started = std::time::Instant::now();
+    let response = reqwest::Client::new()
+        .post(cluster.http_url())
+        .header("Content-Type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&message))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not after the reply timeout"
+    );
+
+    // The connection was kept, and service resumes with a control-plane.
+    cluster.control_planes[0].restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = agent.exchange(heartbeat()).await;
+        if reply.error_response.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]

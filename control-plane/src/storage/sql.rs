@@ -343,12 +343,21 @@ macro_rules! sql_store {
                 let now = encoding::micros(now);
                 let expires_at = encoding::micros(expires_at);
                 let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                let mut missing = QueryBuilder::<$db>::new("INSERT INTO partition_leases (partition, owner, epoch, expires_at) ");
-                missing.push_values(0..total, |mut row, partition| {
-                    row.push_bind(i32::from(partition)).push_bind("").push_bind(0i64).push_bind(0i64);
-                });
-                missing.push(" ON CONFLICT (partition) DO NOTHING");
-                missing.build().execute(&mut *transaction).await.map_err(unavailable)?;
+                let known: i64 = sqlx::query("SELECT COUNT(*) AS known FROM partition_leases WHERE partition < $1")
+                    .bind(i32::from(total))
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get("known")
+                    .map_err(unavailable)?;
+                if known < i64::from(total) {
+                    let mut missing = QueryBuilder::<$db>::new("INSERT INTO partition_leases (partition, owner, epoch, expires_at) ");
+                    missing.push_values(0..total, |mut row, partition| {
+                        row.push_bind(i32::from(partition)).push_bind("").push_bind(0i64).push_bind(0i64);
+                    });
+                    missing.push(" ON CONFLICT (partition) DO NOTHING");
+                    missing.build().execute(&mut *transaction).await.map_err(unavailable)?;
+                }
 
                 let lease = |row: &$row| -> Result<Lease> {
                     let partition: i32 = row.try_get("partition").map_err(unavailable)?;
@@ -364,23 +373,27 @@ macro_rules! sql_store {
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(unavailable)?;
-                let mut leases = held.iter().map(lease).collect::<Result<Vec<Lease>>>()?;
-                for surplus in leases.split_off(leases.len().min(usize::from(want))) {
-                    sqlx::query("UPDATE partition_leases SET owner = '', expires_at = 0 WHERE partition = $1 AND owner = $2")
-                        .bind(i32::from(surplus.partition))
+                let held = held.iter().map(lease).collect::<Result<Vec<Lease>>>()?;
+                // Rows are locked in partition order, as fenced writes lock them, so the two
+                // never deadlock.
+                let mut leases = Vec::new();
+                for (index, lease) in held.into_iter().enumerate() {
+                    let keep = index < usize::from(want);
+                    let update = if keep {
+                        sqlx::query("UPDATE partition_leases SET expires_at = $1 WHERE partition = $2 AND owner = $3")
+                            .bind(expires_at)
+                    } else {
+                        sqlx::query("UPDATE partition_leases SET owner = '', expires_at = 0 WHERE partition = $1 AND owner = $2")
+                    };
+                    update
+                        .bind(i32::from(lease.partition))
                         .bind(replica.to_owned())
                         .execute(&mut *transaction)
                         .await
                         .map_err(unavailable)?;
-                }
-                for kept in &leases {
-                    sqlx::query("UPDATE partition_leases SET expires_at = $1 WHERE partition = $2 AND owner = $3")
-                        .bind(expires_at)
-                        .bind(i32::from(kept.partition))
-                        .bind(replica.to_owned())
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
+                    if keep {
+                        leases.push(lease);
+                    }
                 }
                 let room = usize::from(want).saturating_sub(leases.len());
                 if room > 0 {
