@@ -16,6 +16,8 @@ pub struct TestNats {
     port: u16,
     /// Cluster listen port and the other members' route URLs, for a cluster member.
     cluster: Option<(u16, Vec<String>)>,
+    /// Certificate and key (PEM files) to serve TLS with.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     child: Option<Child>,
 }
 
@@ -24,6 +26,19 @@ impl TestNats {
         let mut nats = TestNats {
             port: free_port(),
             cluster: None,
+            tls: None,
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// A server that requires TLS, with the given PEM certificate and key files.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> TestNats {
+        let mut nats = TestNats {
+            port: free_port(),
+            cluster: None,
+            tls: Some((cert.to_owned(), key.to_owned())),
             child: None,
         };
         nats.restart();
@@ -44,6 +59,7 @@ impl TestNats {
                 TestNats {
                     port: free_port(),
                     cluster: Some((*own, routes)),
+                    tls: None,
                     child: None,
                 }
             })
@@ -88,6 +104,14 @@ impl TestNats {
                     &format!("nats://127.0.0.1:{cluster_port}"),
                 ])
                 .args(["--routes", &routes.join(",")]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
         }
         let child = command
             .stdout(Stdio::null())

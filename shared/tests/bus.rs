@@ -151,3 +151,30 @@ async fn nats_refuses_payloads_over_the_server_limit() {
         Err(BusError::TooLarge { .. })
     ));
 }
+
+#[tokio::test]
+async fn nats_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = TestNats::start_tls(&cert_path, &key_path);
+
+    let options = NatsOptions {
+        url: server.url(),
+        tls_ca: Some(cert_path.clone()),
+        ..Default::default()
+    };
+    let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&options).await.unwrap());
+    let mut subscription = bus.subscribe("tls.x").await.unwrap();
+    settle(bus.as_ref()).await;
+    bus.publish("tls.x", Bytes::from_static(b"secret"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut subscription).await.unwrap(), "secret");
+}
