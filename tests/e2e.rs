@@ -22,30 +22,6 @@ async fn get_json(url: &str) -> (u16, Value) {
     (status, response.json().await.expect("JSON body"))
 }
 
-async fn agent_json(ampora: &Ampora, uid: Uuid) -> Option<Value> {
-    let (status, body) = get_json(&format!("{}/api/v1/agents/{uid}", ampora.api_base())).await;
-    (status == 200).then_some(body)
-}
-
-/// Polls the agent's snapshot until `ready` holds; panics with the last snapshot otherwise.
-async fn wait_agent(
-    ampora: &Ampora,
-    uid: Uuid,
-    what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        last = agent_json(ampora, uid).await;
-        if last.as_ref().is_some_and(&ready) {
-            return last.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("agent {uid} never became {what}; last snapshot: {last:#?}");
-}
-
 async fn event_kinds(ampora: &Ampora, uid: Uuid) -> Vec<String> {
     let (status, body) = get_json(&format!(
         "{}/api/v1/agents/{uid}/events?limit=1000",
@@ -87,7 +63,9 @@ async fn websocket_agent_state(ampora: Ampora) {
         "nothing to say after a complete report"
     );
 
-    let snapshot = wait_agent(&ampora, uid, "online", |a| a["status"] == "online").await;
+    let snapshot = ampora
+        .wait_agent(uid, "online", |a| a["status"] == "online")
+        .await;
     assert_eq!(snapshot["instance_uid"], uid.to_string());
     assert_eq!(snapshot["transport"], "websocket");
     assert_eq!(
@@ -130,10 +108,11 @@ async fn websocket_agent_state(ampora: Ampora) {
     let seen_before = snapshot["last_seen"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(50)).await;
     agent.send(heartbeat()).await;
-    let after = wait_agent(&ampora, uid, "seen again", |a| {
-        a["last_seen"].as_str().unwrap() > seen_before.as_str()
-    })
-    .await;
+    let after = ampora
+        .wait_agent(uid, "seen again", |a| {
+            a["last_seen"].as_str().unwrap() > seen_before.as_str()
+        })
+        .await;
     assert_eq!(
         after["identifying_attributes"],
         snapshot["identifying_attributes"]
@@ -151,10 +130,9 @@ async fn websocket_agent_state(ampora: Ampora) {
         ..Default::default()
     });
     agent.send(unhealthy).await;
-    let changed = wait_agent(&ampora, uid, "unhealthy", |a| {
-        a["health"]["healthy"] == false
-    })
-    .await;
+    let changed = ampora
+        .wait_agent(uid, "unhealthy", |a| a["health"]["healthy"] == false)
+        .await;
     assert_eq!(changed["health"]["last_error"], "exporter down");
     assert_eq!(
         changed["identifying_attributes"]["service.name"],
@@ -171,7 +149,9 @@ async fn websocket_agent_state(ampora: Ampora) {
 
     // Closing the socket takes the agent offline.
     agent.close().await;
-    wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    ampora
+        .wait_agent(uid, "offline", |a| a["status"] == "offline")
+        .await;
     let kinds = event_kinds(&ampora, uid).await;
     assert_eq!(kinds[0], "disconnected");
     assert!(
@@ -204,7 +184,9 @@ async fn http_agent_state(ampora: Ampora) {
         agent.exchange(full_state("billing", "staging")).await.flags,
         0
     );
-    let snapshot = wait_agent(&ampora, uid, "online", |a| a["status"] == "online").await;
+    let snapshot = ampora
+        .wait_agent(uid, "online", |a| a["status"] == "online")
+        .await;
     assert_eq!(snapshot["transport"], "http");
     assert_eq!(
         snapshot["identifying_attributes"]["service.name"],
@@ -220,13 +202,17 @@ async fn http_agent_state(ampora: Ampora) {
     );
 
     // It stops polling: the heartbeat timeout takes it offline.
-    let offline = wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    let offline = ampora
+        .wait_agent(uid, "offline", |a| a["status"] == "offline")
+        .await;
     assert_eq!(offline["identifying_attributes"]["service.name"], "billing");
     assert_eq!(event_kinds(&ampora, uid).await[0], "offline");
 
     // And back.
     agent.exchange(heartbeat()).await;
-    wait_agent(&ampora, uid, "online again", |a| a["status"] == "online").await;
+    ampora
+        .wait_agent(uid, "online again", |a| a["status"] == "online")
+        .await;
     assert_eq!(event_kinds(&ampora, uid).await[0], "connected");
 }
 
@@ -260,18 +246,26 @@ async fn agent_disconnect_and_heartbeat_timeout_take_agents_offline() {
 
     let mut polite = WsAgent::connect(&ampora.ws_url()).await;
     polite.exchange(full_state("polite", "prod")).await;
-    wait_agent(&ampora, polite.uid, "online", |a| a["status"] == "online").await;
+    ampora
+        .wait_agent(polite.uid, "online", |a| a["status"] == "online")
+        .await;
     let mut goodbye = heartbeat();
     goodbye.agent_disconnect = Some(AgentDisconnect {});
     polite.send(goodbye).await;
     // Offline at once, while the socket is still open.
-    wait_agent(&ampora, polite.uid, "offline", |a| a["status"] == "offline").await;
+    ampora
+        .wait_agent(polite.uid, "offline", |a| a["status"] == "offline")
+        .await;
 
     // An agent that stops answering pings (it never reads its socket) times out.
     let mut silent = WsAgent::connect(&ampora.ws_url()).await;
     silent.send(full_state("silent", "prod")).await;
-    wait_agent(&ampora, silent.uid, "online", |a| a["status"] == "online").await;
-    let offline = wait_agent(&ampora, silent.uid, "offline", |a| a["status"] == "offline").await;
+    ampora
+        .wait_agent(silent.uid, "online", |a| a["status"] == "online")
+        .await;
+    let offline = ampora
+        .wait_agent(silent.uid, "offline", |a| a["status"] == "offline")
+        .await;
     assert_eq!(offline["identifying_attributes"]["service.name"], "silent");
     drop(silent);
 }
@@ -296,13 +290,15 @@ async fn request_instance_uid_gets_a_new_uid() {
 
     agent.uid = new;
     agent.send(heartbeat()).await;
-    let snapshot = wait_agent(&ampora, new, "online", |a| a["status"] == "online").await;
+    let snapshot = ampora
+        .wait_agent(new, "online", |a| a["status"] == "online")
+        .await;
     assert_eq!(
         snapshot["identifying_attributes"]["service.name"],
         "renamed"
     );
     assert!(
-        agent_json(&ampora, old).await.is_none(),
+        ampora.agent_json(old).await.is_none(),
         "nothing is kept under the old uid"
     );
 }
@@ -322,11 +318,12 @@ async fn agents_api_filters_pages_and_errors() {
     leaving.exchange(full_state("d", "dev")).await;
     let leaving_uid = leaving.uid;
     leaving.close().await;
-    wait_agent(&ampora, uids[2], "online", |a| a["status"] == "online").await;
-    wait_agent(&ampora, leaving_uid, "offline", |a| {
-        a["status"] == "offline"
-    })
-    .await;
+    ampora
+        .wait_agent(uids[2], "online", |a| a["status"] == "online")
+        .await;
+    ampora
+        .wait_agent(leaving_uid, "offline", |a| a["status"] == "offline")
+        .await;
     let base = format!("{}/api/v1/agents", ampora.api_base());
 
     let (status, body) = get_json(&format!("{base}?attr=deployment.environment=prod")).await;

@@ -3,40 +3,14 @@
 
 mod support;
 
-use std::time::Duration;
 
 use serde_json::Value;
 use support::{Ampora, ExternalAgent};
-use uuid::Uuid;
 
 const ENV: &[(&str, &str)] = &[
     ("AMPORA_HEARTBEAT_TIMEOUT", "3s"),
     ("AMPORA_SWEEP_INTERVAL", "250ms"),
 ];
-
-async fn wait_agent(
-    ampora: &Ampora,
-    uid: Uuid,
-    what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        let response = reqwest::get(format!("{}/api/v1/agents/{uid}", ampora.api_base()))
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            let agent: Value = response.json().await.unwrap();
-            if ready(&agent) {
-                return agent;
-            }
-            last = Some(agent);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("agent {uid} never became {what}; last: {last:#?}");
-}
 
 /// The agent is in the fleet list (not only reachable by uid) with these attributes.
 async fn listed(ampora: &Ampora, name: &str) -> Value {
@@ -48,6 +22,16 @@ async fn listed(ampora: &Ampora, name: &str) -> Value {
     let agents = body["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 1, "{body:#}");
     agents[0].clone()
+}
+
+fn assert_capabilities(agent: &Value, expected: &[&str]) {
+    let names = capability_names(agent);
+    for capability in expected {
+        assert!(
+            names.iter().any(|c| c == capability),
+            "{capability} missing from {names:?}"
+        );
+    }
 }
 
 fn capability_names(agent: &Value) -> Vec<String> {
@@ -69,10 +53,11 @@ async fn opamp_go(transport: &str, expected_transport: &str) {
     let name = format!("go-{transport}");
     let agent = ExternalAgent::go(transport, &url, &name, &["deployment.environment=interop"]);
     let uid = agent.uid;
-    let snapshot = wait_agent(&ampora, uid, "online with its description", |a| {
-        a["status"] == "online" && a["identifying_attributes"]["service.name"] == name.as_str()
-    })
-    .await;
+    let snapshot = ampora
+        .wait_agent(uid, "online with its description", |a| {
+            a["status"] == "online" && a["identifying_attributes"]["service.name"] == name.as_str()
+        })
+        .await;
     assert_eq!(snapshot["transport"], expected_transport);
     assert_eq!(
         snapshot["identifying_attributes"]["service.version"],
@@ -84,20 +69,17 @@ async fn opamp_go(transport: &str, expected_transport: &str) {
     );
     assert_eq!(snapshot["non_identifying_attributes"]["os.type"], "linux");
     assert_eq!(snapshot["health"]["healthy"], true);
-    let capabilities = capability_names(&snapshot);
-    for expected in [
-        "ReportsStatus",
-        "AcceptsRemoteConfig",
-        "ReportsEffectiveConfig",
-        "ReportsHealth",
-        "ReportsRemoteConfig",
-        "ReportsHeartbeat",
-    ] {
-        assert!(
-            capabilities.iter().any(|c| c == expected),
-            "{expected} missing from {capabilities:?}"
-        );
-    }
+    assert_capabilities(
+        &snapshot,
+        &[
+            "ReportsStatus",
+            "AcceptsRemoteConfig",
+            "ReportsEffectiveConfig",
+            "ReportsHealth",
+            "ReportsRemoteConfig",
+            "ReportsHeartbeat",
+        ],
+    );
     let body = snapshot["effective_config"]["files"][""]["body"]
         .as_str()
         .unwrap();
@@ -108,7 +90,9 @@ async fn opamp_go(transport: &str, expected_transport: &str) {
     );
 
     agent.stop();
-    wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    ampora
+        .wait_agent(uid, "offline", |a| a["status"] == "offline")
+        .await;
 }
 
 #[tokio::test]
@@ -126,28 +110,26 @@ async fn python_opamp_client_over_http() {
     let ampora = Ampora::start(ENV).await;
     let agent = ExternalAgent::python(&ampora.http_opamp_url(), "py-http", &["team=observability"]);
     let uid = agent.uid;
-    let snapshot = wait_agent(&ampora, uid, "online with its description", |a| {
-        a["status"] == "online" && a["identifying_attributes"]["service.name"] == "py-http"
-    })
-    .await;
+    let snapshot = ampora
+        .wait_agent(uid, "online with its description", |a| {
+            a["status"] == "online" && a["identifying_attributes"]["service.name"] == "py-http"
+        })
+        .await;
     assert_eq!(snapshot["transport"], "http");
     assert_eq!(
         snapshot["non_identifying_attributes"]["team"],
         "observability"
     );
-    let capabilities = capability_names(&snapshot);
-    for expected in [
-        "ReportsStatus",
-        "AcceptsRemoteConfig",
-        "ReportsEffectiveConfig",
-        "ReportsRemoteConfig",
-        "ReportsHeartbeat",
-    ] {
-        assert!(
-            capabilities.iter().any(|c| c == expected),
-            "{expected} missing from {capabilities:?}"
-        );
-    }
+    assert_capabilities(
+        &snapshot,
+        &[
+            "ReportsStatus",
+            "AcceptsRemoteConfig",
+            "ReportsEffectiveConfig",
+            "ReportsRemoteConfig",
+            "ReportsHeartbeat",
+        ],
+    );
     let body = snapshot["effective_config"]["files"][""]["body"]
         .as_str()
         .unwrap();
@@ -158,5 +140,7 @@ async fn python_opamp_client_over_http() {
     );
 
     agent.stop();
-    wait_agent(&ampora, uid, "offline", |a| a["status"] == "offline").await;
+    ampora
+        .wait_agent(uid, "offline", |a| a["status"] == "offline")
+        .await;
 }

@@ -6,6 +6,7 @@ mod clients;
 pub mod cluster;
 pub mod fleet;
 
+#[allow(unused_imports)]
 pub use clients::ExternalAgent;
 
 use std::io::{BufRead, BufReader};
@@ -33,7 +34,7 @@ impl Ampora {
             .env("AMPORA_HTTP_LISTEN", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
@@ -87,6 +88,33 @@ impl Ampora {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `GET /api/v1/agents/{uid}`, or `None` for 404.
+    pub async fn agent_json(&self, uid: uuid::Uuid) -> Option<serde_json::Value> {
+        let response = reqwest::get(format!("{}/api/v1/agents/{uid}", self.api_base))
+            .await
+            .expect("API request");
+        (response.status() == 200).then_some(response.json().await.expect("JSON body"))
+    }
+
+    /// Polls the agent's snapshot until `ready` holds; panics with the last snapshot otherwise.
+    pub async fn wait_agent(
+        &self,
+        uid: uuid::Uuid,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            last = self.agent_json(uid).await;
+            if last.as_ref().is_some_and(&ready) {
+                return last.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("agent {uid} never became {what}; last snapshot: {last:#?}");
     }
 }
 
