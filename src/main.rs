@@ -20,6 +20,8 @@ fn main() {
         std::process::exit(code);
     });
     ampora_shared::telemetry::init_tracing();
+    // Installed before anything records, so no early measurement is lost.
+    ampora_shared::telemetry::prometheus();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     if let Err(error) = runtime.block_on(roles::run(command.command)) {
         eprintln!("ampora: {error:#}");

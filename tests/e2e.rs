@@ -404,6 +404,22 @@ async fn agents_api_filters_pages_and_errors() {
         get_json(&format!("{base}/{uid}/events?limit=2&page_token={token}")).await;
     assert!(second_page["events"][0]["id"].as_i64() < events[1]["id"].as_i64());
 
+    let metrics = reqwest::get(format!("{}/metrics", ampora.api_base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ampora_control_plane_messages_applied_total",
+        "ampora_control_plane_commit_seconds",
+        "ampora_control_plane_worker_queue_depth",
+        "ampora_gateway_messages_in_total",
+        "ampora_gateway_connections_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
             reqwest::get(format!("{}{path}", ampora.api_base()))

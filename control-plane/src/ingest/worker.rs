@@ -119,8 +119,13 @@ impl Worker {
             if self.pending_seen.len() >= self.config.batch_max {
                 self.flush_seen().await;
             }
-            metrics::gauge!("ampora_control_plane_cached_agents", "worker" => self.index.to_string())
+            let worker = self.index.to_string();
+            metrics::gauge!("ampora_control_plane_cached_agents", "worker" => worker.clone())
                 .set(self.cache.len() as f64);
+            metrics::gauge!("ampora_control_plane_worker_queue_depth", "worker" => worker.clone())
+                .set(receiver.len() as f64);
+            metrics::gauge!("ampora_control_plane_pending_liveness", "worker" => worker)
+                .set(self.pending_seen.len() as f64);
         }
         self.flush_seen().await;
     }
