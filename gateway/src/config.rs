@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
 
+/// Server TLS (rustls with the ring provider, TLS 1.2 and 1.3, session resumption by cache
+/// and tickets). Prefer an ECDSA P-256 certificate: its handshakes cost a fraction of RSA's,
+/// which matters in reconnect storms.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first).
@@ -23,9 +26,13 @@ pub struct GatewayConfig {
     /// WebSocket read buffer per connection; tungstenite's default (128 KiB) costs ~1 GB per
     /// 10k idle agents.
     pub ws_read_buffer_size: usize,
-    /// WebSocket write buffer per connection, and the most that may queue unsent.
+    /// Bytes gathered before a WebSocket write reaches the socket.
     pub ws_write_buffer_size: usize,
+    /// The most that may wait unsent per WebSocket connection. One whole frame must fit, so it
+    /// must exceed the largest delivery the bus can carry (NATS' default is 1 MiB, the
+    /// in-process bus' 8 MiB); it bounds memory, it is not allocated up front.
     pub ws_max_write_buffer_size: usize,
+    /// How often the gateway pings each WebSocket agent.
     pub ws_ping_interval: Duration,
     /// No frame at all (not even a pong) for this long closes the connection.
     pub ws_idle_timeout: Duration,
@@ -41,9 +48,11 @@ pub struct GatewayConfig {
     /// With no control-plane heard for this long, agents are told UNAVAILABLE at once instead
     /// of waiting for replies that will not come.
     pub control_plane_timeout: Duration,
+    /// Open connections (any transport) at most; sockets beyond it are closed at once.
     pub max_connections: usize,
     /// Deliveries queued per WebSocket connection before new ones are dropped.
     pub connection_queue: usize,
+    /// How long `run` waits on shutdown for WebSockets to close and HTTP exchanges to finish.
     pub shutdown_grace: Duration,
     pub subjects: Subjects,
 }
@@ -56,7 +65,7 @@ impl Default for GatewayConfig {
             max_message_size: 4 << 20,
             ws_read_buffer_size: 4 << 10,
             ws_write_buffer_size: 4 << 10,
-            ws_max_write_buffer_size: 1 << 20,
+            ws_max_write_buffer_size: (8 << 20) + (64 << 10),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(90),
             first_message_timeout: Duration::from_secs(30),

@@ -1,19 +1,23 @@
 //! OpAMP over plain HTTP: one AgentToServer per POST, its ServerToAgent in the response.
 
+use std::net::SocketAddr;
+
 use ampora_shared::codec::{self, CodecError};
 use ampora_shared::pb::bus::Transport;
 use ampora_shared::uid;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
-use crate::relay::Peer;
-use crate::routes::{AppState, RemoteAddr};
+use crate::relay::{OpenConnection, Peer};
+use crate::routes::AppState;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 
-fn reject(status: StatusCode, reason: &str) -> Response {
+/// A short `text/plain` error: every refusal on the OpAMP path looks like this.
+pub fn reject(status: StatusCode, reason: &str) -> Response {
     metrics::counter!("ampora_gateway_http_rejections_total", "status" => status.as_u16().to_string()).increment(1);
     (
         status,
@@ -23,7 +27,8 @@ fn reject(status: StatusCode, reason: &str) -> Response {
         .into_response()
 }
 
-fn unavailable(state: &AppState, reason: &str) -> Response {
+/// 503 with `Retry-After`, for anything that a retry later may fix.
+pub fn unavailable(state: &AppState, reason: &str) -> Response {
     let mut response = reject(StatusCode::SERVICE_UNAVAILABLE, reason);
     let seconds = state.config.retry_after.as_secs().max(1).to_string();
     response.headers_mut().insert(
@@ -33,7 +38,7 @@ fn unavailable(state: &AppState, reason: &str) -> Response {
     response
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -43,7 +48,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str 
 /// `POST /v1/opamp`
 pub async fn opamp_post(
     State(state): State<AppState>,
-    Extension(RemoteAddr(remote_addr)): Extension<RemoteAddr>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -52,15 +57,19 @@ pub async fn opamp_post(
         return unavailable(&state, "gateway shutting down; reconnect");
     }
     let content_type = header_text(&headers, header::CONTENT_TYPE);
-    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case(PROTOBUF) {
         return reject(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/x-protobuf",
         );
     }
-    let gzipped = match header_text(&headers, header::CONTENT_ENCODING).trim() {
+    let encoding = header_text(&headers, header::CONTENT_ENCODING)
+        .trim()
+        .to_ascii_lowercase();
+    let gzipped = match encoding.as_str() {
         "" | "identity" => false,
-        "gzip" => true,
+        "gzip" | "x-gzip" => true,
         _ => {
             return reject(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -104,32 +113,69 @@ pub async fn opamp_post(
     };
     metrics::counter!("ampora_gateway_messages_in_total", "transport" => "http").increment(1);
 
-    let relay = &state.relay;
     let peer = Peer {
-        connection_id: relay.next_connection_id(),
+        connection_id: state.relay.next_connection_id(),
         transport: Transport::Http,
-        remote_addr,
+        remote_addr: remote.to_string(),
     };
+    let span = tracing::info_span!(
+        "http",
+        gateway_id = %config.gateway_id,
+        connection_id = peer.connection_id,
+        remote_addr = %peer.remote_addr,
+        instance_uid = %instance_uid,
+    );
+    let accepts_gzip = accepts_gzip(header_text(&headers, header::ACCEPT_ENCODING));
+    exchange(&state, peer, instance_uid, payload, accepts_gzip)
+        .instrument(span)
+        .await
+}
+
+/// Relays one validated message and waits for the control-plane's answer.
+async fn exchange(
+    state: &AppState,
+    peer: Peer,
+    instance_uid: uuid::Uuid,
+    payload: Bytes,
+    accepts_gzip: bool,
+) -> Response {
+    let _open = OpenConnection::new("http");
+    let relay = &state.relay;
     let started = std::time::Instant::now();
-    let reply = relay.register_http(peer.connection_id);
+    // Registered before publishing so a fast reply cannot miss us; dropped (deregistered) on
+    // every way out, including the client going away mid-wait.
+    let (_registration, reply) = relay.register_http(peer.connection_id);
     if let Err(error) = relay.publish_message(&peer, &instance_uid, payload).await {
-        relay.deregister(peer.connection_id);
-        tracing::warn!(%instance_uid, %error, "cannot relay agent message");
-        return unavailable(&state, "server temporarily unavailable");
+        tracing::warn!(%error, "cannot relay agent message");
+        return unavailable(state, "server temporarily unavailable");
     }
-    let delivery = tokio::time::timeout(config.http_reply_timeout, reply).await;
-    relay.deregister(peer.connection_id);
+    let delivery = tokio::time::timeout(state.config.http_reply_timeout, reply).await;
     metrics::histogram!("ampora_gateway_http_reply_seconds")
         .record(started.elapsed().as_secs_f64());
     let Ok(Ok(delivery)) = delivery else {
-        tracing::warn!(%instance_uid, "no reply from the control-plane in time");
-        return unavailable(&state, "no reply from the control-plane in time");
+        tracing::warn!("no reply from the control-plane in time");
+        return unavailable(state, "no reply from the control-plane in time");
     };
     metrics::counter!("ampora_gateway_messages_out_total", "transport" => "http").increment(1);
-    let accepts_gzip = header_text(&headers, header::ACCEPT_ENCODING)
-        .split(',')
-        .any(|coding| coding.split(';').next().map(str::trim) == Some("gzip"));
     respond(delivery.server_to_agent, accepts_gzip)
+}
+
+/// Whether `Accept-Encoding` allows gzip (`gzip`, `x-gzip` or `*`, unless given `q=0`).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or_default();
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused
+            && (coding.eq_ignore_ascii_case("gzip")
+                || coding.eq_ignore_ascii_case("x-gzip")
+                || coding == "*")
+    })
 }
 
 enum BodyError {
@@ -185,4 +231,21 @@ pub async fn method_not_allowed() -> Response {
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_accepted_unless_refused() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, gzip;q=0.5"));
+        assert!(accepts_gzip("GZIP"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip(""));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("br, gzip; q=0.0"));
+    }
 }

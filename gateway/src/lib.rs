@@ -2,13 +2,16 @@
 //!
 //! # Layout
 //! - [`config`]: settings and their defaults.
-//! - `listener`: the accept loop — connection limit, TLS handshake (rustls), HTTP/1.1 and
-//!   upgrades via hyper, deadlines for peers that never speak, graceful drain.
-//! - `routes`: `/v1/opamp` (GET upgrade → WebSocket, POST → plain HTTP), health and metrics.
-//! - `websocket`: one task per WebSocket agent: frames in, envelopes out, deliveries back.
+//! - `listener`: the accept loop — connection limit (a semaphore whose permit a WebSocket
+//!   session keeps), TLS handshake (rustls), HTTP/1.1 and upgrades via hyper, the peer address
+//!   as axum's `ConnectInfo`, deadlines for peers that never speak, graceful drain.
+//! - `routes`: `fn app(state) -> Router`: `/v1/opamp` (GET upgrade → WebSocket, POST → plain
+//!   HTTP), `/healthz`, `/readyz`, `/metrics`.
+//! - `websocket`: one task per WebSocket agent, written over any `Sink`/`Stream` of messages:
+//!   frames in, envelopes out, deliveries back, pings, close codes, `ConnectionClosed`.
 //! - `http`: one OpAMP exchange per POST, answered within the request.
-//! - `relay`: connection ids, the bus side — publishing envelopes, routing deliveries to the
-//!   connection they name.
+//! - `relay`: connection ids, the registry of open connections (RAII registrations), the bus
+//!   side — publishing envelopes, routing deliveries to the connection they name, heartbeats.
 //! - `tls`: loading certificates into a rustls server config.
 //!
 //! A message moves: socket → `websocket`/`http` (decode, bounds) → `relay::Relay::publish`

@@ -1,19 +1,32 @@
 //! The accept loop: bounded connections, TLS, HTTP/1.1 with upgrades, deadlines, drain.
+//!
+//! Each accepted socket takes a permit from a semaphore of `max_connections`; sockets beyond
+//! it are closed at once. The permit travels with the connection's requests (an extension), so
+//! a WebSocket session keeps holding it after hyper has handed the upgraded socket over.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::relay::Relay;
-use crate::routes::{self, AppState, RemoteAddr};
+use crate::routes::{self, AppState, ConnectionPermit};
 use crate::GatewayConfig;
+
+/// Largest HTTP/1 read buffer per connection (request head and body chunks); hyper's own
+/// default is 400 KiB. Request heads above it are refused.
+const HTTP_MAX_BUFFER: usize = 64 << 10;
 
 pub async fn serve(
     listener: TcpListener,
@@ -54,18 +67,24 @@ pub async fn serve(
         };
         metrics::counter!("ampora_gateway_connections_total").increment(1);
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(RemoteAddr(remote.to_string()))),
-        );
-        let tls = tls.clone();
-        let config = config.clone();
-        let cancel = cancel.clone();
-        connections.spawn(async move {
-            serve_connection(stream, tls, service, &config, cancel).await;
-            drop(permit);
-        });
+        // The `into_make_service_with_connect_info` of a hand-written loop: every request of this
+        // connection carries the peer address and the connection's permit.
+        let permit = ConnectionPermit(Arc::new(permit));
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                request.extensions_mut().insert(permit.clone());
+                request
+            },
+        ));
+        connections.spawn(serve_connection(
+            stream,
+            remote,
+            tls.clone(),
+            service,
+            config.clone(),
+            cancel.clone(),
+        ));
     }
 
     // Drain: no new connections; sessions close with 1001; HTTP exchanges finish in the grace.
@@ -87,65 +106,76 @@ pub async fn serve(
 
 async fn serve_connection<S>(
     stream: TcpStream,
+    remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     service: S,
-    config: &GatewayConfig,
+    config: Arc<GatewayConfig>,
     cancel: CancellationToken,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Clone
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // A peer that connects and never speaks holds a socket and a permit: give it the
-    // first-message deadline to send its first byte (hyper's header timeout takes it from there).
+    // A peer that connects and never speaks holds a socket and a permit. It has the
+    // first-message deadline to send its first byte and (with TLS) finish the handshake;
+    // hyper's header read timeout then bounds the request head.
+    let deadline = Instant::now() + config.first_message_timeout;
     let mut first_byte = [0u8; 1];
-    if !matches!(
-        tokio::time::timeout(config.first_message_timeout, stream.peek(&mut first_byte)).await,
-        Ok(Ok(1))
-    ) {
-        metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "silent")
-            .increment(1);
-        return;
+    let spoke = tokio::select! {
+        _ = cancel.cancelled() => return,
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first_byte)) => peeked,
+    };
+    match spoke {
+        Ok(Ok(n)) if n > 0 => {}
+        // Closed (or broken) before saying anything.
+        Ok(_) => return,
+        Err(_) => {
+            metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "silent")
+                .increment(1);
+            tracing::debug!(remote_addr = %remote, "dropping a connection that sent nothing");
+            return;
+        }
     }
-    match tls {
-        None => http(TokioIo::new(stream), service, config, cancel).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(config.first_message_timeout, acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), service, config, cancel).await,
-                Ok(Err(error)) => {
-                    metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake").increment(1);
-                    tracing::debug!(%error, "TLS handshake failed");
-                }
-                Err(_) => {
-                    metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake_timeout").increment(1);
-                }
-            }
+    let Some(acceptor) = tls else {
+        return http(TokioIo::new(stream), service, &config, cancel).await;
+    };
+    let handshake = tokio::select! {
+        _ = cancel.cancelled() => return,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), service, &config, cancel).await,
+        Ok(Err(error)) => {
+            metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake").increment(1);
+            tracing::debug!(remote_addr = %remote, %error, "TLS handshake failed");
+        }
+        Err(_) => {
+            metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake_timeout").increment(1);
+            tracing::debug!(remote_addr = %remote, "TLS handshake timed out");
         }
     }
 }
 
+/// Serves HTTP/1.1 with upgrades. HTTP/1.1 only (and ALPN says so): WebSocket upgrades need
+/// it, and OpAMP needs nothing newer. The header read timeout also applies between requests
+/// of a kept-alive connection, so idle keep-alive sockets go after `first_message_timeout`.
 async fn http<I, S>(io: I, service: S, config: &GatewayConfig, cancel: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Clone
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // HTTP/1.1 only: WebSocket upgrades need it, and OpAMP needs nothing newer.
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.first_message_timeout)
+        .max_buf_size(HTTP_MAX_BUFFER)
         .keep_alive(true)
         .serve_connection(io, service)
         .with_upgrades();

@@ -35,6 +35,36 @@ pub struct Peer {
     pub remote_addr: String,
 }
 
+/// Counts an open connection in `ampora_gateway_connections{transport}` while it lives. An
+/// HTTP exchange is a connection of one message.
+pub struct OpenConnection(&'static str);
+
+impl OpenConnection {
+    pub fn new(transport: &'static str) -> Self {
+        metrics::gauge!("ampora_gateway_connections", "transport" => transport).increment(1.0);
+        OpenConnection(transport)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("ampora_gateway_connections", "transport" => self.0).decrement(1.0);
+    }
+}
+
+/// A connection's route in the registry; dropping it removes the route, so a handler that is
+/// cancelled (the client went away mid-request) cannot leak its entry.
+pub struct Registration {
+    relay: Arc<Relay>,
+    connection_id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.relay.routes().remove(&self.connection_id);
+    }
+}
+
 pub struct Relay {
     bus: Arc<dyn Bus>,
     config: Arc<GatewayConfig>,
@@ -137,18 +167,35 @@ impl Relay {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn register_websocket(&self, connection_id: u64, queue: mpsc::Sender<GatewayDelivery>) {
-        self.routes().insert(connection_id, Route::WebSocket(queue));
+    /// Routes deliveries for a WebSocket connection into a queue of `capacity`; the route lives
+    /// as long as the returned [`Registration`].
+    pub fn register_websocket(
+        self: &Arc<Self>,
+        connection_id: u64,
+        capacity: usize,
+    ) -> (Registration, mpsc::Receiver<GatewayDelivery>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        self.routes()
+            .insert(connection_id, Route::WebSocket(sender));
+        (self.registration(connection_id), receiver)
     }
 
-    pub fn register_http(&self, connection_id: u64) -> oneshot::Receiver<GatewayDelivery> {
+    /// Routes the one delivery for an HTTP exchange; the route lives as long as the returned
+    /// [`Registration`] (or until the delivery arrives).
+    pub fn register_http(
+        self: &Arc<Self>,
+        connection_id: u64,
+    ) -> (Registration, oneshot::Receiver<GatewayDelivery>) {
         let (sender, receiver) = oneshot::channel();
         self.routes().insert(connection_id, Route::Http(sender));
-        receiver
+        (self.registration(connection_id), receiver)
     }
 
-    pub fn deregister(&self, connection_id: u64) {
-        self.routes().remove(&connection_id);
+    fn registration(self: &Arc<Self>, connection_id: u64) -> Registration {
+        Registration {
+            relay: self.clone(),
+            connection_id,
+        }
     }
 
     /// Publishes one AgentToServer (already validated, as received) for the control-plane.
@@ -246,5 +293,33 @@ impl Relay {
         }
         self.ready.store(false, Ordering::Relaxed);
         tracing::error!(gateway_id = %self.config.gateway_id, "delivery subscription ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ampora_shared::bus::InProcessBus;
+
+    #[tokio::test]
+    async fn registrations_end_with_their_guard() {
+        let stop = CancellationToken::new();
+        let relay = Relay::start(
+            Arc::new(InProcessBus::default()),
+            Arc::new(GatewayConfig::for_test()),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let (first, second) = (relay.next_connection_id(), relay.next_connection_id());
+        assert_eq!((first, second), (1, 2));
+        let (http, _reply) = relay.register_http(first);
+        let (websocket, _queue) = relay.register_websocket(second, 4);
+        assert_eq!(relay.routes().len(), 2);
+        drop(http);
+        assert!(!relay.routes().contains_key(&first));
+        drop(websocket);
+        assert!(relay.routes().is_empty());
+        stop.cancel();
     }
 }

@@ -1,6 +1,10 @@
 //! One WebSocket agent: binary frames in (OpAMP header 0 + AgentToServer), deliveries out,
 //! keepalive pings, and a clear close code whenever we end the connection.
+//!
+//! The session is written over any `Sink<Message>` and `Stream<Item = Result<Message, _>>`, so
+//! unit tests below drive it with channels and the integration tests with real sockets.
 
+use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +17,14 @@ use ampora_shared::uid;
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::relay::{Peer, Relay};
+use crate::relay::{OpenConnection, Peer, Relay};
 use crate::GatewayConfig;
 
+/// WebSocket close codes (RFC 6455 §7.4.1) the gateway uses.
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
@@ -31,192 +35,306 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
 }
 
-/// Why we end a connection: a close code and a reason for the agent's logs.
-struct Ending {
-    code: u16,
-    reason: String,
+/// How long we wait for the agent's half of the closing handshake (and for our close frame to
+/// be written) before dropping the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A close frame's reason must fit in 123 bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// Why a session ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// We end it: a close frame with this code and reason goes to the agent.
+    Close { code: u16, reason: String },
+    /// The agent or the socket ended it; nothing more to say.
+    Gone(String),
 }
 
-impl Ending {
-    fn new(code: u16, reason: impl Into<String>) -> Self {
+impl End {
+    fn close(code: u16, reason: impl Into<String>) -> Self {
         let mut reason = reason.into();
-        // A close frame's reason must fit in 123 bytes.
-        if reason.len() > 123 {
-            let mut end = 120;
+        if reason.len() > MAX_CLOSE_REASON {
+            let mut end = MAX_CLOSE_REASON;
             while !reason.is_char_boundary(end) {
                 end -= 1;
             }
             reason.truncate(end);
         }
-        Ending { code, reason }
+        End::Close { code, reason }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            End::Close { reason, .. } | End::Gone(reason) => reason,
+        }
     }
 }
 
-/// Runs one session until either side ends it. Generic over the socket so tests can drive it
-/// with anything that is a stream and sink of messages.
-pub async fn session<S>(
-    socket: S,
+/// Runs one session until either side ends it; then, unless the agent said goodbye with
+/// `agent_disconnect`, tells the control-plane the connection closed.
+pub async fn session<W, R>(
+    mut sink: W,
+    mut stream: R,
     peer: Peer,
     relay: Arc<Relay>,
     config: Arc<GatewayConfig>,
     shutdown: CancellationToken,
 ) where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    W: Sink<Message> + Unpin,
+    W::Error: Display,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let (queue, mut deliveries) = mpsc::channel(config.connection_queue.max(1));
-    relay.register_websocket(peer.connection_id, queue);
-    metrics::gauge!("ampora_gateway_connections", "transport" => "websocket").increment(1.0);
-    let (mut sink, mut stream) = socket.split();
+    let (registration, mut deliveries) =
+        relay.register_websocket(peer.connection_id, config.connection_queue);
+    let open = OpenConnection::new("websocket");
+    // A peer that does not read stalls our writes; it gets as long as a silent peer would.
+    let write_timeout = config.ws_idle_timeout;
     let mut ping = tokio::time::interval_at(
         Instant::now() + config.ws_ping_interval,
         config.ws_ping_interval,
     );
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let first_message_deadline = Instant::now() + config.first_message_timeout;
     let mut idle_deadline = Instant::now() + config.ws_idle_timeout;
+    let mut heard_opamp = false;
     let mut agent: Option<Uuid> = None;
     let mut said_goodbye = false;
 
-    let ending: Option<Ending> = loop {
-        let deadline = if agent.is_none() {
-            first_message_deadline.min(idle_deadline)
-        } else {
+    let end = loop {
+        let deadline = if heard_opamp {
             idle_deadline
+        } else {
+            first_message_deadline.min(idle_deadline)
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => break Some(Ending::new(close::GOING_AWAY, "server shutting down")),
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => break End::close(close::GOING_AWAY, "server shutting down"),
             _ = tokio::time::sleep_until(deadline) => {
-                break Some(if agent.is_none() {
-                    Ending::new(close::POLICY, "no OpAMP message received")
+                break if !heard_opamp && Instant::now() >= first_message_deadline {
+                    End::close(close::POLICY, "no OpAMP message received")
                 } else {
-                    Ending::new(close::GOING_AWAY, "heartbeat timeout")
-                });
+                    End::close(close::GOING_AWAY, "heartbeat timeout")
+                };
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break None;
-                }
+                send_or_stop(&mut sink, Message::Ping(Bytes::new()), write_timeout, &shutdown).await
             }
             Some(delivery) = deliveries.recv() => {
                 let frame = codec::ws_frame_from_encoded(&delivery.server_to_agent);
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
-                    break None;
+                let sent = send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown).await;
+                if sent.is_ok() {
+                    metrics::counter!("ampora_gateway_messages_out_total", "transport" => "websocket").increment(1);
+                    if delivery.close_after {
+                        break End::close(close::NORMAL, "closed by the server");
+                    }
                 }
-                metrics::counter!("ampora_gateway_messages_out_total", "transport" => "websocket").increment(1);
-                if delivery.close_after {
-                    break Some(Ending::new(close::NORMAL, "closed by the server"));
-                }
+                sent
             }
             frame = stream.next() => {
                 idle_deadline = Instant::now() + config.ws_idle_timeout;
                 match frame {
-                    None => break None,
-                    Some(Err(error)) => break too_big(&error).then(|| Ending::new(close::TOO_BIG, format!("message exceeds {} bytes", config.max_message_size))),
+                    None => break End::Gone("connection lost".to_owned()),
+                    Some(Err(error)) if too_big(&error) => {
+                        metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "too_big").increment(1);
+                        break End::close(close::TOO_BIG, format!("message exceeds {} bytes", config.max_message_size));
+                    }
+                    Some(Err(error)) => break End::Gone(format!("read failed: {error}")),
                     Some(Ok(Message::Binary(data))) => {
-                        metrics::counter!("ampora_gateway_messages_in_total", "transport" => "websocket").increment(1);
                         metrics::counter!("ampora_gateway_bytes_in_total").increment(data.len() as u64);
-                        match on_frame(&data, &peer, &relay, &config).await {
-                            Ok(Frame::Relayed { uid, goodbye }) => {
-                                agent = Some(uid);
+                        match inbound(&data, &peer, &relay, &config).await {
+                            Inbound::Relayed { uid, goodbye } => {
+                                heard_opamp = true;
+                                note_agent(&mut agent, uid);
                                 said_goodbye = goodbye;
+                                Ok(())
                             }
-                            Ok(Frame::Answer(answer)) => {
-                                if sink.send(Message::Binary(codec::encode_ws_server_message(&answer).into())).await.is_err() {
-                                    break None;
+                            Inbound::Answer { uid, answer } => {
+                                heard_opamp = true;
+                                if let Some(uid) = uid {
+                                    note_agent(&mut agent, uid);
+                                    // Not relayed, so the control-plane heard no goodbye either.
+                                    said_goodbye = false;
                                 }
+                                let frame = codec::encode_ws_server_message(&answer);
+                                send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown).await
                             }
-                            Err(ending) => break Some(ending),
+                            Inbound::Invalid(end) => break end,
                         }
                     }
                     Some(Ok(Message::Text(_))) => {
                         metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "text_frame").increment(1);
-                        break Some(Ending::new(close::UNSUPPORTED, "OpAMP uses binary frames"));
+                        break End::close(close::UNSUPPORTED, "OpAMP uses binary frames, not text");
                     }
-                    Some(Ok(Message::Close(_))) => break None,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        break End::Gone(match frame {
+                            Some(frame) => format!("closed by the agent ({})", frame.code),
+                            None => "closed by the agent".to_owned(),
+                        });
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 }
             }
+        };
+        if let Err(reason) = sent {
+            break End::Gone(reason);
         }
     };
 
-    relay.deregister(peer.connection_id);
-    metrics::gauge!("ampora_gateway_connections", "transport" => "websocket").decrement(1.0);
-    let reason = match &ending {
-        Some(ending) => {
-            tracing::debug!(connection_id = peer.connection_id, code = ending.code, reason = %ending.reason, "closing WebSocket");
+    // No more deliveries for this connection from here on.
+    drop(registration);
+    match &end {
+        End::Close { code, reason } => {
+            tracing::debug!(code, reason, "closing WebSocket");
             let frame = CloseFrame {
-                code: ending.code,
-                reason: ending.reason.clone().into(),
+                code: *code,
+                reason: reason.as_str().into(),
             };
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::Close(Some(frame))),
-            )
-            .await;
-            ending.reason.clone()
+            if send(&mut sink, Message::Close(Some(frame)), CLOSE_LINGER)
+                .await
+                .is_ok()
+            {
+                linger(&mut stream).await;
+            }
         }
-        None => "connection closed".to_owned(),
-    };
+        End::Gone(reason) => {
+            tracing::debug!(reason, "WebSocket ended");
+            // Lets the transport flush its reply to an agent's close frame.
+            linger(&mut stream).await;
+        }
+    }
+    drop(open);
     if let (Some(uid), false) = (agent, said_goodbye) {
-        if let Err(error) = relay.publish_closed(&peer, &uid, &reason).await {
-            tracing::warn!(instance_uid = %uid, %error, "cannot report closed connection");
+        if let Err(error) = relay.publish_closed(&peer, &uid, end.reason()).await {
+            tracing::warn!(%error, "cannot report the closed connection");
         }
     }
 }
 
-enum Frame {
+fn note_agent(agent: &mut Option<Uuid>, uid: Uuid) {
+    if *agent != Some(uid) {
+        tracing::Span::current().record("instance_uid", tracing::field::display(uid));
+        *agent = Some(uid);
+    }
+}
+
+async fn send<W>(sink: &mut W, message: Message, within: Duration) -> Result<(), String>
+where
+    W: Sink<Message> + Unpin,
+    W::Error: Display,
+{
+    match tokio::time::timeout(within, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("write failed: {error}")),
+        Err(_) => Err("write timeout: the agent is not reading".to_owned()),
+    }
+}
+
+/// A write that also gives way to shutdown, so a peer that never reads cannot hold up the drain.
+async fn send_or_stop<W>(
+    sink: &mut W,
+    message: Message,
+    within: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), String>
+where
+    W: Sink<Message> + Unpin,
+    W::Error: Display,
+{
+    tokio::select! {
+        sent = send(sink, message, within) => sent,
+        _ = shutdown.cancelled() => Err("server shutting down".to_owned()),
+    }
+}
+
+/// Reads (and drops) until the agent completes the closing handshake or the socket ends.
+async fn linger<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+/// What became of one binary message.
+enum Inbound {
     /// Published for the control-plane.
     Relayed { uid: Uuid, goodbye: bool },
-    /// Answered here without the control-plane (the message could not be relayed).
-    Answer(ServerToAgent),
+    /// Answered here without the control-plane: a bad uid, or the bus is unavailable.
+    Answer {
+        uid: Option<Uuid>,
+        answer: Box<ServerToAgent>,
+    },
+    /// Not OpAMP: the connection ends.
+    Invalid(End),
 }
 
-async fn on_frame(
-    data: &[u8],
-    peer: &Peer,
-    relay: &Relay,
-    config: &GatewayConfig,
-) -> Result<Frame, Ending> {
-    let (message, payload) = codec::decode_ws_agent_message(data).map_err(|error| {
-        let reason = match &error {
-            CodecError::UnsupportedHeader(_) | CodecError::MalformedHeader | CodecError::Empty => {
-                "bad_header"
-            }
-            _ => "undecodable",
-        };
-        metrics::counter!("ampora_gateway_frame_errors_total", "reason" => reason).increment(1);
-        let code = if reason == "bad_header" {
-            close::PROTOCOL
-        } else {
-            close::INVALID_PAYLOAD
-        };
-        Ending::new(code, error.to_string())
-    })?;
+async fn inbound(data: &[u8], peer: &Peer, relay: &Relay, config: &GatewayConfig) -> Inbound {
+    let (message, payload) = match codec::decode_ws_agent_message(data) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            let (reason, end) = match error {
+                CodecError::UnsupportedHeader(header) => (
+                    "bad_header",
+                    End::close(
+                        close::PROTOCOL,
+                        format!("unsupported OpAMP header {header}"),
+                    ),
+                ),
+                CodecError::MalformedHeader => (
+                    "bad_header",
+                    End::close(close::PROTOCOL, "malformed OpAMP header"),
+                ),
+                CodecError::Empty => (
+                    "bad_header",
+                    End::close(close::PROTOCOL, "empty message: no OpAMP header"),
+                ),
+                other => (
+                    "undecodable",
+                    End::close(
+                        close::INVALID_PAYLOAD,
+                        format!("bad AgentToServer: {other}"),
+                    ),
+                ),
+            };
+            metrics::counter!("ampora_gateway_frame_errors_total", "reason" => reason).increment(1);
+            return Inbound::Invalid(end);
+        }
+    };
+    metrics::counter!("ampora_gateway_messages_in_total", "transport" => "websocket").increment(1);
     let Some(uid) = uid::from_wire(&message.instance_uid) else {
         metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "bad_uid").increment(1);
-        return Ok(Frame::Answer(error_answer(
-            &message.instance_uid,
-            ServerErrorResponseType::BadRequest,
-            "instance_uid must be 16 bytes",
-            None,
-        )));
+        return Inbound::Answer {
+            uid: None,
+            answer: Box::new(error_answer(
+                &message.instance_uid,
+                ServerErrorResponseType::BadRequest,
+                "instance_uid must be 16 bytes",
+                None,
+            )),
+        };
     };
     match relay.publish_message(peer, &uid, payload).await {
-        Ok(()) => Ok(Frame::Relayed {
+        Ok(()) => Inbound::Relayed {
             uid,
             goodbye: message.agent_disconnect.is_some(),
-        }),
+        },
         Err(error) => {
             tracing::warn!(instance_uid = %uid, %error, "cannot relay agent message");
-            Ok(Frame::Answer(error_answer(
-                &message.instance_uid,
-                ServerErrorResponseType::Unavailable,
-                "server temporarily unavailable",
-                Some(config.retry_after),
-            )))
+            Inbound::Answer {
+                uid: Some(uid),
+                answer: Box::new(error_answer(
+                    &message.instance_uid,
+                    ServerErrorResponseType::Unavailable,
+                    "server temporarily unavailable",
+                    Some(config.retry_after),
+                )),
+            }
         }
     }
 }
 
+/// A ServerToAgent carrying only an error, for messages the gateway answers itself.
 pub fn error_answer(
     instance_uid: &Bytes,
     kind: ServerErrorResponseType,
@@ -250,3 +368,6 @@ fn too_big(error: &axum::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests;
