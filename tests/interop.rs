@@ -3,7 +3,6 @@
 
 mod support;
 
-
 use serde_json::Value;
 use support::{Ampora, ExternalAgent};
 
