@@ -237,3 +237,55 @@ async fn three_node_nats_cluster_killed_gateway() {
     cluster.nats[0].stop();
     recovers(&mut cluster, fleet, go).await;
 }
+
+#[tokio::test]
+async fn sigterm_drains_a_gateway() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        gateways: 2,
+        control_planes: 1,
+        nats_servers: 1,
+    })
+    .await;
+    let mut agent = WsAgent::connect(&cluster.gateways[0].address).await;
+    agent.exchange(full_state("drained", "prod")).await;
+    let gateway = std::thread::scope(|scope| {
+        let gateway = &mut cluster.gateways[0];
+        scope
+            .spawn(move || gateway.terminate(Duration::from_secs(5)))
+            .join()
+            .unwrap()
+    });
+    let (code, reason) = agent
+        .closed(Duration::from_secs(5))
+        .await
+        .expect("a close frame");
+    assert_eq!(u16::from(code), 1001);
+    assert!(reason.contains("shutting down"), "{reason}");
+    assert!(
+        gateway,
+        "the gateway exited cleanly within its grace period"
+    );
+
+    // The agent comes back through the other gateway and is online exactly once.
+    let mut again = WsAgent::connect_as(&cluster.gateways[1].address, agent.uid).await;
+    again.next_seq = agent.next_seq;
+    again.exchange(heartbeat()).await;
+    let api = cluster.api();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while agent_status(&api, agent.uid).await != "online" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent is not online after moving"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body: serde_json::Value =
+        reqwest::get(format!("{api}/api/v1/agents?attr=service.name=drained"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(body["agents"].as_array().unwrap().len(), 1);
+}
