@@ -15,7 +15,6 @@ use ampora_shared::pb::opamp::{
     server_error_response::Details, AgentToServer, ComponentHealth, ServerErrorResponseType,
     ServerToAgent,
 };
-use ampora_shared::subjects::CONTROL_PLANE_QUEUE;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
 use rustls::pki_types::pem::PemObject;
@@ -107,10 +106,7 @@ async fn start_on(
 ) -> Gateway {
     let bus: Arc<dyn Bus> = Arc::new(bus);
     let subjects = config.subjects.clone();
-    let mut inbound = bus
-        .queue_subscribe(&subjects.agent_inbound_all(), CONTROL_PLANE_QUEUE)
-        .await
-        .unwrap();
+    let mut inbound = bus.subscribe(&subjects.agent_inbound_all()).await.unwrap();
     if control_plane.heartbeats {
         let bus = bus.clone();
         let subject = subjects.control_plane_heartbeat();

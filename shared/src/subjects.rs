@@ -3,7 +3,7 @@
 //!
 //! - `{prefix}.agent.{partition}`: agent → control-plane envelopes. The partition is a hash of the
 //!   instance uid, so one agent's messages always travel on one subject and keep their order there.
-//!   Control-plane replicas queue-subscribe to `{prefix}.agent.*`.
+//!   The control-plane replica holding a partition's lease subscribes to it.
 //! - `{prefix}.gateway.{gateway_id}`: control-plane → the one gateway holding a connection.
 //! - `{prefix}.heartbeat.gateway` / `{prefix}.heartbeat.control-plane`: liveness, every second.
 //! - `{prefix}.evictions`: control-plane → control-planes, agents changed by a sweep.
@@ -12,8 +12,6 @@ use uuid::Uuid;
 
 pub const DEFAULT_PREFIX: &str = "ampora";
 pub const DEFAULT_PARTITIONS: u16 = 64;
-/// The queue group control-plane replicas share agent traffic in.
-pub const CONTROL_PLANE_QUEUE: &str = "ampora-control-plane";
 
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -49,7 +47,7 @@ impl Subjects {
         format!("{}.agent.{}", self.prefix, self.partition_of(uid))
     }
 
-    /// Matches every partition of agent traffic.
+    /// Matches every partition of agent traffic (for observers and tests).
     pub fn agent_inbound_all(&self) -> String {
         format!("{}.agent.*", self.prefix)
     }
