@@ -90,7 +90,20 @@ async fn bad_websocket_frames_close_with_clear_codes() {
 async fn bad_http_requests_get_clear_statuses() {
     let ampora = start().await;
     let url = ampora.http_opamp_url();
-    let client = reqwest::Client::new();
+    // Built first: making it takes longer than the server keeps an idle connection open.
+    // A gzip bomb: 64 MiB of zeros in ~64 KiB, under the body limit until inflated.
+    let bomb = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![0u8; 64 << 20]).unwrap();
+        encoder.finish().unwrap()
+    };
+    assert!(bomb.len() < LIMIT);
+    // A fresh connection per request: this server closes idle ones after a second.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let valid = {
         let mut message = full_state("x", "y");
         message.instance_uid = uuid::Uuid::now_v7().as_bytes().to_vec().into();
@@ -126,14 +139,6 @@ async fn bad_http_requests_get_clear_statuses() {
     assert_eq!(response.status(), 400);
     assert!(!response.text().await.unwrap().is_empty());
 
-    // A gzip bomb: 64 MiB of zeros in ~64 KiB, under the body limit until inflated.
-    let bomb = {
-        use std::io::Write;
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(&vec![0u8; 64 << 20]).unwrap();
-        encoder.finish().unwrap()
-    };
-    assert!(bomb.len() < LIMIT);
     let response = client
         .post(&url)
         .header("Content-Type", "application/x-protobuf")

@@ -3,7 +3,10 @@
 //!
 //! PostgreSQL refuses to run as root, so when tests run as root the server runs as the
 //! `postgres` user. The server is tied to the test process (it dies with it) and its data lives
-//! in a temporary directory.
+//! in a temporary directory, removed on drop — for the [`shared`](TestPostgres::shared) server,
+//! which is never dropped, when the test process exits. Directories that a killed test process
+//! left behind are removed by the next server to start. The server's log is `postgres.log` in
+//! that directory.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -18,7 +21,70 @@ pub struct TestPostgres {
     port: u16,
     child: Mutex<Option<Child>>,
     data_dir: PathBuf,
-    _temp: tempfile::TempDir,
+    /// `None` once removed (at exit, for the shared server).
+    temp: Mutex<Option<tempfile::TempDir>>,
+}
+
+const DIR_PREFIX: &str = "ampora-pg-";
+/// Holds the pid of the test process that owns the directory.
+const OWNER_FILE: &str = "owner.pid";
+
+static SHARED: OnceLock<TestPostgres> = OnceLock::new();
+
+/// Runs at process exit (statics are never dropped): stops the shared server, removes its data.
+extern "C" fn stop_shared_at_exit() {
+    if let Some(server) = SHARED.get() {
+        server.stop();
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists (EPERM: it does, not ours).
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+fn pid_in(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Removes the data of test servers whose test process is gone (killed before it could clean
+/// up). Directories of live test processes, and recent ones without an owner (still being set
+/// up by an older version of this helper), are left alone.
+fn remove_abandoned_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let abandoned = match pid_in(&dir.join(OWNER_FILE)) {
+            Some(owner) => !process_alive(owner),
+            None => {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(600));
+                let server_alive =
+                    pid_in(&dir.join("data").join("postmaster.pid")).is_some_and(process_alive);
+                old && !server_alive
+            }
+        };
+        if abandoned {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// The user to run PostgreSQL as: `postgres` when we are root, ourselves otherwise.
@@ -69,16 +135,24 @@ fn free_port() -> u16 {
 impl TestPostgres {
     /// The server shared by every test in this binary, started on first use.
     pub fn shared() -> &'static TestPostgres {
-        static SHARED: OnceLock<TestPostgres> = OnceLock::new();
-        SHARED.get_or_init(TestPostgres::start)
+        SHARED.get_or_init(|| {
+            let server = TestPostgres::start();
+            // SAFETY: registers a plain function with no preconditions.
+            unsafe { libc::atexit(stop_shared_at_exit) };
+            server
+        })
     }
 
+    /// A server of its own, stopped (and its data removed) on drop.
     pub fn start() -> TestPostgres {
+        remove_abandoned_dirs();
         let user = run_as();
         let temp = tempfile::Builder::new()
-            .prefix("ampora-pg-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .expect("temp dir");
+        std::fs::write(temp.path().join(OWNER_FILE), std::process::id().to_string())
+            .expect("owner file");
         let data_dir = temp.path().join("data");
         std::fs::create_dir(&data_dir).expect("data dir");
         if let Some((uid, gid)) = user {
@@ -99,19 +173,33 @@ impl TestPostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
-        let server = TestPostgres {
-            port: free_port(),
+        let mut server = TestPostgres {
+            port: 0,
             child: Mutex::new(None),
             data_dir,
-            _temp: temp,
+            temp: Mutex::new(Some(temp)),
         };
-        server.launch(user);
+        // The free port may be taken by someone else before the server binds it: try another.
+        for attempt in 1.. {
+            server.port = free_port();
+            match server.launch(user) {
+                Ok(()) => break,
+                Err(error) if attempt < 3 => eprintln!("TestPostgres: {error}; retrying"),
+                Err(error) => panic!("{error}"),
+            }
+        }
         server
     }
 
     /// Starts the server process from a thread that lives as long as the test process, so the
     /// parent-death signal fires only when the whole test process ends.
-    fn launch(&self, user: Option<(u32, u32)>) {
+    fn launch(&self, user: Option<(u32, u32)>) -> Result<(), String> {
+        let log_path = self.data_dir.with_file_name("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("postgres log");
         let mut postgres = command(&bin_dir().join("postgres"), user);
         postgres
             .arg("-D")
@@ -127,8 +215,8 @@ impl TestPostgres {
                 "synchronous_commit=off",
             ])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(log.try_clone().expect("postgres log"))
+            .stderr(log);
         // SAFETY: prctl is async-signal-safe and touches only this (child) process.
         unsafe {
             postgres.pre_exec(|| {
@@ -150,13 +238,29 @@ impl TestPostgres {
         *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL did not start on port {}",
-                self.port
-            );
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child.lock().unwrap().take();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!(
+                    "PostgreSQL exited on start ({status}) on port {}: {}",
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!("PostgreSQL did not start on port {}", self.port));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
@@ -201,12 +305,32 @@ impl TestPostgres {
     /// Starts it again on the same port and data.
     pub fn restart(&self) {
         self.kill();
-        self.launch(run_as());
+        if let Err(error) = self.launch(run_as()) {
+            panic!("{error}");
+        }
+    }
+
+    /// Stops the server for good (immediate shutdown: backends end with it) and removes its data.
+    fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // SIGQUIT: PostgreSQL's immediate shutdown, which also ends every backend at once.
+            // SAFETY: signals our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(temp) = self.temp.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = temp.close();
+        }
     }
 }
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }

@@ -41,7 +41,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], encoding: &str) -> Result<T> {
 }
 
 pub fn micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000) as i64
+    at.unix_timestamp_nanos().div_euclid(1_000) as i64
 }
 
 pub fn from_micros(micros: i64) -> Result<OffsetDateTime> {
@@ -76,11 +76,16 @@ pub fn attribute_rows(
     rows
 }
 
+/// Maps a sqlx error: rows that do not decode are [`StoreError::Corrupt`]; everything else
+/// (connection, I/O, TLS, pool timeouts, statements the server rejected) is
+/// [`StoreError::Unavailable`], which callers treat as "try again later".
 pub fn unavailable(error: sqlx::Error) -> StoreError {
     match error {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(error.to_string()),
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -113,6 +118,8 @@ mod tests {
     fn times_round_trip_at_microsecond_precision() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap();
         assert_eq!(from_micros(micros(at)).unwrap(), at);
+        let before_epoch = OffsetDateTime::from_unix_timestamp_nanos(-1_500).unwrap();
+        assert_eq!(micros(before_epoch), -2, "rounds down, never towards zero");
     }
 
     #[test]

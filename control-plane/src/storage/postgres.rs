@@ -7,7 +7,12 @@ use sqlx::postgres::PgPoolOptions;
 use super::sql::sql_store;
 use super::StoreOptions;
 
-sql_store!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    " FOR UPDATE"
+);
 
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let pool = PgPoolOptions::new()

@@ -1,6 +1,12 @@
 //! The one SQL implementation of [`Store`](super::Store), stamped out for each sqlx backend.
 //! Both dialects share every statement: `$N` placeholders, `ON CONFLICT … DO UPDATE`,
-//! `UPDATE … FROM (VALUES …)`, `RETURNING`.
+//! `UPDATE … FROM (VALUES …)`, `RETURNING`. The one difference, `$lock_rows`, is the row-locking
+//! clause of subqueries that pick agents to update in bulk: `FOR UPDATE` on PostgreSQL (rows are
+//! locked in `instance_uid` order, as batch upserts lock them, so the two do not deadlock), nothing
+//! on SQLite (one writer at a time holds the whole database).
+//!
+//! Writes take agents sorted by uid, the last snapshot of an agent winning if a batch holds
+//! several.
 
 /// Rows per multi-row statement: well under PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
 pub const ROWS_PER_STATEMENT: usize = 500;
@@ -10,7 +16,9 @@ pub const AGENT_COLUMNS: &str =
      sequence_num, capabilities, first_seen, last_seen, summary";
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $row:ty) => {
+    ($store:ident, $db:ty, $row:ty, $lock_rows:literal) => {
+        use std::collections::BTreeMap;
+
         use async_trait::async_trait;
         use sqlx::{QueryBuilder, Row};
         use time::OffsetDateTime;
@@ -20,7 +28,8 @@ macro_rules! sql_store {
         use crate::storage::encoding::{self, unavailable};
         use crate::storage::sql::{AGENT_COLUMNS, ROWS_PER_STATEMENT};
         use crate::storage::{
-            AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, Result, Store, StoreError, WriteBatch,
+            AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, Result, SeenUpdate, Store, StoreError,
+            WriteBatch,
         };
 
         pub struct $store {
@@ -86,10 +95,11 @@ macro_rules! sql_store {
                 now: OffsetDateTime,
                 reason: &str,
             ) -> Result<Vec<Uuid>> {
-                let uids = rows
+                let mut uids = rows
                     .iter()
                     .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
                     .collect::<Result<Vec<Uuid>>>()?;
+                uids.sort();
                 let events: Vec<NewEvent> = uids
                     .iter()
                     .map(|uid| NewEvent {
@@ -128,7 +138,7 @@ macro_rules! sql_store {
             async fn upsert_agents(
                 &self,
                 connection: &mut <$db as sqlx::Database>::Connection,
-                agents: &[AgentRecord],
+                agents: &[&AgentRecord],
             ) -> Result<()> {
                 for chunk in agents.chunks(ROWS_PER_STATEMENT) {
                     let mut upsert = QueryBuilder::<$db>::new(format!(
@@ -218,9 +228,24 @@ macro_rules! sql_store {
                 if let Some(fence) = &batch.fence {
                     Self::check_fence(&mut transaction, fence).await?;
                 }
-                self.upsert_agents(&mut transaction, &batch.agents).await?;
+                // Sorted by uid (one lock order for every writer), the last snapshot of each agent.
+                let agents: Vec<&AgentRecord> = batch
+                    .agents
+                    .iter()
+                    .map(|record| (record.head.instance_uid, record))
+                    .collect::<BTreeMap<_, _>>()
+                    .into_values()
+                    .collect();
+                self.upsert_agents(&mut transaction, &agents).await?;
                 self.insert_events(&mut transaction, &batch.events).await?;
-                for chunk in batch.seen.chunks(ROWS_PER_STATEMENT) {
+                let seen: Vec<&SeenUpdate> = batch
+                    .seen
+                    .iter()
+                    .map(|seen| (seen.instance_uid, seen))
+                    .collect::<BTreeMap<_, _>>()
+                    .into_values()
+                    .collect();
+                for chunk in seen.chunks(ROWS_PER_STATEMENT) {
                     let mut update = QueryBuilder::<$db>::new("UPDATE agents SET last_seen = v.column2, sequence_num = v.column3 FROM (");
                     update.push_values(chunk, |mut row, seen| {
                         row.push_bind(seen.instance_uid.to_string())
@@ -241,10 +266,14 @@ macro_rules! sql_store {
                 reason: &str,
             ) -> Result<Vec<Uuid>> {
                 let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                let rows = sqlx::query(
-                    "UPDATE agents SET status = 'offline' \
-                     WHERE transport = $1 AND status = 'online' AND last_seen < $2 RETURNING instance_uid",
-                )
+                let rows = sqlx::query(concat!(
+                    "UPDATE agents SET status = 'offline' WHERE instance_uid IN (\
+                     SELECT instance_uid FROM agents \
+                     WHERE transport = $1 AND status = 'online' AND last_seen < $2 \
+                     ORDER BY instance_uid",
+                    $lock_rows,
+                    ") RETURNING instance_uid"
+                ))
                 .bind(transport.as_str())
                 .bind(encoding::micros(cutoff))
                 .fetch_all(&mut *transaction)
@@ -459,10 +488,14 @@ macro_rules! sql_store {
 
             async fn mark_gateway_offline(&self, gateway_id: &str, now: OffsetDateTime, reason: &str) -> Result<Vec<Uuid>> {
                 let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                let rows = sqlx::query(
-                    "UPDATE agents SET status = 'offline' \
-                     WHERE gateway_id = $1 AND status = 'online' AND transport = 'websocket' RETURNING instance_uid",
-                )
+                let rows = sqlx::query(concat!(
+                    "UPDATE agents SET status = 'offline' WHERE instance_uid IN (\
+                     SELECT instance_uid FROM agents \
+                     WHERE gateway_id = $1 AND status = 'online' AND transport = 'websocket' \
+                     ORDER BY instance_uid",
+                    $lock_rows,
+                    ") RETURNING instance_uid"
+                ))
                 .bind(gateway_id.to_owned())
                 .fetch_all(&mut *transaction)
                 .await
