@@ -14,6 +14,7 @@ use ampora_control_plane::storage::{
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
+use sqlx::Connection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -130,7 +131,8 @@ fn query(limit: u32) -> AgentQuery {
 
 // === the suite ===
 
-async fn round_trips_a_full_record(store: Arc<dyn Store>) {
+async fn round_trips_a_full_record(db: Db) {
+    let store = db.open().await;
     let uid = Uuid::now_v7();
     let original = record(uid, "prod", 0);
     write(store.as_ref(), vec![original.clone()], vec![]).await;
@@ -140,7 +142,8 @@ async fn round_trips_a_full_record(store: Arc<dyn Store>) {
     assert_eq!(listed, vec![original.head]);
 }
 
-async fn upsert_keeps_first_seen_and_applies_seen(store: Arc<dyn Store>) {
+async fn upsert_keeps_first_seen_and_applies_seen(db: Db) {
+    let store = db.open().await;
     let uid = Uuid::now_v7();
     write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
     let mut later = record(uid, "dev", 100);
@@ -177,7 +180,8 @@ async fn upsert_keeps_first_seen_and_applies_seen(store: Arc<dyn Store>) {
     );
 }
 
-async fn filters_by_attributes_and_status(store: Arc<dyn Store>) {
+async fn filters_by_attributes_and_status(db: Db) {
+    let store = db.open().await;
     let prod = Uuid::now_v7();
     let dev = Uuid::now_v7();
     let mut offline = record(Uuid::now_v7(), "prod", 0);
@@ -264,7 +268,8 @@ async fn filters_by_attributes_and_status(store: Arc<dyn Store>) {
         .is_empty());
 }
 
-async fn pages_agents_without_gaps_or_repeats(store: Arc<dyn Store>) {
+async fn pages_agents_without_gaps_or_repeats(db: Db) {
+    let store = db.open().await;
     let mut expected: Vec<Uuid> = (0..25).map(|_| Uuid::new_v4()).collect();
     write(
         store.as_ref(),
@@ -293,7 +298,8 @@ async fn pages_agents_without_gaps_or_repeats(store: Arc<dyn Store>) {
     assert_eq!(seen, expected);
 }
 
-async fn events_newest_first_with_paging(store: Arc<dyn Store>) {
+async fn events_newest_first_with_paging(db: Db) {
+    let store = db.open().await;
     let uid = Uuid::now_v7();
     let other = Uuid::now_v7();
     write(
@@ -349,7 +355,8 @@ async fn events_newest_first_with_paging(store: Arc<dyn Store>) {
         .all(|e| e.instance_uid == uid && e.kind == "health"));
 }
 
-async fn marks_only_stale_online_agents_of_a_transport_offline(store: Arc<dyn Store>) {
+async fn marks_only_stale_online_agents_of_a_transport_offline(db: Db) {
+    let store = db.open().await;
     let mut stale_http = record(Uuid::now_v7(), "prod", 0);
     stale_http.head.transport = Transport::Http;
     let mut fresh_http = record(Uuid::now_v7(), "prod", 100);
@@ -417,8 +424,9 @@ async fn marks_only_stale_online_agents_of_a_transport_offline(store: Arc<dyn St
         .is_empty());
 }
 
-async fn writes_large_batches_in_one_transaction(store: Arc<dyn Store>) {
-    let records: Vec<AgentRecord> = (0..3_000)
+async fn writes_large_batches_in_one_transaction(db: Db) {
+    let store = db.open().await;
+    let records: Vec<AgentRecord> = (0..5_000)
         .map(|_| record(Uuid::now_v7(), "bulk", 0))
         .collect();
     let events: Vec<NewEvent> = records
@@ -431,7 +439,31 @@ async fn writes_large_batches_in_one_transaction(store: Arc<dyn Store>) {
         limit: 1000,
         ..AgentQuery::default()
     };
-    assert_eq!(store.list_agents(&bulk).await.unwrap().len(), 1000);
+    let mut listed = 0;
+    let mut after = None;
+    loop {
+        let page = store
+            .list_agents(&AgentQuery {
+                after,
+                ..bulk.clone()
+            })
+            .await
+            .unwrap();
+        listed += page.len();
+        match page.last() {
+            Some(last) => after = Some(last.instance_uid),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 5_000);
+    assert_eq!(
+        raw_pairs(
+            &db.url,
+            "SELECT kind, CAST(COUNT(*) AS TEXT) FROM agent_events GROUP BY kind"
+        )
+        .await,
+        [("connected".to_owned(), "5000".to_owned())]
+    );
     let seen: Vec<SeenUpdate> = records
         .iter()
         .map(|r| SeenUpdate {
@@ -458,20 +490,165 @@ async fn writes_large_batches_in_one_transaction(store: Arc<dyn Store>) {
             .sequence_num,
         9
     );
-
-    // A failing statement rolls the whole batch back: nothing of it is stored.
-    let fresh = Uuid::now_v7();
-    let mut duplicate = record(fresh, "x", 0);
-    duplicate.head.instance_uid = fresh;
-    let failing = WriteBatch {
-        agents: vec![record(fresh, "x", 0), duplicate],
-        ..WriteBatch::default()
-    };
-    assert!(store.write(&failing).await.is_err());
-    assert_eq!(store.get_agent(fresh).await.unwrap(), None);
 }
 
-async fn leases_split_fairly_and_fence_writes(store: Arc<dyn Store>) {
+async fn a_failed_batch_stores_nothing(db: Db) {
+    let store = db.open().await;
+    let kept = Uuid::now_v7();
+    write(store.as_ref(), vec![record(kept, "prod", 0)], vec![]).await;
+    // Make the batch's last statement fail: its agents, written before, must be rolled back.
+    raw_execute(&db.url, "DROP TABLE agent_events").await;
+    let fresh = Uuid::now_v7();
+    let failing = WriteBatch {
+        agents: vec![record(fresh, "x", 0), record(kept, "changed", 9)],
+        events: vec![event(fresh, 1, "connected")],
+        ..WriteBatch::default()
+    };
+    assert!(matches!(
+        store.write(&failing).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(store.get_agent(fresh).await.unwrap(), None);
+    let unchanged = store.get_agent(kept).await.unwrap().unwrap();
+    assert_eq!(unchanged, record(kept, "prod", 0));
+}
+
+async fn the_last_snapshot_of_an_agent_in_a_batch_wins(db: Db) {
+    let store = db.open().await;
+    let uid = Uuid::now_v7();
+    let mut last = record(uid, "second", 5);
+    last.head.sequence_num = 2;
+    store
+        .write(&WriteBatch {
+            agents: vec![record(uid, "first", 0), last.clone()],
+            seen: vec![
+                SeenUpdate {
+                    instance_uid: uid,
+                    last_seen: at(6),
+                    sequence_num: 3,
+                },
+                SeenUpdate {
+                    instance_uid: uid,
+                    last_seen: at(7),
+                    sequence_num: 4,
+                },
+            ],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.head.summary.non_identifying_attributes["deployment.environment"],
+        "second"
+    );
+    assert_eq!(
+        (stored.head.last_seen, stored.head.sequence_num),
+        (at(7), 4)
+    );
+    let first = AgentQuery {
+        attributes: vec![("deployment.environment".into(), "first".into())],
+        limit: 10,
+        ..AgentQuery::default()
+    };
+    assert!(store.list_agents(&first).await.unwrap().is_empty());
+}
+
+async fn large_payloads_are_stored_gzipped(db: Db) {
+    let store = db.open().await;
+    let large = record(Uuid::now_v7(), "prod", 0);
+    let mut small = record(Uuid::now_v7(), "prod", 0);
+    small.details.effective_config = None;
+    write(
+        store.as_ref(),
+        vec![large.clone(), small.clone()],
+        vec![
+            event(large.head.instance_uid, 1, "big"),
+            event(large.head.instance_uid, 2, "small"),
+        ],
+    )
+    .await;
+    let mut encodings =
+        raw_pairs(&db.url, "SELECT instance_uid, details_encoding FROM agents").await;
+    encodings.sort();
+    let mut expected = vec![
+        (large.head.instance_uid.to_string(), "gzip+json".to_owned()),
+        (small.head.instance_uid.to_string(), "json".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(encodings, expected);
+    assert_eq!(
+        raw_pairs(
+            &db.url,
+            "SELECT kind, payload_encoding FROM agent_events ORDER BY id"
+        )
+        .await,
+        [
+            ("big".to_owned(), "gzip+json".to_owned()),
+            ("small".to_owned(), "json".to_owned())
+        ]
+    );
+    let (compressed, plain) = (
+        raw_pairs(
+            &db.url,
+            "SELECT instance_uid, CAST(LENGTH(details) AS TEXT) FROM agents",
+        )
+        .await,
+        serde_json::to_vec(&large.details).unwrap().len(),
+    );
+    let stored_len: usize = compressed
+        .iter()
+        .find(|(uid, _)| *uid == large.head.instance_uid.to_string())
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert!(stored_len * 10 < plain, "{stored_len} of {plain} bytes");
+
+    // Another threshold: new writes follow it, old rows read as they were written.
+    let never = db
+        .open_with(StoreOptions {
+            gzip_threshold: usize::MAX,
+            ..StoreOptions::default()
+        })
+        .await;
+    let again = record(Uuid::now_v7(), "prod", 0);
+    write(never.as_ref(), vec![again.clone()], vec![]).await;
+    assert_eq!(
+        raw_pairs(
+            &db.url,
+            &format!(
+                "SELECT instance_uid, details_encoding FROM agents WHERE instance_uid = '{}'",
+                again.head.instance_uid
+            )
+        )
+        .await[0]
+            .1,
+        "json"
+    );
+    assert_eq!(
+        never.get_agent(again.head.instance_uid).await.unwrap(),
+        Some(again)
+    );
+    assert_eq!(
+        never.get_agent(large.head.instance_uid).await.unwrap(),
+        Some(large.clone())
+    );
+    let events = never
+        .list_events(
+            large.head.instance_uid,
+            &EventQuery {
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(events[1].payload["big"].as_str().unwrap().len(), 9_000);
+}
+
+async fn leases_split_fairly_and_fence_writes(db: Db) {
+    let store = db.open().await;
     let now = OffsetDateTime::now_utc();
     let later = now + Duration::from_secs(10);
     assert_eq!(store.heartbeat_replica("a", now, later).await.unwrap(), 1);
@@ -565,7 +742,8 @@ async fn leases_split_fairly_and_fence_writes(store: Arc<dyn Store>) {
     assert_eq!(c.len(), 8);
 }
 
-async fn dead_gateways_agents_go_offline(store: Arc<dyn Store>) {
+async fn dead_gateways_agents_go_offline(db: Db) {
+    let store = db.open().await;
     let mut on_dead = record(Uuid::now_v7(), "prod", 0);
     on_dead.head.gateway_id = "dead".into();
     let mut on_live = record(Uuid::now_v7(), "prod", 0);
@@ -597,28 +775,72 @@ async fn dead_gateways_agents_go_offline(store: Arc<dyn Store>) {
     assert_eq!(store.gateways_with_online_agents().await.unwrap(), ["live"]);
 }
 
-async fn pings(store: Arc<dyn Store>) {
+async fn pings(db: Db) {
+    let store = db.open().await;
     store.ping().await.unwrap();
 }
 
 // === backends ===
 
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("test.db").display());
-    (
-        storage::connect(&url, StoreOptions::default())
-            .await
-            .unwrap(),
-        dir,
-    )
+/// One test's own database: a SQLite file in a temp dir, or a fresh PostgreSQL database.
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
-async fn postgres() -> Arc<dyn Store> {
-    let url = TestPostgres::shared().create_database().await;
-    storage::connect(&url, StoreOptions::default())
-        .await
-        .unwrap()
+impl Db {
+    async fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        // In a directory that does not exist yet: connect creates both.
+        let url = format!("sqlite:{}", dir.path().join("data/test.db").display());
+        Db {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Db {
+        Db {
+            url: TestPostgres::shared().create_database().await,
+            _dir: None,
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        self.open_with(StoreOptions::default()).await
+    }
+
+    async fn open_with(&self, options: StoreOptions) -> Arc<dyn Store> {
+        storage::connect(&self.url, options).await.unwrap()
+    }
+}
+
+/// Runs a statement behind the store's back.
+async fn raw_execute(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut connection).await.unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut connection).await.unwrap();
+    }
+}
+
+/// Reads two text columns behind the store's back.
+async fn raw_pairs(url: &str, sql: &str) -> Vec<(String, String)> {
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    }
 }
 
 macro_rules! storage_suite {
@@ -627,8 +849,7 @@ macro_rules! storage_suite {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    let (store, _dir) = super::sqlite().await;
-                    super::$test(store).await;
+                    super::$test(super::Db::sqlite().await).await;
                 }
             )*
         }
@@ -636,7 +857,7 @@ macro_rules! storage_suite {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(super::postgres().await).await;
+                    super::$test(super::Db::postgres().await).await;
                 }
             )*
         }
@@ -651,10 +872,26 @@ storage_suite!(
     events_newest_first_with_paging,
     marks_only_stale_online_agents_of_a_transport_offline,
     writes_large_batches_in_one_transaction,
+    a_failed_batch_stores_nothing,
+    the_last_snapshot_of_an_agent_in_a_batch_wins,
+    large_payloads_are_stored_gzipped,
     leases_split_fairly_and_fence_writes,
     dead_gateways_agents_go_offline,
     pings,
 );
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let store = storage::connect("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
+    // Sequential uses may go through different pooled connections: still one database.
+    for _ in 0..3 {
+        assert!(store.get_agent(uid).await.unwrap().is_some());
+    }
+}
 
 #[tokio::test]
 async fn refuses_unknown_database_urls() {
