@@ -146,15 +146,17 @@ pub async fn run(
 
     readiness.set(false);
     background.abort_all();
-    ownership.stop_all(&router).await;
-    if let Err(error) = store.release_replica(&config.replica_id).await {
-        tracing::warn!(%error, "cannot release partition leases; they expire on their own");
-    }
+    ownership.stop_consuming().await;
+    // Workers finish their rounds and flush liveness while the leases still fence them in;
+    // only then are the leases handed over.
     drop(router);
     while let Some(result) = workers.join_next().await {
         if let Err(error) = result {
             tracing::error!(%error, "ingest worker failed");
         }
+    }
+    if let Err(error) = store.release_replica(&config.replica_id).await {
+        tracing::warn!(%error, "cannot release partition leases; they expire on their own");
     }
     Ok(())
 }

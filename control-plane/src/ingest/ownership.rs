@@ -127,18 +127,11 @@ impl Ownership {
         Ok(())
     }
 
-    /// Stops consuming every partition (shutdown).
-    pub async fn stop_all(&self, router: &Router) {
-        self.epochs
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
-        for (partition, (_, forwarder)) in self.forwarders.lock().await.drain() {
+    /// Stops consuming every partition (shutdown). The leases stay held, so the workers can
+    /// still commit what they have before the replica gives them up.
+    pub async fn stop_consuming(&self) {
+        for (_, (_, forwarder)) in self.forwarders.lock().await.drain() {
             forwarder.abort();
-            let _ = router
-                .worker_of_partition(partition)
-                .send(WorkItem::Release(partition))
-                .await;
         }
     }
 }
