@@ -18,6 +18,8 @@ pub struct TestNats {
     cluster: Option<(u16, Vec<String>)>,
     /// Certificate and key (PEM files) to serve TLS with.
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A server configuration file (e.g. with authorization), passed as `-c`.
+    config: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -27,6 +29,7 @@ impl TestNats {
             port: free_port(),
             cluster: None,
             tls: None,
+            config: None,
             child: None,
         };
         nats.restart();
@@ -39,6 +42,20 @@ impl TestNats {
             port: free_port(),
             cluster: None,
             tls: Some((cert.to_owned(), key.to_owned())),
+            config: None,
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// A server started with a configuration file (for authorization set-ups).
+    pub fn start_with_config(config: &std::path::Path) -> TestNats {
+        let mut nats = TestNats {
+            port: free_port(),
+            cluster: None,
+            tls: None,
+            config: Some(config.to_owned()),
             child: None,
         };
         nats.restart();
@@ -60,6 +77,7 @@ impl TestNats {
                     port: free_port(),
                     cluster: Some((*own, routes)),
                     tls: None,
+                    config: None,
                     child: None,
                 }
             })
@@ -104,6 +122,9 @@ impl TestNats {
                     &format!("nats://127.0.0.1:{cluster_port}"),
                 ])
                 .args(["--routes", &routes.join(",")]);
+        }
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
         }
         if let Some((cert, key)) = &self.tls {
             command

@@ -178,3 +178,60 @@ async fn nats_over_tls_with_a_private_ca() {
         .unwrap();
     assert_eq!(next(&mut subscription).await.unwrap(), "secret");
 }
+
+#[tokio::test]
+async fn nats_with_password_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        "authorization { users = [ { user: gateway, password: s3cret } ] }\n",
+    )
+    .unwrap();
+    let server = TestNats::start_with_config(&config);
+    let with_password = NatsOptions {
+        url: server.url().replace("nats://", "nats://gateway:s3cret@"),
+        ..Default::default()
+    };
+    let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&with_password).await.unwrap());
+    let mut subscription = bus.subscribe("auth.x").await.unwrap();
+    settle(bus.as_ref()).await;
+
+    // Without the password the server refuses the client: nothing it publishes arrives.
+    let anonymous = NatsBus::connect(&NatsOptions {
+        url: server.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let _ = anonymous
+        .publish("auth.x", Bytes::from_static(b"intruder"))
+        .await;
+    assert!(
+        next(&mut subscription).await.is_none(),
+        "an unauthenticated client got through"
+    );
+}
+
+#[tokio::test]
+async fn nats_with_nkey_authorization() {
+    let user = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let server = TestNats::start_with_config(&config);
+    let with_nkey = NatsOptions {
+        url: server.url(),
+        nkey_seed: Some(user.seed().unwrap()),
+        ..Default::default()
+    };
+    let bus: Arc<dyn Bus> = Arc::new(NatsBus::connect(&with_nkey).await.unwrap());
+    settle(bus.as_ref()).await;
+}

@@ -66,6 +66,22 @@ impl NatsBus {
         if options.subscription_capacity > 0 {
             connect = connect.subscription_capacity(options.subscription_capacity);
         }
+        // Credentials in the URL (`nats://user:password@host` or `nats://token@host`) apply to
+        // every server of the list.
+        if let Some(userinfo) = options.url.split(',').find_map(|url| {
+            url.trim()
+                .split_once("://")?
+                .1
+                .split_once('@')
+                .map(|(userinfo, _)| userinfo)
+        }) {
+            connect = match userinfo.split_once(':') {
+                Some((user, password)) => {
+                    connect.user_and_password(user.to_owned(), password.to_owned())
+                }
+                None => connect.token(userinfo.to_owned()),
+            };
+        }
         let servers = options
             .url
             .split(',')
