@@ -70,6 +70,9 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let opamp_addr = opamp_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    // The control-plane stops after the gateway, so it still records the agents the gateway
+    // disconnects while draining.
+    let control_plane_stop = CancellationToken::new();
     let readiness = Readiness::default();
     let control_plane = tokio::spawn(ampora_control_plane::run(
         http_listener,
@@ -77,7 +80,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         store,
         bus.clone(),
         readiness.clone(),
-        shutdown.clone().cancelled_owned(),
+        control_plane_stop.clone().cancelled_owned(),
     ));
     while !readiness.is_ready() {
         if control_plane.is_finished() {
@@ -105,7 +108,11 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!("  API:             http://{http_addr}/api/v1/agents");
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
-    let (gateway_result, control_plane_result) = tokio::join!(gateway, control_plane);
+    let gateway_result = gateway.await;
+    // Let the last envelopes of the drain reach the control-plane before it stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    control_plane_stop.cancel();
+    let control_plane_result = control_plane.await;
     gateway_result?.context("gateway failed")?;
     control_plane_result?.context("control-plane failed")?;
     Ok(())
