@@ -40,6 +40,8 @@ async fn steady(cluster: &mut Cluster) -> (Fleet, Vec<ExternalAgent>) {
         ExternalAgent::go("ws", &cluster.ws_url(), "go-ws-cluster", &[]),
         ExternalAgent::go("http", &cluster.http_url(), "go-http-cluster", &[]),
     ];
+    // Current means the server shows each agent's latest status: hold still to check it.
+    fleet.freeze();
     let api = cluster.api();
     let behind = fleet.wait_current(&api, Duration::from_secs(60)).await;
     assert!(
@@ -48,6 +50,7 @@ async fn steady(cluster: &mut Cluster) -> (Fleet, Vec<ExternalAgent>) {
         behind.len(),
         &behind[..behind.len().min(5)]
     );
+    fleet.thaw();
     (fleet, go)
 }
 

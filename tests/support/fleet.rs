@@ -111,6 +111,11 @@ impl Fleet {
         self.frozen.store(true, Ordering::SeqCst);
     }
 
+    /// Agents change their status again every tick.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         while self.tasks.join_next().await.is_some() {}

@@ -1,29 +1,47 @@
-//! Runs the real `ampora` binary for integration tests and reads its ready lines.
+//! Process-level test harness: runs the real `ampora serve` binary on free loopback ports with
+//! its own data directory, reads its ready lines, and talks to its API; also starts the
+//! third-party interop agents ([`GoAgent`], [`PythonAgent`]).
+//!
+//! Include it from an integration test with `mod support;`.
 
 #![allow(dead_code)]
 
 mod clients;
 pub mod cluster;
 pub mod fleet;
+mod output;
 
 #[allow(unused_imports)]
-pub use clients::ExternalAgent;
+pub use clients::{go_agent_binary, python_venv, ExternalAgent, GoAgent, PythonAgent};
 
-use std::io::{BufRead, BufReader};
+use std::fmt::Display;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// An `ampora serve` process on free loopback ports with its own data directory; killed on drop.
+use serde_json::Value;
+
+use output::Output;
+
+/// How long `ampora serve` may take to print its ready lines.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An `ampora serve` process on free loopback ports with its own temporary data directory
+/// (SQLite); killed on drop. Its stdout and stderr are kept and shown when a test fails.
 pub struct Ampora {
     child: Child,
     ws_url: String,
     http_opamp_url: String,
     api_base: String,
+    output: Output,
+    http: reqwest::Client,
     _data_dir: tempfile::TempDir,
 }
 
 impl Ampora {
+    /// Starts `ampora serve` with `AMPORA_DATA_DIR` a fresh temp dir, both listeners on
+    /// `127.0.0.1:0`, `RUST_LOG` from the environment (else `info`), then `extra_env` (which
+    /// wins), and waits up to 30 s for the ready lines.
     pub async fn start(extra_env: &[(&str, &str)]) -> Ampora {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ampora"));
@@ -34,49 +52,90 @@ impl Ampora {
             .env("AMPORA_HTTP_LISTEN", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start ampora serve");
-        let stdout = child.stdout.take().expect("stdout");
+        let output = Output::new(5_000);
         let (lines_tx, lines_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
+        output.capture("stdout", child.stdout.take().unwrap(), Some(lines_tx));
+        output.capture("stderr", child.stderr.take().unwrap(), None);
+
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let mut banner = false;
+        let (mut ws_url, mut http_opamp_url, mut api) = (None, None, None);
+        while ws_url.is_none() || http_opamp_url.is_none() || api.is_none() {
+            let line = match lines_rx.try_recv() {
+                Ok(line) => line,
+                Err(mpsc::TryRecvError::Empty) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!(
+                            "ampora serve printed no ready lines within {READY_TIMEOUT:?}\n{}",
+                            output.text()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
                 }
-            }
-        });
-        let field = |label: &str| -> String {
-            loop {
-                let line = lines_rx
-                    .recv_timeout(Duration::from_secs(30))
-                    .unwrap_or_else(|_| panic!("ampora serve did not print {label:?} within 30 s"));
-                if let Some(value) = line.trim().strip_prefix(label) {
-                    return value.trim().to_owned();
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    let status = child.wait();
+                    // Let the stderr thread catch up before showing what was printed.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    panic!(
+                        "ampora serve closed its stdout before it was ready (exit: {status:?})\n{}",
+                        output.text()
+                    );
                 }
+            };
+            let line = line.trim();
+            if line == "Ampora is ready." {
+                banner = true;
+            } else if let Some(value) = line.strip_prefix("OpAMP WebSocket:") {
+                ws_url = Some(value.trim().to_owned());
+            } else if let Some(value) = line.strip_prefix("OpAMP HTTP:") {
+                http_opamp_url = Some(value.trim().to_owned());
+            } else if let Some(value) = line.strip_prefix("API:") {
+                api = Some(value.trim().to_owned());
             }
-        };
-        let ws_url = field("OpAMP WebSocket:");
-        let http_opamp_url = field("OpAMP HTTP:");
-        let api = field("API:");
-        let api_base = api.trim_end_matches("/api/v1/agents").to_owned();
+        }
+        let (ws_url, http_opamp_url, api) =
+            (ws_url.unwrap(), http_opamp_url.unwrap(), api.unwrap());
+        assert!(banner, "no \"Ampora is ready.\" line\n{}", output.text());
+        assert!(
+            ws_url.starts_with("ws://") && ws_url.ends_with("/v1/opamp"),
+            "OpAMP WebSocket: {ws_url:?}"
+        );
+        assert!(
+            http_opamp_url.starts_with("http://") && http_opamp_url.ends_with("/v1/opamp"),
+            "OpAMP HTTP: {http_opamp_url:?}"
+        );
+        let api_base = api
+            .strip_suffix("/api/v1/agents")
+            .unwrap_or_else(|| panic!("API: {api:?} does not end in /api/v1/agents"))
+            .to_owned();
         Ampora {
             child,
             ws_url,
             http_opamp_url,
             api_base,
+            output,
+            http: reqwest::Client::new(),
             _data_dir: data_dir,
         }
     }
 
+    /// `ws://127.0.0.1:PORT/v1/opamp`.
     pub fn ws_url(&self) -> String {
         self.ws_url.clone()
     }
 
+    /// `http://127.0.0.1:PORT/v1/opamp`.
     pub fn http_opamp_url(&self) -> String {
         self.http_opamp_url.clone()
     }
@@ -90,37 +149,128 @@ impl Ampora {
         self.child.id()
     }
 
-    /// `GET /api/v1/agents/{uid}`, or `None` for 404.
-    pub async fn agent_json(&self, uid: uuid::Uuid) -> Option<serde_json::Value> {
-        let response = reqwest::get(format!("{}/api/v1/agents/{uid}", self.api_base))
-            .await
-            .expect("API request");
-        (response.status() == 200).then_some(response.json().await.expect("JSON body"))
+    /// What the server printed so far (the newest lines).
+    pub fn logs(&self) -> String {
+        self.output.text()
     }
 
-    /// Polls the agent's snapshot until `ready` holds; panics with the last snapshot otherwise.
+    /// `GET {api_base}{path}`: the status and the body as JSON (`Value::Null` if it is not JSON).
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let url = format!("{}{path}", self.api_base);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET /api/v1/agents?{query}` (`query` like `status=online&attr=service.name=x`, may be
+    /// empty); panics unless 200.
+    pub async fn agents(&self, query: &str) -> Value {
+        let query = query.trim_start_matches('?');
+        let path = if query.is_empty() {
+            "/api/v1/agents".to_owned()
+        } else {
+            format!("/api/v1/agents?{query}")
+        };
+        let (status, body) = self.get(&path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// `GET /api/v1/agents/{uid}`: the full snapshot, or `None` for 404; panics otherwise.
+    pub async fn agent(&self, uid: impl Display) -> Option<Value> {
+        let path = format!("/api/v1/agents/{uid}");
+        let (status, body) = self.get(&path).await;
+        match status.as_u16() {
+            200 => Some(body),
+            404 => None,
+            _ => panic!("GET {path}: {status} {body}"),
+        }
+    }
+
+    /// Same as [`Ampora::agent`].
+    pub async fn agent_json(&self, uid: uuid::Uuid) -> Option<Value> {
+        self.agent(uid).await
+    }
+
+    /// Polls `GET /api/v1/agents` until `ready` holds for its JSON body, which it returns;
+    /// panics with the last body (and the server's output) after `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_for_query("", what, timeout, ready).await
+    }
+
+    /// [`Ampora::wait_for`] on `GET /api/v1/agents?{query}`.
+    pub async fn wait_for_query(
+        &self,
+        query: &str,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let body = self.agents(query).await;
+            if ready(&body) {
+                return body;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("waited {timeout:?} for {what}; last GET /api/v1/agents?{query}: {body:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls the agent's snapshot until `ready` holds (20 s at most); panics with the last
+    /// snapshot otherwise.
     pub async fn wait_agent(
         &self,
         uid: uuid::Uuid,
         what: &str,
-        ready: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            last = self.agent_json(uid).await;
+        loop {
+            let last = self.agent(uid).await;
             if last.as_ref().is_some_and(&ready) {
                 return last.unwrap();
             }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("agent {uid} never became {what}; last snapshot: {last:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("agent {uid} never became {what}; last snapshot: {last:#?}");
     }
+}
+
+/// The entry for `uid` in a `GET /api/v1/agents` body, if listed.
+pub fn listed_agent(agents: &Value, uid: impl Display) -> Option<&Value> {
+    let uid = uid.to_string();
+    agents["agents"]
+        .as_array()?
+        .iter()
+        .find(|agent| agent["instance_uid"] == uid.as_str())
 }
 
 impl Drop for Ampora {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- output of ampora serve (pid {}) ----\n{}",
+                self.child.id(),
+                self.output.text()
+            );
+        }
     }
 }

@@ -1,51 +1,103 @@
-"""An OpAMP agent on the PyPI package `opentelemetry-opamp-client` (HTTP), for Ampora's
-interop tests. Prints its instance uid on the first line and runs until SIGTERM, when the
-client library sends AgentDisconnect."""
+"""An OpAMP agent on the PyPI package `opentelemetry-opamp-client` (HTTP only), used by
+Ampora's interop tests.
+
+It describes itself (service.name plus --attr pairs), reports an effective config, prints
+`instance_uid=<uuid>` as its first stdout line and runs until SIGTERM or SIGINT. On stop the
+library sends AgentDisconnect.
+
+    python agent.py --url http://127.0.0.1:4320/v1/opamp --name my-service --attr team=obs
+"""
+
+from __future__ import annotations
 
 import argparse
+import atexit
+import logging
 import signal
 import sys
 import threading
 import uuid
 
-from opentelemetry._opamp.agent import OpAMPAgent
-from opentelemetry._opamp.callbacks import OpAMPCallbacks
-from opentelemetry._opamp.client import OpAMPClient
+from opentelemetry._opamp import OpAMPAgent, OpAMPCallbacks, OpAMPClient
 
 
 class Callbacks(OpAMPCallbacks):
+    """Logs what the server says; this agent applies no remote config."""
+
     def on_error(self, agent, client, error_response):
-        print(f"server error: {error_response.error_message}", file=sys.stderr, flush=True)
+        logging.warning("server error: %s", error_response.error_message)
+
+    def on_connect_failed(self, agent, client, error):
+        logging.warning("request failed: %s", error)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    return key, value
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--name", default="interop-python-agent")
-    parser.add_argument("--attr", action="append", default=[], help="non-identifying key=value")
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="heartbeat seconds")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="OpAMP HTTP endpoint, e.g. http://host:4320/v1/opamp")
+    parser.add_argument("--name", default="interop-python-agent", help="service.name (identifying)")
+    parser.add_argument(
+        "--attr",
+        type=key_value,
+        action="append",
+        default=[],
+        help="non-identifying attribute key=value (repeatable)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between the library's heartbeat requests (it polls with them)",
+    )
+    parser.add_argument("--timeout-ms", type=int, default=2000, help="per-request timeout")
+    parser.add_argument("--debug", action="store_true", help="log the library's debug messages")
     args = parser.parse_args()
 
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="python-agent: %(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
     non_identifying = {"os.type": "linux"}
-    for pair in args.attr:
-        key, _, value = pair.partition("=")
-        non_identifying[key] = value
+    non_identifying.update(dict(args.attr))
 
     client = OpAMPClient(
         endpoint=args.url,
+        timeout_millis=args.timeout_ms,
         agent_identifying_attributes={"service.name": args.name, "service.version": "0.0.1"},
         agent_non_identifying_attributes=non_identifying,
     )
-    client.update_effective_config({"": f"exporters:\n  otlp: {{}}\n# python-agent {args.name}\n"}, "text/yaml")
+    client.update_effective_config(
+        {"": f"# python-agent {args.name}\nexporters:\n  otlp: {{}}\n"},
+        "text/yaml",
+    )
     agent = OpAMPAgent(interval=args.poll_interval, callbacks=Callbacks(), client=client)
 
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+
     agent.start()
-    # The library keeps the uid private; the tests need to know which agent to look for.
-    print(f"instance_uid={uuid.UUID(bytes=client._instance_uid)}", flush=True)
-    stopped.wait()
+    # start() registers stop() to run at exit too; we stop explicitly below, and a second
+    # stop() would send a second AgentDisconnect.
+    atexit.unregister(agent.stop)
+
+    # The library generates the uid (a UUIDv7) and exposes no accessor for it, so read the
+    # attribute it keeps it in: the tests must know which agent to look for.
+    instance_uid = uuid.UUID(bytes=client._instance_uid)  # pylint: disable=protected-access
+    print(f"instance_uid={instance_uid}", flush=True)
+
+    # Event.wait with a timeout keeps the main thread responsive to signals.
+    while not stopping.wait(0.5):
+        pass
+    logging.info("stopping: sending AgentDisconnect")
     agent.stop(timeout=5)
 
 
