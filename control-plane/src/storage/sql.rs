@@ -88,13 +88,16 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn offline_with_events(
+            /// Runs an `UPDATE … RETURNING instance_uid` that takes agents offline, and records an
+            /// `offline` event for each, in one transaction.
+            async fn mark_offline<'q>(
                 &self,
-                connection: &mut <$db as sqlx::Database>::Connection,
-                rows: Vec<$row>,
+                update: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
                 now: OffsetDateTime,
                 reason: &str,
             ) -> Result<Vec<Uuid>> {
+                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                let rows = update.fetch_all(&mut *transaction).await.map_err(unavailable)?;
                 let mut uids = rows
                     .iter()
                     .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
@@ -109,7 +112,8 @@ macro_rules! sql_store {
                         payload: serde_json::json!({ "reason": reason }),
                     })
                     .collect();
-                self.insert_events(connection, &events).await?;
+                self.insert_events(&mut transaction, &events).await?;
+                transaction.commit().await.map_err(unavailable)?;
                 Ok(uids)
             }
 
@@ -265,8 +269,7 @@ macro_rules! sql_store {
                 now: OffsetDateTime,
                 reason: &str,
             ) -> Result<Vec<Uuid>> {
-                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                let rows = sqlx::query(concat!(
+                let update = sqlx::query(concat!(
                     "UPDATE agents SET status = 'offline' WHERE instance_uid IN (\
                      SELECT instance_uid FROM agents \
                      WHERE transport = $1 AND status = 'online' AND last_seen < $2 \
@@ -275,13 +278,8 @@ macro_rules! sql_store {
                     ") RETURNING instance_uid"
                 ))
                 .bind(transport.as_str())
-                .bind(encoding::micros(cutoff))
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(unavailable)?;
-                let uids = self.offline_with_events(&mut transaction, rows, now, reason).await?;
-                transaction.commit().await.map_err(unavailable)?;
-                Ok(uids)
+                .bind(encoding::micros(cutoff));
+                self.mark_offline(update, now, reason).await
             }
 
             async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>> {
@@ -487,8 +485,7 @@ macro_rules! sql_store {
             }
 
             async fn mark_gateway_offline(&self, gateway_id: &str, now: OffsetDateTime, reason: &str) -> Result<Vec<Uuid>> {
-                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                let rows = sqlx::query(concat!(
+                let update = sqlx::query(concat!(
                     "UPDATE agents SET status = 'offline' WHERE instance_uid IN (\
                      SELECT instance_uid FROM agents \
                      WHERE gateway_id = $1 AND status = 'online' AND transport = 'websocket' \
@@ -496,13 +493,8 @@ macro_rules! sql_store {
                     $lock_rows,
                     ") RETURNING instance_uid"
                 ))
-                .bind(gateway_id.to_owned())
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(unavailable)?;
-                let uids = self.offline_with_events(&mut transaction, rows, now, reason).await?;
-                transaction.commit().await.map_err(unavailable)?;
-                Ok(uids)
+                .bind(gateway_id.to_owned());
+                self.mark_offline(update, now, reason).await
             }
         }
     };
