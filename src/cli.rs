@@ -153,7 +153,7 @@ pub struct ControlPlaneOptions {
     #[arg(long, env = "AMPORA_INGEST_WORKERS", default_value_t = 4)]
     pub ingest_workers: usize,
     /// Most messages written in one database transaction.
-    #[arg(long, env = "AMPORA_INGEST_BATCH", default_value_t = 512)]
+    #[arg(long, env = "AMPORA_INGEST_BATCH", default_value_t = 2048)]
     pub ingest_batch: usize,
     /// Event payloads and details above this many bytes are stored gzip'd.
     #[arg(long, env = "AMPORA_GZIP_THRESHOLD", default_value_t = 4096)]

@@ -41,7 +41,7 @@ impl Default for ControlPlaneConfig {
             subjects: Subjects::default(),
             workers: 4,
             worker_queue: 1024,
-            batch_max: 512,
+            batch_max: 2048,
             seen_flush_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(90),
             sweep_interval: Duration::from_secs(5),

@@ -843,6 +843,53 @@ async fn raw_pairs(url: &str, sql: &str) -> Vec<(String, String)> {
     }
 }
 
+/// A writer that knows an agent's description did not change skips its attribute rows; any
+/// other write replaces them.
+async fn attribute_rows_are_rewritten_only_when_not_current(db: Db) {
+    let store = db.open().await;
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
+    let in_environment = |environment: &str| AgentQuery {
+        attributes: vec![("deployment.environment".into(), environment.into())],
+        limit: 10,
+        ..AgentQuery::default()
+    };
+    let skipped = WriteBatch {
+        agents: vec![record(uid, "dev", 1)],
+        attributes_current: [uid].into(),
+        ..WriteBatch::default()
+    };
+    store.write(&skipped).await.unwrap();
+    assert_eq!(
+        store
+            .list_agents(&in_environment("prod"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .list_agents(&in_environment("dev"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    write(store.as_ref(), vec![record(uid, "dev", 2)], vec![]).await;
+    assert!(store
+        .list_agents(&in_environment("prod"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_agents(&in_environment("dev"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -868,6 +915,7 @@ storage_suite!(
     round_trips_a_full_record,
     upsert_keeps_first_seen_and_applies_seen,
     filters_by_attributes_and_status,
+    attribute_rows_are_rewritten_only_when_not_current,
     pages_agents_without_gaps_or_repeats,
     events_newest_first_with_paging,
     marks_only_stale_online_agents_of_a_transport_offline,

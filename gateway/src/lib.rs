@@ -22,7 +22,7 @@ mod http;
 mod listener;
 mod relay;
 mod routes;
-mod tls;
+pub mod tls;
 mod websocket;
 
 use std::future::Future;

@@ -23,7 +23,8 @@ use crate::GatewayConfig;
 
 /// Where a delivery for a connection goes.
 enum Route {
-    WebSocket(mpsc::Sender<GatewayDelivery>),
+    /// Boxed: a channel allocates a block of 32 slots up front, per connection.
+    WebSocket(mpsc::Sender<Box<GatewayDelivery>>),
     Http(oneshot::Sender<GatewayDelivery>),
 }
 
@@ -173,7 +174,7 @@ impl Relay {
         self: &Arc<Self>,
         connection_id: u64,
         capacity: usize,
-    ) -> (Registration, mpsc::Receiver<GatewayDelivery>) {
+    ) -> (Registration, mpsc::Receiver<Box<GatewayDelivery>>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         self.routes()
             .insert(connection_id, Route::WebSocket(sender));
@@ -279,7 +280,7 @@ impl Relay {
                     // A full queue means the agent is not reading; the control-plane re-offers
                     // whatever still matters on the agent's next message, so drop rather than block
                     // every other connection behind this one.
-                    if queue.try_send(delivery).is_err() {
+                    if queue.try_send(Box::new(delivery)).is_err() {
                         metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => "queue_full").increment(1);
                     }
                 }

@@ -60,6 +60,8 @@ struct Round {
     /// Partitions whose agents this round writes: the commit is fenced by their leases.
     partitions: HashSet<u16>,
     agents: HashMap<Uuid, AgentRecord>,
+    /// Agents whose attribute rows must be (re)written: new ones, and changed descriptions.
+    described: HashSet<Uuid>,
     events: Vec<NewEvent>,
     replies: Vec<Reply>,
 }
@@ -283,6 +285,14 @@ impl Worker {
                 .events
                 .push(event(target, origin.received_at, kind, payload.clone()));
         }
+        if !known
+            || outcome
+                .events
+                .iter()
+                .any(|(kind, _)| *kind == "description")
+        {
+            round.described.insert(target);
+        }
         if outcome.snapshot_changed {
             self.pending_seen.remove(&target);
             round.agents.insert(target, record.clone());
@@ -343,11 +353,17 @@ impl Worker {
         let Round {
             partitions,
             agents,
+            described,
             events,
             mut replies,
         } = round;
         let touched: Vec<Uuid> = agents.keys().copied().collect();
         let batch = WriteBatch {
+            attributes_current: touched
+                .iter()
+                .filter(|uid| !described.contains(uid))
+                .copied()
+                .collect(),
             agents: agents.into_values().collect(),
             events,
             seen: Vec::new(),

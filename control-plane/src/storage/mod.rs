@@ -9,6 +9,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ pub struct WriteBatch {
     /// Full snapshots to insert or replace.
     pub agents: Vec<AgentRecord>,
     pub events: Vec<NewEvent>,
+    /// Agents of `agents` whose stored attribute rows are already current: the writer knows
+    /// their description did not change, so their (indexed) attribute rows are left alone.
+    pub attributes_current: HashSet<Uuid>,
     /// Liveness of agents whose snapshot did not change.
     pub seen: Vec<SeenUpdate>,
     /// When set, the batch is written only if `owner` still holds every lease, unexpired.

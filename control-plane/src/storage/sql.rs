@@ -17,7 +17,7 @@ pub const AGENT_COLUMNS: &str =
 
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty, $lock_rows:literal) => {
-        use std::collections::BTreeMap;
+        use std::collections::{BTreeMap, HashSet};
 
         use async_trait::async_trait;
         use sqlx::{QueryBuilder, Row};
@@ -143,6 +143,7 @@ macro_rules! sql_store {
                 &self,
                 connection: &mut <$db as sqlx::Database>::Connection,
                 agents: &[&AgentRecord],
+                attributes_current: &HashSet<Uuid>,
             ) -> Result<()> {
                 for chunk in agents.chunks(ROWS_PER_STATEMENT) {
                     let mut upsert = QueryBuilder::<$db>::new(format!(
@@ -175,15 +176,22 @@ macro_rules! sql_store {
                     );
                     upsert.build().execute(&mut *connection).await.map_err(unavailable)?;
 
+                    let described: Vec<&&AgentRecord> = chunk
+                        .iter()
+                        .filter(|record| !attributes_current.contains(&record.head.instance_uid))
+                        .collect();
+                    if described.is_empty() {
+                        continue;
+                    }
                     let mut delete = QueryBuilder::<$db>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
                     let mut uids = delete.separated(", ");
-                    for record in chunk {
+                    for record in &described {
                         uids.push_bind(record.head.instance_uid.to_string());
                     }
                     delete.push(")");
                     delete.build().execute(&mut *connection).await.map_err(unavailable)?;
 
-                    let rows: Vec<(String, String, String)> = chunk
+                    let rows: Vec<(String, String, String)> = described
                         .iter()
                         .flat_map(|record| {
                             let uid = record.head.instance_uid.to_string();
@@ -240,7 +248,7 @@ macro_rules! sql_store {
                     .collect::<BTreeMap<_, _>>()
                     .into_values()
                     .collect();
-                self.upsert_agents(&mut transaction, &agents).await?;
+                self.upsert_agents(&mut transaction, &agents, &batch.attributes_current).await?;
                 self.insert_events(&mut transaction, &batch.events).await?;
                 let seen: Vec<&SeenUpdate> = batch
                     .seen

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole box: AGENTS TLS WebSocket agents ramped onto GATEWAYS gateway processes, with the
+# control-plane, NATS and PostgreSQL; they heartbeat (and change status at STATUS_RATE/s) for
+# HOLD seconds. Then every one of those gateways is killed (-9) at once, and the agents come
+# back through GATEWAYS standby gateways: the report gives the time from the first lost
+# connection until every agent is back with its new connection committed.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+AGENTS=${AGENTS:-100000}
+GATEWAYS=${GATEWAYS:-6}
+RAMP=${RAMP:-2000}
+HEARTBEAT=${HEARTBEAT:-30s}
+STATUS_RATE=${STATUS_RATE:-0}
+HOLD=${HOLD:-60}
+SOURCES=${SOURCES:-127.0.1.1-127.0.1.40}
+OUT="$RESULTS/fleet.txt"
+
+build
+tune_kernel
+make_certs
+log "$(machine)"
+start_nats
+start_postgres
+start_control_plane
+primaries=() standbys=() primary_pids=()
+for i in $(seq "$GATEWAYS"); do
+    start_gateway "gateway-$i"
+    primaries+=("$GATEWAY_URL")
+    primary_pids+=("$GATEWAY_PID")
+done
+for i in $(seq "$GATEWAYS"); do
+    start_gateway "standby-$i"
+    standbys+=("$GATEWAY_URL")
+done
+log "$GATEWAYS gateways and $GATEWAYS standbys up"
+
+progress="$WORK/progress.json"
+report="$RESULTS/fleet.json"
+"$LOADTEST" agents --url "$(IFS=,; echo "${primaries[*]}")" --standby-url "$(IFS=,; echo "${standbys[*]}")" \
+    --ca "$CA" --agents "$AGENTS" --ramp "$RAMP" --heartbeat "$HEARTBEAT" --status-rate "$STATUS_RATE" \
+    --sources "$SOURCES" --duration 3600s --progress-interval 5s --progress-file "$progress" \
+    --report "$report" --database-url "$DATABASE_URL" >"$WORK/fleet.txt" 2> >(tee "$WORK/fleet.progress" >&2) &
+loadtest=$!
+wait_ready "$progress" "$AGENTS" 900
+log "all $AGENTS agents ready; holding $HOLD s"
+sleep "$HOLD"
+log "RSS (MiB): control-plane $(($(rss_kib "$CONTROL_PLANE_PID") / 1024)), NATS $(($(rss_kib "$NATS_PID") / 1024)), gateways $(for pid in "${primary_pids[@]}"; do echo -n "$(($(rss_kib "$pid") / 1024)) "; done)"
+log "killing all $GATEWAYS gateways"
+kill -KILL "${primary_pids[@]}"
+sleep 5
+wait_ready "$progress" "$AGENTS" 600 || true
+sleep 5
+kill -TERM "$loadtest"
+wait "$loadtest" || true
+{
+    echo "$(date -u +%FT%TZ) $(machine)"
+    echo "AGENTS=$AGENTS GATEWAYS=$GATEWAYS RAMP=$RAMP HEARTBEAT=$HEARTBEAT STATUS_RATE=$STATUS_RATE HOLD=$HOLD"
+    cat "$WORK/fleet.txt"
+} | tee -a "$OUT"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# TLS handshake rate: full handshakes (no resumption) against the Ampora gateway and against a
+# bare rustls accept loop with the same certificate and settings, one after the other.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CONCURRENCY=${CONCURRENCY:-32}
+DURATION=${DURATION:-15s}
+OUT="$RESULTS/handshake.txt"
+
+build
+tune_kernel
+make_certs
+log "$(machine)"
+start_nats
+start_gateway gateway-1
+handshakes() {
+    "$LOADTEST" reference handshakes --target "127.0.0.1:$1" --ca "$CA" --server-name localhost \
+        --concurrency "$CONCURRENCY" --duration "$DURATION" --sources 127.0.3.1-127.0.3.8 2>/dev/null
+}
+gateway=$(handshakes "$GATEWAY_PORT")
+kill -TERM "$GATEWAY_PID"
+start_reference tls-accept
+bare=$(handshakes "$REFERENCE_PORT")
+{
+    echo "$(date -u +%FT%TZ) $(machine)"
+    echo "ampora gateway: $gateway"
+    echo "bare rustls:    $bare"
+    python3 -c 'import json, sys; g, b = (json.loads(a)["per_second"] for a in sys.argv[1:]); print(f"gateway / bare = {g / b:.1%}")' "$gateway" "$bare"
+} | tee -a "$OUT"

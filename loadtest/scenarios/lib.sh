@@ -1,0 +1,171 @@
+# Shared by the scenario scripts (sourced, not run): builds the release binaries, tunes the
+# kernel where permitted, starts NATS, PostgreSQL, the control-plane, gateways and reference
+# servers on free loopback ports, and stops all of it on exit. Needs root (PostgreSQL runs as
+# the `postgres` user) and what `scripts/install-test-deps.sh` installs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+AMPORA="$ROOT/target/release/ampora"
+LOADTEST="$ROOT/target/release/ampora-loadtest"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+RESULTS="${RESULTS:-$ROOT/target/loadtest}"
+WORK="$(mktemp -d /tmp/ampora-scenario.XXXXXX)"
+chmod 755 "$WORK"
+mkdir -p "$RESULTS"
+PIDS=()
+PG_DATA=""
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 1
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    if [[ -n "$PG_DATA" ]]; then
+        runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { echo "[$(date +%T)] $*" >&2; }
+
+build() {
+    log "building release binaries"
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p ampora -p ampora-loadtest
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "nothing listens on port $1 after 30 s"
+    return 1
+}
+
+set_sysctl() {
+    local path="/proc/sys/${1//.//}"
+    if echo "$2" >"$path" 2>/dev/null; then
+        log "sysctl $1 = $2"
+    else
+        log "could not set $1 (it stays $(cat "$path")); results may hit that limit"
+    fi
+}
+
+# Many connections from one machine: a wide ephemeral port range, deep accept queues.
+tune_kernel() {
+    set_sysctl net.ipv4.ip_local_port_range "1024 65000"
+    set_sysctl net.core.somaxconn 65535
+    set_sysctl net.ipv4.tcp_max_syn_backlog 65535
+    set_sysctl net.ipv4.tcp_tw_reuse 1
+    ulimit -n "$(ulimit -Hn)"
+}
+
+# A private CA and an ECDSA P-256 server certificate for localhost and 127.0.0.1.
+make_certs() {
+    CA="$WORK/ca.pem"
+    SERVER_CERT="$WORK/server.pem"
+    SERVER_KEY="$WORK/server.key"
+    local curve=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${curve[@]}" -subj /CN=loadtest-ca -days 2 -keyout "$WORK/ca.key" -out "$CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    openssl req "${curve[@]}" -subj /CN=localhost -keyout "$SERVER_KEY" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >"$WORK/server.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$CA" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+        -extfile "$WORK/server.ext" -out "$SERVER_CERT" 2>/dev/null
+}
+
+start_nats() {
+    NATS_PORT=$(free_port)
+    nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
+    PIDS+=($!)
+    NATS_PID=$!
+    NATS_URL="nats://127.0.0.1:$NATS_PORT"
+    wait_port "$NATS_PORT"
+    log "NATS on $NATS_URL"
+}
+
+# track_commit_timestamp lets the load generator read each row's commit time back.
+start_postgres() {
+    PG_DATA="$WORK/pg"
+    mkdir -p "$PG_DATA"
+    chown postgres "$PG_DATA"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres >/dev/null
+    PG_PORT=$(free_port)
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -o \
+        "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on -c max_connections=200 -c shared_buffers=1GB" \
+        start >/dev/null
+    DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+    log "PostgreSQL on $DATABASE_URL"
+}
+
+start_control_plane() {
+    local port
+    port=$(free_port)
+    AMPORA_DATABASE_URL="$DATABASE_URL" AMPORA_NATS_URL="$NATS_URL" AMPORA_HTTP_LISTEN="127.0.0.1:$port" \
+        RUST_LOG="${RUST_LOG:-warn}" "$AMPORA" control-plane >"$WORK/control-plane.log" 2>&1 &
+    PIDS+=($!)
+    CONTROL_PLANE_PID=$!
+    API="http://127.0.0.1:$port"
+    for _ in $(seq 300); do
+        curl -sf "$API/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    log "control-plane API on $API"
+}
+
+# start_gateway NAME: sets GATEWAY_PID and GATEWAY_URL (TLS WebSocket).
+start_gateway() {
+    local port
+    port=$(free_port)
+    AMPORA_OPAMP_LISTEN="127.0.0.1:$port" AMPORA_GATEWAY_ID="$1" AMPORA_NATS_URL="$NATS_URL" \
+        AMPORA_TLS_CERT="$SERVER_CERT" AMPORA_TLS_KEY="$SERVER_KEY" AMPORA_MAX_CONNECTIONS=19900 \
+        RUST_LOG="${RUST_LOG:-warn}" "$AMPORA" gateway >"$WORK/$1.log" 2>&1 &
+    PIDS+=($!)
+    GATEWAY_PID=$!
+    GATEWAY_PORT=$port
+    GATEWAY_URL="wss://localhost:$port/v1/opamp"
+    wait_port "$port"
+}
+
+# start_reference KIND: a bare `ws-server` or `tls-accept`; sets REFERENCE_PID and REFERENCE_PORT.
+start_reference() {
+    REFERENCE_PORT=$(free_port)
+    "$LOADTEST" reference "$1" --listen "127.0.0.1:$REFERENCE_PORT" --cert "$SERVER_CERT" --key "$SERVER_KEY" \
+        >"$WORK/reference-$1.log" 2>&1 &
+    PIDS+=($!)
+    REFERENCE_PID=$!
+    wait_port "$REFERENCE_PORT"
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# User + system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# json_field FILE KEY: one top-level (or counters.KEY) value of a JSON file.
+json_field() {
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print(d[sys.argv[2]] if sys.argv[2] in d else d["counters"][sys.argv[2]])' "$1" "$2"
+}
+
+# wait_ready PROGRESS_FILE COUNT TIMEOUT_SECONDS
+wait_ready() {
+    local deadline=$((SECONDS + $3))
+    while ((SECONDS < deadline)); do
+        if [[ -f "$1" ]] && (($(json_field "$1" ready) >= $2)); then
+            return 0
+        fi
+        sleep 1
+    done
+    log "not all $2 agents ready within $3 s"
+    return 1
+}
+
+machine() {
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r), $(rustc --version), nats-server $(nats-server --version | awk '{print $NF}'), $("$PG_BIN/postgres" --version)"
+}

@@ -1,0 +1,77 @@
+//! Agent-send → commit latency, read back from PostgreSQL itself: each health change carries
+//! its send time (`status_time_unix_nano`), the control-plane stores it in the `health` history
+//! row, and PostgreSQL (with `track_commit_timestamp = on`) knows when that row committed. So
+//! the figure needs no help from Ampora's own metrics.
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitLatency {
+    /// Health changes committed in the window.
+    pub committed: i64,
+    /// `committed` over the span between the first and the last commit.
+    pub committed_per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Health rows the gateways received in `[from_unix_us, to_unix_us)`.
+pub async fn measure(
+    database_url: &str,
+    from_unix_us: i64,
+    to_unix_us: i64,
+) -> anyhow::Result<CommitLatency> {
+    let mut connection = PgConnection::connect(database_url)
+        .await
+        .context("connecting to PostgreSQL for the commit latency")?;
+    let tracked: String = sqlx::query_scalar("SHOW track_commit_timestamp")
+        .fetch_one(&mut connection)
+        .await?;
+    if tracked != "on" {
+        bail!("PostgreSQL runs without track_commit_timestamp = on, so commit times are unknown");
+    }
+    let row = sqlx::query(
+        "WITH changes AS (
+             SELECT pg_xact_commit_timestamp(xmin) AS committed,
+                    (convert_from(payload, 'UTF8')::jsonb ->> 'status_time')::timestamptz AS sent
+             FROM agent_events
+             WHERE kind = 'health' AND payload_encoding = 'json' AND at >= $1 AND at < $2
+         ), latencies AS (
+             SELECT committed, extract(epoch FROM committed - sent)::float8 * 1000 AS ms
+             FROM changes WHERE committed IS NOT NULL AND sent IS NOT NULL
+         )
+         SELECT count(*) AS committed,
+                coalesce(extract(epoch FROM max(committed) - min(committed))::float8, 0) AS span,
+                coalesce(percentile_cont(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY ms),
+                         ARRAY[0, 0, 0, 0]::float8[]) AS quantiles,
+                coalesce(max(ms), 0) AS max_ms
+         FROM latencies",
+    )
+    .bind(from_unix_us)
+    .bind(to_unix_us)
+    .fetch_one(&mut connection)
+    .await
+    .context("reading commit times")?;
+    let committed: i64 = row.try_get("committed")?;
+    let span: f64 = row.try_get("span")?;
+    let quantiles: Vec<f64> = row.try_get("quantiles")?;
+    Ok(CommitLatency {
+        committed,
+        committed_per_second: if span > 0.0 {
+            committed as f64 / span
+        } else {
+            0.0
+        },
+        p50_ms: quantiles[0],
+        p90_ms: quantiles[1],
+        p99_ms: quantiles[2],
+        p999_ms: quantiles[3],
+        max_ms: row.try_get("max_ms")?,
+    })
+}

@@ -1,0 +1,268 @@
+//! Sockets for many agents on one machine: connections spread over several loopback source
+//! addresses (each address has its own ephemeral-port space), and the TLS client settings
+//! (private CA, optional client certificate for mTLS, session resumption on or off).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Source addresses to connect from, used in turn. Written `127.0.0.1`, a comma-separated
+/// list, or an inclusive IPv4 range `127.0.1.1-127.0.1.40`.
+#[derive(Debug)]
+pub struct SourceAddrs {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Clone for SourceAddrs {
+    fn clone(&self) -> Self {
+        SourceAddrs {
+            addrs: self.addrs.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl FromStr for SourceAddrs {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let mut addrs = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('-') {
+                Some((first, last)) => {
+                    let first: Ipv4Addr = first.parse().with_context(|| format!("{first:?}"))?;
+                    let last: Ipv4Addr = last.parse().with_context(|| format!("{last:?}"))?;
+                    let (first, last) = (u32::from(first), u32::from(last));
+                    if last < first || last - first >= 4096 {
+                        bail!("source range {part:?} must run upwards and hold at most 4096 addresses");
+                    }
+                    addrs.extend((first..=last).map(|a| IpAddr::V4(Ipv4Addr::from(a))));
+                }
+                None => addrs.push(part.parse().with_context(|| format!("{part:?}"))?),
+            }
+        }
+        if addrs.is_empty() {
+            bail!("no source address given");
+        }
+        Ok(SourceAddrs {
+            addrs,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl SourceAddrs {
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Every `stride`-th address from `offset`: the share of one worker process.
+    pub fn share(&self, offset: usize, stride: usize) -> SourceAddrs {
+        let addrs: Vec<IpAddr> = self
+            .addrs
+            .iter()
+            .copied()
+            .skip(offset)
+            .step_by(stride)
+            .collect();
+        SourceAddrs {
+            addrs: if addrs.is_empty() {
+                self.addrs.clone()
+            } else {
+                addrs
+            },
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn to_arg(&self) -> String {
+        self.addrs
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects to `target` from the next source address in turn.
+    pub async fn connect(&self, target: SocketAddr) -> std::io::Result<TcpStream> {
+        let source = self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()];
+        let socket = if target.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = socket.connect(target).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Anything an agent's connection runs over: a plain or a TLS socket.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One server address agents connect to, from a `ws://`, `wss://`, `http://` or `https://` URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub host: String,
+    /// The request target: path and query.
+    pub path: String,
+    pub websocket: bool,
+    pub tls: bool,
+}
+
+impl FromStr for Endpoint {
+    type Err = anyhow::Error;
+
+    fn from_str(url: &str) -> anyhow::Result<Self> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        let (websocket, tls) = match scheme {
+            "ws" => (true, false),
+            "wss" => (true, true),
+            "http" => (false, false),
+            "https" => (false, true),
+            other => bail!("{url:?}: scheme {other:?} is none of ws, wss, http, https"),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => rest.split_at(slash),
+            None => (rest, "/"),
+        };
+        let (host, port) = authority
+            .rsplit_once(':')
+            .with_context(|| format!("{url:?} needs an explicit port"))?;
+        let port: u16 = port.parse().with_context(|| format!("{url:?}: port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = match host {
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            other => other
+                .parse()
+                .with_context(|| format!("{url:?}: the host must be an IP address or localhost"))?,
+        };
+        Ok(Endpoint {
+            url: url.to_owned(),
+            addr: SocketAddr::new(ip, port),
+            host: authority.to_owned(),
+            path: path.to_owned(),
+            websocket,
+            tls,
+        })
+    }
+}
+
+impl Endpoint {
+    /// Opens a socket to this endpoint from the next source address, with TLS when the URL
+    /// asks for it.
+    pub async fn open(
+        &self,
+        sources: &SourceAddrs,
+        tls: Option<&TlsClient>,
+    ) -> anyhow::Result<Box<dyn Io>> {
+        let stream = sources.connect(self.addr).await?;
+        match (self.tls, tls) {
+            (false, _) => Ok(Box::new(stream)),
+            (true, Some(tls)) => Ok(Box::new(
+                tls.connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await?,
+            )),
+            (true, None) => bail!("{} needs TLS settings (--ca)", self.url),
+        }
+    }
+}
+
+/// TLS client settings shared by every connection of a process.
+pub struct TlsClient {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+pub struct TlsClientOptions<'a> {
+    pub ca: &'a Path,
+    pub client_cert: Option<&'a Path>,
+    pub client_key: Option<&'a Path>,
+    pub server_name: &'a str,
+    /// Offer session resumption (what reconnecting agents do); off makes every handshake full.
+    pub resume: bool,
+    pub alpn_http1: bool,
+}
+
+impl TlsClient {
+    pub fn new(options: TlsClientOptions<'_>) -> anyhow::Result<TlsClient> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(options.ca)
+            .with_context(|| format!("CA {}", options.ca.display()))?
+        {
+            roots.add(cert.with_context(|| format!("CA {}", options.ca.display()))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config = match (options.client_cert, options.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .with_context(|| format!("client certificate {}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("client key {}", key.display()))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => bail!("a client certificate needs its key, and the key its certificate"),
+        };
+        if options.alpn_http1 {
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        }
+        if !options.resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: rustls::pki_types::ServerName::try_from(options.server_name.to_owned())
+                .with_context(|| format!("server name {:?}", options.server_name))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges_and_lists_parse() {
+        let sources: SourceAddrs = "127.0.0.1, 127.0.1.1-127.0.1.3".parse().unwrap();
+        assert_eq!(sources.to_arg(), "127.0.0.1,127.0.1.1,127.0.1.2,127.0.1.3");
+        assert_eq!(sources.share(1, 2).to_arg(), "127.0.1.1,127.0.1.3");
+        assert!("127.0.1.3-127.0.1.1".parse::<SourceAddrs>().is_err());
+        assert!("".parse::<SourceAddrs>().is_err());
+        assert!("localhost".parse::<SourceAddrs>().is_err());
+    }
+
+    #[test]
+    fn endpoints_parse_from_urls() {
+        let endpoint: Endpoint = "wss://localhost:4320/v1/opamp".parse().unwrap();
+        assert!(endpoint.websocket && endpoint.tls);
+        assert_eq!(endpoint.addr, "127.0.0.1:4320".parse().unwrap());
+        assert_eq!(endpoint.host, "localhost:4320");
+        assert_eq!(endpoint.path, "/v1/opamp");
+        let endpoint: Endpoint = "http://127.0.0.2:80/v1/opamp".parse().unwrap();
+        assert!(!endpoint.websocket && !endpoint.tls);
+        assert!("ftp://127.0.0.1:1/".parse::<Endpoint>().is_err());
+        assert!("ws://127.0.0.1/v1/opamp".parse::<Endpoint>().is_err());
+        assert!("ws://example.com:80/".parse::<Endpoint>().is_err());
+    }
+}
