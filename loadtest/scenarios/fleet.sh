@@ -15,10 +15,7 @@ HOLD=${HOLD:-60}
 SOURCES=${SOURCES:-127.0.1.1-127.0.1.40}
 OUT="$RESULTS/fleet.txt"
 
-build
-tune_kernel
-make_certs
-log "$(machine)"
+prepare
 start_nats
 start_postgres
 start_control_plane

@@ -7,10 +7,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 DURATION=${DURATION:-15s}
 OUT="$RESULTS/handshake.txt"
 
-build
-tune_kernel
-make_certs
-log "$(machine)"
+prepare
 start_nats
 start_gateway gateway-1
 handshakes() {

@@ -48,10 +48,7 @@ print(f"{label}: {agents} idle TLS WebSocket connections; RSS {rss0 / 1024:.1f} 
 PY
 }
 
-build
-tune_kernel
-make_certs
-log "$(machine)"
+prepare
 echo "$(date -u +%FT%TZ) $(machine)" >>"$OUT"
 start_nats
 start_postgres

@@ -13,10 +13,7 @@ RAMP=${RAMP:-4000}
 SOURCES=${SOURCES:-127.0.2.1-127.0.2.8}
 OUT="$RESULTS/ingest.txt"
 
-build
-tune_kernel
-make_certs
-log "$(machine)"
+prepare
 start_nats
 start_postgres
 {

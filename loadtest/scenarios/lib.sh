@@ -173,6 +173,14 @@ wait_ready() {
     return 1
 }
 
+# What every scenario does first: binaries, kernel settings, certificates, the machine line.
+prepare() {
+    build
+    tune_kernel
+    make_certs
+    log "$(machine)"
+}
+
 machine() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r), $(rustc --version), nats-server $(nats-server --version | awk '{print $NF}'), $("$PG_BIN/postgres" --version)"
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -73,6 +73,19 @@ async fn listen_tls(args: &ServerArgs) -> anyhow::Result<(TcpListener, TlsAccept
 
 /// Pause after a failed accept, so that running out of file descriptors does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next accepted connection; failed accepts are reported and retried after a pause.
+async fn next_connection(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
 
 /// Prints `line()` to stderr every `period` until the returned handle is dropped.
 fn spawn_progress(

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{listen_tls, spawn_progress, ServerArgs, ACCEPT_BACKOFF};
+use super::{listen_tls, next_connection, spawn_progress, ServerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,14 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+        let stream = next_connection(&listener).await;
         let acceptor = acceptor.clone();
         let (completed, failed) = (completed.clone(), failed.clone());
         tokio::spawn(async move {

@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{listen_tls, spawn_progress, ServerArgs, ACCEPT_BACKOFF};
+use super::{listen_tls, next_connection, spawn_progress, ServerArgs};
 
 /// The gateway's default largest OpAMP message; also bounds one frame.
 const MAX_MESSAGE_SIZE: usize = 4 << 20;
@@ -47,14 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         move || format!("open connections: {}", open.load(Ordering::Relaxed))
     });
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+        let stream = next_connection(&listener).await;
         tokio::spawn(serve(stream, acceptor.clone(), config, open.clone()));
     }
 }
