@@ -100,6 +100,8 @@ pub async fn session<W, R>(
     let mut agent: Option<Uuid> = None;
     let mut said_goodbye = false;
 
+    // The awaits below that are not the idle wait are boxed: a future is as big as its largest
+    // await point, and an idle connection should pay only for the select it sits in.
     let end = loop {
         let deadline = if heard_opamp {
             idle_deadline
@@ -116,11 +118,11 @@ pub async fn session<W, R>(
                 };
             }
             _ = ping.tick() => {
-                send_or_stop(&mut sink, Message::Ping(Bytes::new()), write_timeout, &shutdown).await
+                Box::pin(send_or_stop(&mut sink, Message::Ping(Bytes::new()), write_timeout, &shutdown)).await
             }
             Some(delivery) = deliveries.recv() => {
                 let frame = codec::ws_frame_from_encoded(&delivery.server_to_agent);
-                let sent = send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown).await;
+                let sent = Box::pin(send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown)).await;
                 if sent.is_ok() {
                     metrics::counter!("ampora_gateway_messages_out_total", "transport" => "websocket").increment(1);
                     if delivery.close_after {
@@ -140,7 +142,7 @@ pub async fn session<W, R>(
                     Some(Err(error)) => break End::Gone(format!("read failed: {error}")),
                     Some(Ok(Message::Binary(data))) => {
                         metrics::counter!("ampora_gateway_bytes_in_total").increment(data.len() as u64);
-                        match inbound(&data, &peer, &relay, &config).await {
+                        match Box::pin(inbound(&data, &peer, &relay, &config)).await {
                             Inbound::Relayed { uid, goodbye } => {
                                 heard_opamp = true;
                                 note_agent(&mut agent, uid);
@@ -155,7 +157,7 @@ pub async fn session<W, R>(
                                     said_goodbye = false;
                                 }
                                 let frame = codec::encode_ws_server_message(&answer);
-                                send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown).await
+                                Box::pin(send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown)).await
                             }
                             Inbound::Invalid(end) => break end,
                         }
@@ -188,22 +190,22 @@ pub async fn session<W, R>(
                 code: *code,
                 reason: reason.as_str().into(),
             };
-            if send(&mut sink, Message::Close(Some(frame)), CLOSE_LINGER)
+            if Box::pin(send(&mut sink, Message::Close(Some(frame)), CLOSE_LINGER))
                 .await
                 .is_ok()
             {
-                linger(&mut stream).await;
+                Box::pin(linger(&mut stream)).await;
             }
         }
         End::Gone(reason) => {
             tracing::debug!(reason, "WebSocket ended");
             // Lets the transport flush its reply to an agent's close frame.
-            linger(&mut stream).await;
+            Box::pin(linger(&mut stream)).await;
         }
     }
     drop(open);
     if let (Some(uid), false) = (agent, said_goodbye) {
-        if let Err(error) = relay.publish_closed(&peer, &uid, end.reason()).await {
+        if let Err(error) = Box::pin(relay.publish_closed(&peer, &uid, end.reason())).await {
             tracing::warn!(%error, "cannot report the closed connection");
         }
     }
