@@ -13,9 +13,10 @@ use ampora_shared::pb::bus::{
     GatewayHeartbeat, Transport,
 };
 use bytes::Bytes;
+use futures::channel::mpsc;
 use futures::StreamExt;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,8 +24,9 @@ use crate::GatewayConfig;
 
 /// Where a delivery for a connection goes.
 enum Route {
-    /// Boxed: a channel allocates a block of 32 slots up front, per connection.
-    WebSocket(mpsc::Sender<Box<GatewayDelivery>>),
+    /// `futures`' channel allocates per message, not a block of slots up front: an idle
+    /// connection's queue costs ~250 bytes, tokio's ~800.
+    WebSocket(mpsc::Sender<GatewayDelivery>),
     Http(oneshot::Sender<GatewayDelivery>),
 }
 
@@ -174,8 +176,9 @@ impl Relay {
         self: &Arc<Self>,
         connection_id: u64,
         capacity: usize,
-    ) -> (Registration, mpsc::Receiver<Box<GatewayDelivery>>) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
+    ) -> (Registration, mpsc::Receiver<GatewayDelivery>) {
+        // The channel holds its buffer plus one message per sender, and the route is the one.
+        let (sender, receiver) = mpsc::channel(capacity.saturating_sub(1));
         self.routes()
             .insert(connection_id, Route::WebSocket(sender));
         (self.registration(connection_id), receiver)
@@ -267,29 +270,27 @@ impl Relay {
                 }
             };
             let connection_id = delivery.connection_id;
-            let route = {
-                let mut routes = self.routes();
-                match routes.get(&connection_id) {
-                    Some(Route::WebSocket(queue)) => Some(Route::WebSocket(queue.clone())),
-                    Some(Route::Http(_)) => routes.remove(&connection_id),
-                    None => None,
-                }
-            };
-            match route {
-                Some(Route::WebSocket(queue)) => {
-                    // A full queue means the agent is not reading; the control-plane re-offers
-                    // whatever still matters on the agent's next message, so drop rather than block
-                    // every other connection behind this one.
-                    if queue.try_send(Box::new(delivery)).is_err() {
-                        metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => "queue_full").increment(1);
+            let mut routes = self.routes();
+            let dropped = match routes.get_mut(&connection_id) {
+                // A full queue means the agent is not reading; the control-plane re-offers
+                // whatever still matters on the agent's next message, so drop rather than block
+                // every other connection behind this one.
+                Some(Route::WebSocket(queue)) => match queue.try_send(delivery) {
+                    Ok(()) => None,
+                    Err(error) if error.is_full() => Some("queue_full"),
+                    Err(_) => Some("no_connection"),
+                },
+                Some(Route::Http(_)) => {
+                    if let Some(Route::Http(waiter)) = routes.remove(&connection_id) {
+                        let _ = waiter.send(delivery);
                     }
+                    None
                 }
-                Some(Route::Http(waiter)) => {
-                    let _ = waiter.send(delivery);
-                }
-                None => {
-                    metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => "no_connection").increment(1);
-                }
+                None => Some("no_connection"),
+            };
+            drop(routes);
+            if let Some(reason) = dropped {
+                metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => reason).increment(1);
             }
         }
         self.ready.store(false, Ordering::Relaxed);

@@ -120,7 +120,7 @@ pub async fn session<W, R>(
             _ = ping.tick() => {
                 Box::pin(send_or_stop(&mut sink, Message::Ping(Bytes::new()), write_timeout, &shutdown)).await
             }
-            Some(delivery) = deliveries.recv() => {
+            Some(delivery) = deliveries.next() => {
                 let frame = codec::ws_frame_from_encoded(&delivery.server_to_agent);
                 let sent = Box::pin(send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown)).await;
                 if sent.is_ok() {
