@@ -290,7 +290,8 @@ impl Relay {
             };
             drop(routes);
             if let Some(reason) = dropped {
-                metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => reason).increment(1);
+                metrics::counter!("ampora_gateway_deliveries_dropped_total", "reason" => reason)
+                    .increment(1);
             }
         }
         self.ready.store(false, Ordering::Relaxed);

@@ -74,7 +74,9 @@ async fn opamp_upgrade(
         transport: Transport::Websocket,
         remote_addr: remote.to_string(),
     };
-    let span = tracing::info_span!(
+    // Debug level: a span lives as long as its connection and costs ~600 bytes in the
+    // subscriber, so at the default level the session's warnings carry these fields instead.
+    let span = tracing::debug_span!(
         "websocket",
         gateway_id = %config.gateway_id,
         connection_id = peer.connection_id,

@@ -206,7 +206,13 @@ pub async fn session<W, R>(
     drop(open);
     if let (Some(uid), false) = (agent, said_goodbye) {
         if let Err(error) = Box::pin(relay.publish_closed(&peer, &uid, end.reason())).await {
-            tracing::warn!(%error, "cannot report the closed connection");
+            tracing::warn!(
+                connection_id = peer.connection_id,
+                remote_addr = %peer.remote_addr,
+                instance_uid = %uid,
+                %error,
+                "cannot report the closed connection"
+            );
         }
     }
 }
@@ -322,7 +328,13 @@ async fn inbound(data: &[u8], peer: &Peer, relay: &Relay, config: &GatewayConfig
             goodbye: message.agent_disconnect.is_some(),
         },
         Err(error) => {
-            tracing::warn!(instance_uid = %uid, %error, "cannot relay agent message");
+            tracing::warn!(
+                connection_id = peer.connection_id,
+                remote_addr = %peer.remote_addr,
+                instance_uid = %uid,
+                %error,
+                "cannot relay agent message"
+            );
             Inbound::Answer {
                 uid: Some(uid),
                 answer: Box::new(error_answer(

@@ -124,13 +124,14 @@ start_control_plane() {
     log "control-plane API on $API"
 }
 
-# start_gateway NAME: sets GATEWAY_PID and GATEWAY_URL (TLS WebSocket).
+# start_gateway NAME: sets GATEWAY_PID and GATEWAY_URL (TLS WebSocket). Logs at the level
+# operators run, so whatever logging costs per connection is part of the figures.
 start_gateway() {
     local port
     port=$(free_port)
     AMPORA_OPAMP_LISTEN="127.0.0.1:$port" AMPORA_GATEWAY_ID="$1" AMPORA_NATS_URL="$NATS_URL" \
         AMPORA_TLS_CERT="$SERVER_CERT" AMPORA_TLS_KEY="$SERVER_KEY" AMPORA_MAX_CONNECTIONS=19900 \
-        RUST_LOG="${RUST_LOG:-warn}" "$AMPORA" gateway >"$WORK/$1.log" 2>&1 &
+        RUST_LOG="${RUST_LOG:-info}" "$AMPORA" gateway >"$WORK/$1.log" 2>&1 &
     PIDS+=($!)
     GATEWAY_PID=$!
     GATEWAY_PORT=$port
