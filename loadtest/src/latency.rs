@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Row};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CommitLatency {
@@ -27,7 +27,12 @@ pub async fn measure(
     from_unix_us: i64,
     to_unix_us: i64,
 ) -> anyhow::Result<CommitLatency> {
-    let mut connection = PgConnection::connect(database_url)
+    // Reading millions of rows takes seconds by design; sqlx would log it as a slow statement.
+    let mut connection = database_url
+        .parse::<PgConnectOptions>()
+        .context("parsing the database URL")?
+        .disable_statement_logging()
+        .connect()
         .await
         .context("connecting to PostgreSQL for the commit latency")?;
     let tracked: String = sqlx::query_scalar("SHOW track_commit_timestamp")
