@@ -8,6 +8,8 @@ mod support;
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use agent::{full_state, heartbeat, WsAgent};
 use ampora_shared::pb::opamp::ServerErrorResponseType;
 
@@ -184,6 +186,61 @@ async fn without_control_planes_agents_are_told_unavailable_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The gateway's own view: whether it hears a control-plane (its metrics gauge).
+async fn hears_a_control_plane(gateway: &str) -> bool {
+    let metrics_url = gateway
+        .replace("ws://", "http://")
+        .replace("/v1/opamp", "/metrics");
+    let text = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .any(|line| line == "ampora_gateway_control_plane_available 1")
+}
+
+#[tokio::test]
+async fn a_control_plane_waiting_on_its_database_is_still_heard() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOptions {
+        gateways: 1,
+        control_planes: 1,
+        nats_servers: 1,
+    })
+    .await;
+    let gateway = cluster.gateways[0].address.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !hears_a_control_plane(&gateway).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway never heard the control-plane"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Another session holds the lease rows, so the control-plane's lease renewal waits for
+    // longer than the gateway's control-plane timeout (3 s here).
+    let mut blocker = sqlx::PgConnection::connect(&cluster.database)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT * FROM partition_leases FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let held_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < held_until {
+        assert!(
+            hears_a_control_plane(&gateway).await,
+            "the gateway took a control-plane waiting on its database for a missing one"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
 }
 
 #[tokio::test]

@@ -126,8 +126,9 @@ impl WsAgent {
 
     /// The next ServerToAgent, or `None` if none arrives within `wait`.
     pub async fn recv(&mut self, wait: Duration) -> Option<ServerToAgent> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout(wait, self.socket.next()).await {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
                 Ok(Some(Ok(Message::Binary(frame)))) => {
                     return Some(
                         ServerToAgent::decode(codec::ws_payload(&frame).expect("OpAMP header"))

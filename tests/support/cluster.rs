@@ -126,6 +126,8 @@ pub struct ClusterOptions {
 pub struct Cluster {
     pub nats: Vec<TestNats>,
     pub postgres: TestPostgres,
+    /// URL of this cluster's own database on `postgres`.
+    pub database: String,
     pub gateways: Vec<Role>,
     pub control_planes: Vec<Role>,
     haproxy: Child,
@@ -225,6 +227,7 @@ impl Cluster {
         Cluster {
             nats,
             postgres,
+            database,
             gateways,
             control_planes,
             haproxy,

@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ampora_shared::bus::Bus;
-use ampora_shared::pb::bus::ControlPlaneHeartbeat;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -120,27 +118,23 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    background.spawn(presence::announce_alive(
+        bus.clone(),
+        config.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
     tracing::info!(replica_id = %config.replica_id, workers = router.workers.len(), "control-plane ingest starting");
     let mut renew = tokio::time::interval(config.lease_renew_interval);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beat = ControlPlaneHeartbeat {
-        replica_id: config.replica_id.clone(),
-    }
-    .encode_to_vec();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = renew.tick() => {
-                match ownership.rebalance(store.as_ref(), bus.as_ref(), &router).await {
-                    Ok(()) => readiness.set(true),
-                    Err(error) => tracing::warn!(%error, "cannot renew partition leases"),
-                }
-            }
-            _ = heartbeat.tick(), if readiness.is_ready() => {
-                let _ = bus.publish(&config.subjects.control_plane_heartbeat(), beat.clone().into()).await;
-            }
+    while shutdown.run_until_cancelled(renew.tick()).await.is_some() {
+        match ownership
+            .rebalance(store.as_ref(), bus.as_ref(), &router)
+            .await
+        {
+            Ok(()) => readiness.set(true),
+            Err(error) => tracing::warn!(%error, "cannot renew partition leases"),
         }
     }
 

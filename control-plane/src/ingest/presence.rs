@@ -1,12 +1,13 @@
-//! Who is still there: silent HTTP agents and dead gateways' WebSocket agents go offline, and
-//! every replica hears which agents a sweep changed behind their owner's back.
+//! Who is still there: silent HTTP agents and dead gateways' WebSocket agents go offline,
+//! every replica hears which agents a sweep changed behind their owner's back, and gateways
+//! hear that this replica is alive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ampora_shared::bus::Bus;
-use ampora_shared::pb::bus::{Evictions, GatewayHeartbeat};
+use ampora_shared::pb::bus::{ControlPlaneHeartbeat, Evictions, GatewayHeartbeat};
 use ampora_shared::uid;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::worker::WorkItem;
-use super::Router;
+use super::{Readiness, Router};
 use crate::agents::snapshot::Transport;
 use crate::config::ControlPlaneConfig;
 use crate::storage::Store;
@@ -39,6 +40,37 @@ impl Gateways {
             .unwrap_or_else(|p| p.into_inner())
             .get(gateway_id)
             .copied()
+    }
+}
+
+/// Tells gateways, while ingest is consuming, that a control-plane is there. A task of its own:
+/// a lease renewal waiting on a busy database must not silence it, or gateways would turn
+/// agents away as if no control-plane were running.
+pub async fn announce_alive(
+    bus: Arc<dyn Bus>,
+    config: Arc<ControlPlaneConfig>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let beat = Bytes::from(
+        ControlPlaneHeartbeat {
+            replica_id: config.replica_id.clone(),
+        }
+        .encode_to_vec(),
+    );
+    let subject = config.subjects.control_plane_heartbeat();
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while shutdown
+        .run_until_cancelled(heartbeat.tick())
+        .await
+        .is_some()
+    {
+        if readiness.is_ready() {
+            if let Err(error) = bus.publish(&subject, beat.clone()).await {
+                tracing::debug!(%error, "cannot announce this control-plane");
+            }
+        }
     }
 }
 
