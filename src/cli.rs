@@ -2,6 +2,7 @@
 //! `AMPORA_*=value` lines named by `AMPORA_CONFIG` fills in what neither sets.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct ServeArgs {
     pub gateway: GatewayOptions,
     #[command(flatten)]
     pub control_plane: ControlPlaneOptions,
+    /// Messages queued per subscriber of the in-process bus before publishers wait.
+    #[arg(long, env = "AMPORA_BUS_QUEUE", default_value = "4096")]
+    pub bus_queue: NonZeroUsize,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +108,9 @@ pub struct BusArgs {
     /// Subject prefix; deployments sharing one NATS use different prefixes.
     #[arg(long, env = "AMPORA_BUS_PREFIX", default_value = "ampora")]
     pub bus_prefix: String,
+    /// Messages buffered per NATS subscription; beyond it NATS drops them for a slow consumer.
+    #[arg(long, env = "AMPORA_BUS_QUEUE", default_value = "65536")]
+    pub bus_queue: NonZeroUsize,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +139,21 @@ pub struct GatewayOptions {
     pub http_reply_timeout: Duration,
     #[arg(long, env = "AMPORA_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
+    /// WebSocket read buffer per connection, bytes; grows for larger frames.
+    #[arg(long, env = "AMPORA_WS_READ_BUFFER", default_value = "256")]
+    pub ws_read_buffer: NonZeroUsize,
+    /// Bytes gathered before a WebSocket write reaches the socket.
+    #[arg(long, env = "AMPORA_WS_WRITE_BUFFER", default_value = "4096")]
+    pub ws_write_buffer: NonZeroUsize,
+    /// Most bytes waiting unsent per WebSocket; must hold the largest message the bus carries.
+    #[arg(long, env = "AMPORA_WS_MAX_WRITE_BUFFER", default_value = "8454144")]
+    pub ws_max_write_buffer: NonZeroUsize,
+    /// Replies queued per WebSocket connection before new ones are dropped.
+    #[arg(long, env = "AMPORA_CONNECTION_QUEUE", default_value = "16")]
+    pub connection_queue: NonZeroUsize,
+    /// Told to agents turned away: `Retry-After` (HTTP), `RetryInfo` (WebSocket).
+    #[arg(long, env = "AMPORA_RETRY_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub gateway_retry_after: Duration,
     /// How long draining may take on shutdown.
     #[arg(long, env = "AMPORA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -155,6 +177,12 @@ pub struct ControlPlaneOptions {
     /// Most messages written in one database transaction.
     #[arg(long, env = "AMPORA_INGEST_BATCH", default_value_t = 2048)]
     pub ingest_batch: usize,
+    /// Messages queued per ingest worker before the bus consumer waits.
+    #[arg(long, env = "AMPORA_INGEST_QUEUE", default_value = "1024")]
+    pub ingest_queue: NonZeroUsize,
+    /// Told to agents the control-plane cannot serve now (`RetryInfo`).
+    #[arg(long, env = "AMPORA_RETRY_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub control_plane_retry_after: Duration,
     /// Event payloads and details above this many bytes are stored gzip'd.
     #[arg(long, env = "AMPORA_GZIP_THRESHOLD", default_value_t = 4096)]
     pub gzip_threshold: usize,

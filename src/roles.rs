@@ -60,11 +60,12 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         storage,
         gateway,
         control_plane,
+        bus_queue,
     } = args;
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::with_queue_capacity(bus_queue.get()));
     let opamp_listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let http_listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
     let opamp_addr = opamp_listener.local_addr()?;
@@ -177,6 +178,8 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         subjects,
         workers: options.ingest_workers.max(1),
         batch_max: options.ingest_batch.max(1),
+        worker_queue: options.ingest_queue.get(),
+        retry_after: options.control_plane_retry_after,
         heartbeat_timeout: options.heartbeat_timeout,
         sweep_interval: options.sweep_interval,
         lease_ttl: options.lease_ttl,
@@ -208,11 +211,15 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         first_message_timeout: options.first_message_timeout,
         http_reply_timeout: options.http_reply_timeout,
         max_connections: options.max_connections,
+        ws_read_buffer_size: options.ws_read_buffer.get(),
+        ws_write_buffer_size: options.ws_write_buffer.get(),
+        ws_max_write_buffer_size: options.ws_max_write_buffer.get(),
+        connection_queue: options.connection_queue.get(),
+        retry_after: options.gateway_retry_after,
         shutdown_grace: options.shutdown_grace,
         control_plane_timeout: options.control_plane_timeout,
         heartbeat_interval: options.gateway_heartbeat_interval,
         subjects,
-        ..GatewayConfig::default()
     }
 }
 
@@ -225,7 +232,7 @@ async fn connect_bus(args: &BusArgs, name: &str) -> anyhow::Result<Arc<dyn Bus>>
         tls_client_key: args.nats_key.clone(),
         credentials_file: args.nats_creds.clone(),
         nkey_seed: args.nats_nkey.clone(),
-        subscription_capacity: 0,
+        subscription_capacity: args.bus_queue.get(),
     };
     let bus = NatsBus::connect(&options)
         .await

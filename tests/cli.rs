@@ -48,3 +48,17 @@ fn help_is_not_an_error() {
     let (code, _) = ampora(&["--help"], &[]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn zero_sized_queues_and_buffers_are_usage_errors() {
+    for (variable, flag) in [
+        ("AMPORA_CONNECTION_QUEUE", "--connection-queue"),
+        ("AMPORA_WS_READ_BUFFER", "--ws-read-buffer"),
+        ("AMPORA_INGEST_QUEUE", "--ingest-queue"),
+        ("AMPORA_BUS_QUEUE", "--bus-queue"),
+    ] {
+        let (code, stderr) = ampora(&["serve"], &[(variable, "0")]);
+        assert_eq!(code, 64, "{variable}: {stderr}");
+        assert!(stderr.contains(flag), "{variable}: {stderr}");
+    }
+}

@@ -16,7 +16,8 @@ use super::{Bus, BusError, BusMessage, Result, Subscription};
 
 /// Default per-subscription queue length.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-/// Default largest payload, matching NATS' default `max_payload`.
+/// Default largest payload: the most NATS advises configuring as `max_payload` (its own
+/// default is 1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 << 20;
 
 #[derive(Clone)]
@@ -50,6 +51,11 @@ impl InProcessBus {
                 max_payload,
             }),
         }
+    }
+
+    /// A bus with the default largest payload.
+    pub fn with_queue_capacity(queue_capacity: usize) -> Self {
+        Self::new(queue_capacity, DEFAULT_MAX_PAYLOAD)
     }
 
     fn add(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription> {
@@ -96,7 +102,7 @@ impl InProcessBus {
 
 impl Default for InProcessBus {
     fn default() -> Self {
-        Self::new(DEFAULT_QUEUE_CAPACITY, DEFAULT_MAX_PAYLOAD)
+        Self::with_queue_capacity(DEFAULT_QUEUE_CAPACITY)
     }
 }
 
