@@ -2,12 +2,14 @@
 # Idle capacity: AGENTS TLS WebSocket agents connected and heartbeating on ONE gateway process.
 # Gateway memory per connection = (RSS at AGENTS − RSS at 0) / AGENTS, and CPU per heartbeat.
 # Reference, in the same run: a bare tokio-tungstenite server with the gateway's TLS settings
-# and buffer sizes, held by the same agents.
+# and buffer sizes, held by the same agents. EFFECTIVE_CONFIG=BYTES makes every agent report an
+# effective config that large in its first message, as collectors do.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 AGENTS=${AGENTS:-19000}
 RAMP=${RAMP:-2000}
 HEARTBEAT=${HEARTBEAT:-30s}
+EFFECTIVE_CONFIG=${EFFECTIVE_CONFIG:-0}
 CPU_WINDOW=${CPU_WINDOW:-60}
 SOURCES=${SOURCES:-127.0.1.1-127.0.1.4}
 OUT="$RESULTS/idle-capacity.txt"
@@ -19,6 +21,7 @@ measure() {
     local rss_before
     rss_before=$(rss_kib "$pid")
     "$LOADTEST" agents --url "$url" --ca "$CA" --agents "$AGENTS" --ramp "$RAMP" --heartbeat "$HEARTBEAT" \
+        --effective-config-bytes "$EFFECTIVE_CONFIG" \
         --sources "$SOURCES" --duration 3600s --progress-interval 5s --progress-file "$progress" \
         --report "$RESULTS/idle-$label.json" >"$WORK/idle-$label.txt" 2>"$WORK/idle-$label.progress" &
     local loadtest=$!
@@ -50,6 +53,7 @@ PY
 
 prepare
 echo "$(date -u +%FT%TZ) $(machine)" >>"$OUT"
+echo "AGENTS=$AGENTS HEARTBEAT=$HEARTBEAT EFFECTIVE_CONFIG=$EFFECTIVE_CONFIG" | tee -a "$OUT"
 start_nats
 start_postgres
 start_control_plane

@@ -43,6 +43,10 @@ pub struct FleetArgs {
     /// Share of offered remote configs the agents report FAILED (the rest APPLIED).
     #[arg(long, default_value_t = 0.0)]
     pub failure_ratio: f64,
+    /// Bytes of effective config (YAML) each agent reports from its first message on, as
+    /// collectors do (0: none until a config is offered).
+    #[arg(long, default_value_t = 0)]
+    pub effective_config_bytes: usize,
     /// Upper bound of the random pause before reconnecting.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     #[serde(with = "millis")]

@@ -11,7 +11,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{self, Agent, Behaviour, Context};
+use crate::agent::{self, effective_config_of_size, Agent, Behaviour, Context};
 use crate::fleet::{FleetArgs, WorkerPlan};
 use crate::net::{Endpoint, SourceAddrs, TlsClient, TlsClientOptions};
 use crate::stats::Stats;
@@ -118,6 +118,7 @@ async fn ramp(plan: WorkerPlan, context: Arc<Context>, tracker: TaskTracker) {
             .then(|| Duration::from_secs_f64(fleet.agents as f64 / fleet.status_rate)),
         failure_ratio: fleet.failure_ratio,
         fleet: fleet.fleet.clone(),
+        initial_effective_config: effective_config_of_size(fleet.effective_config_bytes),
     });
     let workers = fleet.workers.max(1);
     let started = Instant::now();

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use ampora_shared::pb::opamp::server_error_response::Details;
 use ampora_shared::pb::opamp::{
-    any_value, AgentCapabilities, AgentDescription, AgentToServer, AnyValue, ComponentHealth,
-    EffectiveConfig, KeyValue, RemoteConfigStatus, RemoteConfigStatuses, ServerErrorResponseType,
-    ServerToAgent, ServerToAgentFlags,
+    any_value, AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
+    AnyValue, ComponentHealth, EffectiveConfig, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
+    ServerErrorResponseType, ServerToAgent, ServerToAgentFlags,
 };
 use bytes::Bytes;
 use rand::Rng;
@@ -46,6 +46,37 @@ pub struct Behaviour {
     pub failure_ratio: f64,
     /// Labels every agent, so a run's agents can be told apart in the API.
     pub fleet: String,
+    /// What every agent reports running before any config is offered.
+    pub initial_effective_config: Option<EffectiveConfig>,
+}
+
+/// A collector-like effective config of about `size` bytes (none for 0).
+pub fn effective_config_of_size(size: usize) -> Option<EffectiveConfig> {
+    if size == 0 {
+        return None;
+    }
+    let mut yaml =
+        String::from("receivers:\n  otlp:\n    protocols:\n      grpc: {}\nprocessors:\n");
+    let mut index = 0;
+    while yaml.len() < size {
+        yaml.push_str(&format!(
+            "  attributes/{index}:\n    actions:\n      - key: deployment.environment\n        value: production\n        action: upsert\n"
+        ));
+        index += 1;
+    }
+    yaml.truncate(size);
+    Some(EffectiveConfig {
+        config_map: Some(AgentConfigMap {
+            config_map: [(
+                String::new(),
+                AgentConfigFile {
+                    body: Bytes::from(yaml),
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+        }),
+    })
 }
 
 const CAPABILITIES: u64 = AgentCapabilities::ReportsStatus as u64
@@ -86,9 +117,9 @@ impl Agent {
             uid: Uuid::now_v7(),
             sequence_num: 0,
             status_counter: 0,
-            behaviour,
             remote_config_status: None,
-            effective_config: None,
+            effective_config: behaviour.initial_effective_config.clone(),
+            behaviour,
         }
     }
 
@@ -271,6 +302,7 @@ mod tests {
             status_every: Some(Duration::from_secs(1)),
             failure_ratio,
             fleet: "test".into(),
+            initial_effective_config: None,
         }))
     }
 
@@ -291,6 +323,22 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn agents_report_an_initial_effective_config_of_the_size_asked() {
+        let stats = Stats::default();
+        let mut agent = Agent::new(Arc::new(Behaviour {
+            initial_effective_config: effective_config_of_size(4096),
+            ..agent(0.0).behaviour().clone()
+        }));
+        let config = agent
+            .full_state(&stats)
+            .effective_config
+            .expect("an effective config");
+        let files = config.config_map.expect("a config map").config_map;
+        assert_eq!(files[""].body.len(), 4096);
+        assert!(effective_config_of_size(0).is_none());
     }
 
     #[test]
