@@ -50,21 +50,34 @@ pub struct Behaviour {
     pub initial_effective_config: Option<EffectiveConfig>,
 }
 
-/// A collector-like effective config of about `size` bytes (none for 0).
+/// A collector-like effective config, valid YAML of exactly `size` bytes (none for 0).
 pub fn effective_config_of_size(size: usize) -> Option<EffectiveConfig> {
     if size == 0 {
         return None;
     }
-    let mut yaml =
-        String::from("receivers:\n  otlp:\n    protocols:\n      grpc: {}\nprocessors:\n");
-    let mut index = 0;
-    while yaml.len() < size {
-        yaml.push_str(&format!(
+    const HEADER: &str = "processors:\n";
+    let mut yaml = String::new();
+    for index in 0.. {
+        let processor = format!(
             "  attributes/{index}:\n    actions:\n      - key: deployment.environment\n        value: production\n        action: upsert\n"
-        ));
-        index += 1;
+        );
+        if HEADER.len().max(yaml.len()) + processor.len() > size {
+            break;
+        }
+        if yaml.is_empty() {
+            yaml.push_str(HEADER);
+        }
+        yaml.push_str(&processor);
     }
-    yaml.truncate(size);
+    // A comment line fills the rest, so the size is exact and the YAML stays whole.
+    let rest = size.saturating_sub(yaml.len());
+    if rest > 0 {
+        yaml.push('#');
+        yaml.push_str(&" ".repeat(rest.saturating_sub(2)));
+        if rest > 1 {
+            yaml.push('\n');
+        }
+    }
     Some(EffectiveConfig {
         config_map: Some(AgentConfigMap {
             config_map: [(
@@ -339,6 +352,17 @@ mod tests {
         let files = config.config_map.expect("a config map").config_map;
         assert_eq!(files[""].body.len(), 4096);
         assert!(effective_config_of_size(0).is_none());
+        for size in [1, 2, 11, 12, 13, 500] {
+            let config = effective_config_of_size(size).unwrap().config_map.unwrap();
+            let body = &config.config_map[""].body;
+            assert_eq!(body.len(), size);
+            assert!(std::str::from_utf8(body).unwrap().lines().all(|line| {
+                line.starts_with('#')
+                    || line.starts_with(' ')
+                    || line == "processors:"
+                    || line.is_empty()
+            }));
+        }
     }
 
     #[test]
