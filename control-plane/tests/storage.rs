@@ -928,6 +928,90 @@ storage_suite!(
     pings,
 );
 
+/// A write holds its leases until it commits: the owner may still renew them meanwhile, but a
+/// takeover waits, and the write, once done, is stored.
+#[tokio::test]
+async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    let later = now + Duration::from_secs(10);
+    store.heartbeat_replica("a", now, later).await.unwrap();
+    let leases = store.claim_partitions("a", 1, 1, now, later).await.unwrap();
+
+    // The write passes its fence, then waits on a table lock held behind the store's back
+    // (its fence comes first, so waiting on a lock means it holds its lease).
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE agents IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let batch = WriteBatch {
+        agents: vec![record(uid, "prod", 0)],
+        fence: Some(Fence {
+            owner: "a".into(),
+            leases: leases.clone(),
+        }),
+        ..WriteBatch::default()
+    };
+    let write = tokio::spawn({
+        let store = store.clone();
+        async move { store.write(&batch).await }
+    });
+    let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never reached the table lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(3),
+        store.claim_partitions("a", 1, 1, now, later + Duration::from_secs(5)),
+    )
+    .await
+    .expect("the renewal waited for the write in flight")
+    .unwrap();
+    assert_eq!(renewed, leases);
+
+    let far = later + Duration::from_secs(60);
+    let takeover = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .claim_partitions("b", 1, 1, far, far + Duration::from_secs(10))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !takeover.is_finished(),
+        "a takeover must wait for the old owner's write in flight"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    write.await.unwrap().expect("the fenced write commits");
+    assert!(store.get_agent(uid).await.unwrap().is_some());
+    let taken = takeover.await.unwrap().unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].epoch, leases[0].epoch + 1);
+}
+
 #[tokio::test]
 async fn sqlite_in_memory_works() {
     let store = storage::connect("sqlite::memory:", StoreOptions::default())

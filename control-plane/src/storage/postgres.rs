@@ -11,7 +11,9 @@ sql_store!(
     PostgresStore,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
-    " FOR UPDATE"
+    " FOR UPDATE",
+    "SELECT partition FROM partition_leases \
+     WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4 FOR KEY SHARE"
 );
 
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {

@@ -1,9 +1,13 @@
 //! The one SQL implementation of [`Store`](super::Store), stamped out for each sqlx backend.
 //! Both dialects share every statement: `$N` placeholders, `ON CONFLICT … DO UPDATE`,
-//! `UPDATE … FROM (VALUES …)`, `RETURNING`. The one difference, `$lock_rows`, is the row-locking
-//! clause of subqueries that pick agents to update in bulk: `FOR UPDATE` on PostgreSQL (rows are
-//! locked in `instance_uid` order, as batch upserts lock them, so the two do not deadlock), nothing
-//! on SQLite (one writer at a time holds the whole database).
+//! `UPDATE … FROM (VALUES …)`, `RETURNING`. Two differ. `$lock_rows` is the row-locking clause
+//! of queries that pick rows to update: `FOR UPDATE` on PostgreSQL (agents are locked in
+//! `instance_uid` order, as batch upserts lock them, so the two do not deadlock), nothing on
+//! SQLite (one writer at a time holds the whole database). `$fence` checks that a lease is still
+//! the writer's and keeps it so until the write commits: on PostgreSQL a `FOR KEY SHARE` lock,
+//! which a takeover's `FOR UPDATE` waits for but a renewal's update does not, so renewals never
+//! queue behind busy writes; on SQLite a no-op update, which makes the transaction the writer
+//! from its first statement.
 //!
 //! Writes take agents sorted by uid, the last snapshot of an agent winning if a batch holds
 //! several.
@@ -16,7 +20,7 @@ pub const AGENT_COLUMNS: &str =
      sequence_num, capabilities, first_seen, last_seen, summary";
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $row:ty, $lock_rows:literal) => {
+    ($store:ident, $db:ty, $row:ty, $lock_rows:literal, $fence:literal) => {
         use std::collections::{BTreeMap, HashSet};
 
         use async_trait::async_trait;
@@ -70,18 +74,15 @@ macro_rules! sql_store {
                 let mut leases = fence.leases.clone();
                 leases.sort_by_key(|lease| lease.partition);
                 for lease in leases {
-                    let held = sqlx::query(
-                        "UPDATE partition_leases SET epoch = epoch \
-                         WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4",
-                    )
-                    .bind(i32::from(lease.partition))
-                    .bind(fence.owner.clone())
-                    .bind(lease.epoch)
-                    .bind(now)
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(unavailable)?;
-                    if held.rows_affected() != 1 {
+                    let held = sqlx::query($fence)
+                        .bind(i32::from(lease.partition))
+                        .bind(fence.owner.clone())
+                        .bind(lease.epoch)
+                        .bind(now)
+                        .fetch_optional(&mut *connection)
+                        .await
+                        .map_err(unavailable)?;
+                    if held.is_none() {
                         return Err(StoreError::Fenced);
                     }
                 }
@@ -432,10 +433,12 @@ macro_rules! sql_store {
                 }
                 let room = usize::from(want).saturating_sub(leases.len());
                 if room > 0 {
-                    let free = sqlx::query(
+                    // Locked first: a takeover waits for the old owner's writes in flight.
+                    let free = sqlx::query(concat!(
                         "SELECT partition FROM partition_leases WHERE expires_at <= $1 AND partition < $2 \
                          ORDER BY partition LIMIT $3",
-                    )
+                        $lock_rows
+                    ))
                     .bind(now)
                     .bind(i32::from(total))
                     .bind(room as i64)

@@ -8,7 +8,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::sql::sql_store;
 use super::StoreOptions;
 
-sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "");
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "",
+    "UPDATE partition_leases SET epoch = epoch \
+     WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4 RETURNING partition"
+);
 
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let connect = SqliteConnectOptions::from_str(url)
