@@ -139,7 +139,8 @@ pub struct GatewayOptions {
     pub http_reply_timeout: Duration,
     #[arg(long, env = "AMPORA_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
-    /// WebSocket read buffer per connection, bytes; grows for larger frames.
+    /// WebSocket read buffer per connection, bytes; grows for a larger message, then shrinks
+    /// back once the connection is idle.
     #[arg(long, env = "AMPORA_WS_READ_BUFFER", default_value = "256")]
     pub ws_read_buffer: NonZeroUsize,
     /// Bytes gathered before a WebSocket write reaches the socket.

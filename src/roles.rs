@@ -288,3 +288,50 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(args).unwrap().command
+    }
+
+    /// The flags' documented defaults are the libraries' own: one set of defaults, not two.
+    #[test]
+    fn flags_default_to_the_library_defaults() {
+        let Command::Gateway(args) = parse(&["ampora", "gateway", "--nats-url", "nats://x"]) else {
+            unreachable!("parsed as the gateway role");
+        };
+        let gateway = GatewayConfig {
+            gateway_id: "one".to_owned(),
+            ..gateway_config(&args.gateway, subjects(&args.bus))
+        };
+        let library = GatewayConfig {
+            gateway_id: "one".to_owned(),
+            ..GatewayConfig::default()
+        };
+        assert_eq!(format!("{gateway:?}"), format!("{library:?}"));
+
+        let Command::ControlPlane(args) =
+            parse(&["ampora", "control-plane", "--nats-url", "nats://x"])
+        else {
+            unreachable!("parsed as the control-plane role");
+        };
+        let control_plane = ControlPlaneConfig {
+            replica_id: "one".to_owned(),
+            ..control_plane_config(&args.control_plane, subjects(&args.bus))
+        };
+        let library = ControlPlaneConfig {
+            replica_id: "one".to_owned(),
+            ..ControlPlaneConfig::default()
+        };
+        assert_eq!(format!("{control_plane:?}"), format!("{library:?}"));
+        assert_eq!(
+            format!("{:?}", store_options(&args.control_plane)),
+            format!("{:?}", StoreOptions::default())
+        );
+    }
+}

@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     /// WebSocket read buffer per connection; tungstenite's default (128 KiB) costs ~1 GB per
     /// 10k idle agents. 256 bytes hold a heartbeat whole; bigger messages take more reads, but
     /// those copy from TLS' own buffer (which reads the socket 4 KiB at a time), not syscalls.
+    /// After a message larger than this (either way) the connection's buffers are given back
+    /// once it is at rest, so one large status does not cost an agent for its whole life.
     pub ws_read_buffer_size: usize,
     /// Bytes gathered before a WebSocket write reaches the socket.
     pub ws_write_buffer_size: usize,

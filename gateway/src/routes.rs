@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ampora_shared::pb::bus::Transport;
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Extension, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Extension, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::relay::{Peer, Relay};
+use crate::websocket::handshake::{Refusal, Upgrade};
 use crate::{http, websocket, GatewayConfig};
 
 #[derive(Clone)]
@@ -52,17 +52,16 @@ async fn opamp_upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     permit: Option<Extension<ConnectionPermit>>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
-    let upgrade = match upgrade {
+    let upgrade = match Upgrade::from_request(&mut request) {
         Ok(upgrade) => upgrade,
         // A plain GET is not an OpAMP request at all.
-        Err(_) if !headers.contains_key(header::UPGRADE) => {
-            return http::method_not_allowed().await;
-        }
-        Err(rejection) => {
-            return http::reject(rejection.status(), &rejection.body_text());
+        Err(Refusal::NotAnUpgrade) => return http::method_not_allowed().await,
+        Err(refusal) => {
+            let mut response = http::reject(refusal.status(), &refusal.to_string());
+            response.headers_mut().extend(refusal.headers());
+            return response;
         }
     };
     if state.shutdown.is_cancelled() {
@@ -83,37 +82,31 @@ async fn opamp_upgrade(
         remote_addr = %peer.remote_addr,
         instance_uid = tracing::field::Empty,
     );
-    upgrade
-        .read_buffer_size(config.ws_read_buffer_size)
-        .write_buffer_size(config.ws_write_buffer_size)
-        // tungstenite panics unless the bound exceeds the write buffer.
-        .max_write_buffer_size(
-            config
-                .ws_max_write_buffer_size
-                .max(config.ws_write_buffer_size + 1),
-        )
-        .max_message_size(config.max_message_size)
-        .max_frame_size(config.max_message_size)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            let (sink, stream) = socket.split();
-            let session = websocket::session(
-                sink,
-                stream,
-                peer,
-                state.relay.clone(),
-                config,
-                state.shutdown.clone(),
-            );
-            let session = async move {
-                session.await;
-                drop(permit);
-            };
-            // A task of its own, so the upgrade task calling us ends here: an idle agent then
-            // costs only its session's state (~2 KiB less per connection).
-            state.sessions.spawn(session.instrument(span));
-            std::future::ready(())
-        })
+    let response = upgrade.accept();
+    let sessions = state.sessions.clone();
+    let handover = async move {
+        let Some(socket) = websocket::upgraded(upgrade.on_upgrade, &config).await else {
+            return;
+        };
+        let (sink, stream) = socket.split();
+        let session = websocket::session(
+            sink,
+            stream,
+            peer,
+            state.relay.clone(),
+            config,
+            state.shutdown.clone(),
+        );
+        let session = async move {
+            session.await;
+            drop(permit);
+        };
+        // A task of its own, so this one ends here: an idle agent then costs only its
+        // session's state, not also what the handover needed.
+        sessions.spawn(session.instrument(tracing::Span::current()));
+    };
+    state.sessions.spawn(handover.instrument(span));
+    response
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -3,6 +3,8 @@
 //!
 //! The session is written over any `Sink<Message>` and `Stream<Item = Result<Message, _>>`, so
 //! unit tests below drive it with channels and the integration tests with real sockets.
+//! `handshake` answers the upgrade request; `socket` is the WebSocket on the upgraded
+//! connection, and `boundaries` tells it when no frame is half-read.
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -14,15 +16,23 @@ use ampora_shared::pb::opamp::{
     ServerToAgent,
 };
 use ampora_shared::uid;
-use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig};
+use tungstenite::Message;
 use uuid::Uuid;
 
 use crate::relay::{OpenConnection, Peer, Relay};
 use crate::GatewayConfig;
+use socket::AgentSocket;
+
+mod boundaries;
+pub mod handshake;
+pub mod socket;
 
 /// WebSocket close codes (RFC 6455 §7.4.1) the gateway uses.
 pub mod close {
@@ -70,6 +80,37 @@ impl End {
     }
 }
 
+/// The agent's socket, once hyper has written our `101` and hands the connection over.
+pub async fn upgraded(
+    on_upgrade: OnUpgrade,
+    config: &GatewayConfig,
+) -> Option<AgentSocket<TokioIo<Upgraded>>> {
+    match on_upgrade.await {
+        Ok(connection) => Some(AgentSocket::new(
+            TokioIo::new(connection),
+            socket_config(config),
+        )),
+        Err(error) => {
+            tracing::debug!(%error, "WebSocket upgrade failed");
+            None
+        }
+    }
+}
+
+fn socket_config(config: &GatewayConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_size)
+        .write_buffer_size(config.ws_write_buffer_size)
+        // tungstenite panics unless the bound exceeds the write buffer.
+        .max_write_buffer_size(
+            config
+                .ws_max_write_buffer_size
+                .max(config.ws_write_buffer_size + 1),
+        )
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size))
+}
+
 /// Runs one session until either side ends it; then, unless the agent said goodbye with
 /// `agent_disconnect`, tells the control-plane the connection closed.
 pub async fn session<W, R>(
@@ -82,7 +123,7 @@ pub async fn session<W, R>(
 ) where
     W: Sink<Message> + Unpin,
     W::Error: Display,
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let (registration, mut deliveries) =
         relay.register_websocket(peer.connection_id, config.connection_queue);
@@ -135,7 +176,7 @@ pub async fn session<W, R>(
                 idle_deadline = Instant::now() + config.ws_idle_timeout;
                 match frame {
                     None => break End::Gone("connection lost".to_owned()),
-                    Some(Err(error)) if too_big(&error) => {
+                    Some(Err(tungstenite::Error::Capacity(_))) => {
                         metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "too_big").increment(1);
                         break End::close(close::TOO_BIG, format!("message exceeds {} bytes", config.max_message_size));
                     }
@@ -168,11 +209,11 @@ pub async fn session<W, R>(
                     }
                     Some(Ok(Message::Close(frame))) => {
                         break End::Gone(match frame {
-                            Some(frame) => format!("closed by the agent ({})", frame.code),
+                            Some(frame) => format!("closed by the agent ({})", u16::from(frame.code)),
                             None => "closed by the agent".to_owned(),
                         });
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                 }
             }
         };
@@ -187,7 +228,7 @@ pub async fn session<W, R>(
         End::Close { code, reason } => {
             tracing::debug!(code, reason, "closing WebSocket");
             let frame = CloseFrame {
-                code: *code,
+                code: CloseCode::from(*code),
                 reason: reason.as_str().into(),
             };
             if Box::pin(send(&mut sink, Message::Close(Some(frame)), CLOSE_LINGER))
@@ -256,7 +297,7 @@ where
 /// Reads (and drops) until the agent completes the closing handshake or the socket ends.
 async fn linger<R>(stream: &mut R)
 where
-    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         while let Some(Ok(_)) = stream.next().await {}
@@ -368,19 +409,6 @@ pub fn error_answer(
         }),
         ..Default::default()
     }
-}
-
-/// Whether a read failed because the message was over the size limit.
-fn too_big(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
 }
 
 #[cfg(test)]

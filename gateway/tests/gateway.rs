@@ -620,6 +620,21 @@ async fn http_rejects_bad_requests_with_short_reasons() {
         let response = check(client.request(method, &url), 405).await;
         assert_eq!(response.headers()["allow"], "GET, POST");
     }
+    // WebSocket upgrades we cannot accept: another protocol version, no key.
+    let upgrade = |version: &str| {
+        client
+            .get(&url)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", version)
+    };
+    let response = check(
+        upgrade("8").header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        426,
+    )
+    .await;
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
+    check(upgrade("13"), 400).await;
     // Wrong content type, or none.
     check(
         client

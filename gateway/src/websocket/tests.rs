@@ -12,7 +12,7 @@ const UID: [u8; 16] = [5; 16];
 
 struct Harness {
     /// What the agent sends; dropping it ends the stream as a closed socket would.
-    to_server: Option<mpsc::Sender<Result<Message, axum::Error>>>,
+    to_server: Option<mpsc::Sender<Result<Message, tungstenite::Error>>>,
     from_server: mpsc::Receiver<Message>,
     envelopes: Subscription,
     bus: Arc<InProcessBus>,
@@ -109,7 +109,7 @@ impl Harness {
     /// The close frame the server sends, as (code, reason).
     async fn close(&mut self) -> (u16, String) {
         match self.next().await {
-            Message::Close(Some(frame)) => (frame.code, frame.reason.to_string()),
+            Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
             other => panic!("expected a close frame, got {other:?}"),
         }
     }
@@ -246,7 +246,7 @@ async fn oversize_message_is_too_big() {
     h.to_server
         .as_mut()
         .unwrap()
-        .send(Err(axum::Error::new(error)))
+        .send(Err(error))
         .await
         .unwrap();
     assert_eq!(
