@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::Value;
-use sqlx::Connection;
 use support::Ampora;
 
 /// Built beside `ampora` by `cargo build --workspace` (the test script builds all targets).
@@ -113,7 +112,7 @@ async fn simulated_fleets_reach_ampora_over_both_transports_and_fail_over() {
 #[tokio::test(flavor = "multi_thread")]
 async fn send_to_commit_latency_is_read_back_from_postgres_commit_timestamps() {
     let postgres = TestPostgres::start();
-    let mut admin = sqlx::PgConnection::connect(&postgres.url()).await.unwrap();
+    let mut admin = postgres.admin_connection().await;
     sqlx::query("ALTER SYSTEM SET track_commit_timestamp = on")
         .execute(&mut admin)
         .await

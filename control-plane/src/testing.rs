@@ -272,20 +272,25 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// A fresh, uniquely named database; returns its URL.
-    pub async fn create_database(&self) -> String {
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    /// A connection to the maintenance database, once the server takes queries.
+    pub async fn admin_connection(&self) -> sqlx::PgConnection {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut connection = loop {
+        loop {
             match sqlx::PgConnection::connect(&self.url()).await {
-                Ok(connection) => break connection,
+                Ok(connection) => return connection,
                 // The socket accepts before the server takes queries.
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(error) => panic!("cannot connect to the test PostgreSQL: {error}"),
             }
-        };
+        }
+    }
+
+    /// A fresh, uniquely named database; returns its URL.
+    pub async fn create_database(&self) -> String {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = self.admin_connection().await;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut connection)
             .await
