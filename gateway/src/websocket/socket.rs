@@ -22,8 +22,7 @@ use super::boundaries::FrameBoundaries;
 pub struct AgentSocket<S> {
     /// `None` only while being replaced within `poll_next`.
     inner: Option<WebSocketStream<Tracked<S>>>,
-    /// Messages larger than this leave tungstenite's buffers grown.
-    release_above: usize,
+    /// A message larger than the configured read buffer passed: tungstenite's buffers grew.
     release_wanted: bool,
     /// A close frame went either way: the closing handshake owns the connection now.
     closing: bool,
@@ -35,7 +34,6 @@ where
 {
     /// A server-side WebSocket over `io`, an upgraded connection whose handshake is done.
     pub fn new(io: S, config: WebSocketConfig) -> Self {
-        let release_above = config.read_buffer_size;
         Self {
             inner: Some(server_stream(
                 Tracked {
@@ -44,7 +42,6 @@ where
                 },
                 config,
             )),
-            release_above,
             release_wanted: false,
             closing: false,
         }
@@ -57,7 +54,7 @@ where
     }
 
     fn note(&mut self, message: &Message) {
-        if message.len() > self.release_above {
+        if message.len() > self.inner().get_config().read_buffer_size {
             self.release_wanted = true;
         }
         if matches!(message, Message::Close(_)) {
