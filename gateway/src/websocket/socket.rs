@@ -220,6 +220,15 @@ mod tests {
         }
     }
 
+    /// A server socket that has just read a big message, so a release is due once at rest.
+    async fn after_a_big_message() -> (AgentSocket<DuplexStream>, DuplexStream) {
+        let (mut server, mut agent) = with_raw_agent();
+        agent.write_all(&binary(true, BIG)).await.unwrap();
+        assert_eq!(next_binary(&mut server).await, BIG);
+        assert!(server.release_wanted);
+        (server, agent)
+    }
+
     /// Polls once more, as the session does after each message, with nothing left to read.
     fn go_idle(server: &mut AgentSocket<DuplexStream>) {
         assert!(server.next().now_or_never().is_none(), "nothing to read");
@@ -244,10 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_released_inside_a_frame_or_a_fragmented_message() {
-        let (mut server, mut agent) = with_raw_agent();
-        agent.write_all(&binary(true, BIG)).await.unwrap();
-        assert_eq!(next_binary(&mut server).await, BIG);
-        assert!(server.release_wanted);
+        let (mut server, mut agent) = after_a_big_message().await;
 
         // Half a frame.
         let frame = binary(true, 3000);
@@ -301,9 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closing_connection_is_left_alone() {
-        let (mut server, mut agent) = with_raw_agent();
-        agent.write_all(&binary(true, BIG)).await.unwrap();
-        assert_eq!(next_binary(&mut server).await, BIG);
+        let (mut server, _agent) = after_a_big_message().await;
         server.send(Message::Close(None)).await.unwrap();
         go_idle(&mut server);
         assert!(
