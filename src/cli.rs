@@ -123,6 +123,11 @@ pub struct GatewayOptions {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "AMPORA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// TLS session ticket keys shared by all gateways (64 hex characters per line, the first
+    /// encrypts), so agents resume their sessions on any gateway; re-read when it changes.
+    /// Default: a random key per process.
+    #[arg(long, env = "AMPORA_TLS_TICKET_KEY_FILE", requires = "tls_cert")]
+    pub tls_ticket_key_file: Option<PathBuf>,
     /// Largest OpAMP message in bytes (after decompression).
     #[arg(long, env = "AMPORA_MAX_MESSAGE_SIZE", default_value_t = 4 << 20)]
     pub max_message_size: usize,

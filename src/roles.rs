@@ -8,7 +8,7 @@ use std::time::Duration;
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::Readiness;
 use ampora_control_plane::storage::{self, StoreOptions};
-use ampora_gateway::{GatewayConfig, TlsConfig};
+use ampora_gateway::{GatewayConfig, GatewayError, TlsConfig};
 use ampora_shared::bus::{Bus, InProcessBus, NatsBus, NatsOptions};
 use ampora_shared::subjects::{Subjects, DEFAULT_PARTITIONS};
 use anyhow::Context;
@@ -114,7 +114,9 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tokio::time::sleep(Duration::from_millis(200)).await;
     control_plane_stop.cancel();
     let control_plane_result = control_plane.await;
-    gateway_result?.context("gateway failed")?;
+    gateway_result?
+        .map_err(gateway_error)
+        .context("gateway failed")?;
     control_plane_result?.context("control-plane failed")?;
     Ok(())
 }
@@ -194,8 +196,8 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
 fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig {
     let tls = match (&options.tls_cert, &options.tls_key) {
         (Some(cert_path), Some(key_path)) => Some(TlsConfig {
-            cert_path: cert_path.clone(),
-            key_path: key_path.clone(),
+            ticket_key_file: options.tls_ticket_key_file.clone(),
+            ..TlsConfig::new(cert_path.clone(), key_path.clone())
         }),
         _ => None,
     };
@@ -220,6 +222,14 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         control_plane_timeout: options.control_plane_timeout,
         heartbeat_interval: options.gateway_heartbeat_interval,
         subjects,
+    }
+}
+
+/// Certificates, keys and ticket key files the gateway cannot use are configuration mistakes.
+fn gateway_error(error: GatewayError) -> anyhow::Error {
+    match error {
+        GatewayError::Tls(_) => ConfigError(error.to_string()).into(),
+        other => other.into(),
     }
 }
 
@@ -258,7 +268,9 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     println!("Ampora gateway {} is ready.", config.gateway_id);
     println!("  OpAMP: {scheme}://{addr}/v1/opamp");
     tracing::info!(%addr, gateway_id = %config.gateway_id, "gateway ready");
-    ampora_gateway::run(listener, config, connection, shutdown.cancelled_owned()).await?;
+    ampora_gateway::run(listener, config, connection, shutdown.cancelled_owned())
+        .await
+        .map_err(gateway_error)?;
     Ok(())
 }
 
@@ -333,5 +345,42 @@ mod tests {
             format!("{:?}", store_options(&args.control_plane)),
             format!("{:?}", StoreOptions::default())
         );
+    }
+
+    #[test]
+    fn a_ticket_key_file_goes_with_the_tls_settings() {
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        let ticket_keys = ["--tls-ticket-key-file", "/etc/ampora/tickets"];
+        let Command::Serve(args) =
+            parse(&[&["ampora", "serve"], &tls[..], &ticket_keys[..]].concat())
+        else {
+            unreachable!("parsed as serve");
+        };
+        let tls_config = gateway_config(&args.gateway, Subjects::default())
+            .tls
+            .unwrap();
+        let expected = TlsConfig {
+            ticket_key_file: Some("/etc/ampora/tickets".into()),
+            ..TlsConfig::new("c.pem".into(), "k.pem".into())
+        };
+        assert_eq!(format!("{tls_config:?}"), format!("{expected:?}"));
+
+        let without_tls = [
+            &["ampora", "gateway", "--nats-url", "nats://x"],
+            &ticket_keys[..],
+        ]
+        .concat();
+        assert!(
+            Cli::try_parse_from(without_tls).is_err(),
+            "needs --tls-cert"
+        );
+    }
+
+    #[test]
+    fn unusable_tls_files_are_configuration_errors() {
+        let tls = gateway_error(GatewayError::Tls("ticket key file t: line 2: …".into()));
+        assert!(tls.is::<ConfigError>());
+        let listener = gateway_error(GatewayError::Io(std::io::ErrorKind::AddrInUse.into()));
+        assert!(!listener.is::<ConfigError>());
     }
 }

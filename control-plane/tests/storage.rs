@@ -115,7 +115,7 @@ fn event(uid: Uuid, seconds: i64, kind: &str) -> NewEvent {
 
 async fn write(store: &dyn Store, agents: Vec<AgentRecord>, events: Vec<NewEvent>) {
     let batch = WriteBatch {
-        agents,
+        agents: agents.iter().collect(),
         events,
         ..WriteBatch::default()
     };
@@ -499,8 +499,9 @@ async fn a_failed_batch_stores_nothing(db: Db) {
     // Make the batch's last statement fail: its agents, written before, must be rolled back.
     raw_execute(&db.url, "DROP TABLE agent_events").await;
     let fresh = Uuid::now_v7();
+    let (fresh_record, changed) = (record(fresh, "x", 0), record(kept, "changed", 9));
     let failing = WriteBatch {
-        agents: vec![record(fresh, "x", 0), record(kept, "changed", 9)],
+        agents: vec![&fresh_record, &changed],
         events: vec![event(fresh, 1, "connected")],
         ..WriteBatch::default()
     };
@@ -520,7 +521,7 @@ async fn the_last_snapshot_of_an_agent_in_a_batch_wins(db: Db) {
     last.head.sequence_num = 2;
     store
         .write(&WriteBatch {
-            agents: vec![record(uid, "first", 0), last.clone()],
+            agents: vec![&record(uid, "first", 0), &last],
             seen: vec![
                 SeenUpdate {
                     instance_uid: uid,
@@ -687,8 +688,9 @@ async fn leases_split_fairly_and_fence_writes(db: Db) {
             epoch: 1,
         }],
     };
+    let agent = record(uid, "prod", 0);
     let batch = WriteBatch {
-        agents: vec![record(uid, "prod", 0)],
+        agents: vec![&agent],
         fence: Some(stale),
         ..WriteBatch::default()
     };
@@ -699,7 +701,7 @@ async fn leases_split_fairly_and_fence_writes(db: Db) {
         leases: vec![b[1]],
     };
     let batch = WriteBatch {
-        agents: vec![record(uid, "prod", 0)],
+        agents: vec![&agent],
         fence: Some(current),
         ..WriteBatch::default()
     };
@@ -854,8 +856,9 @@ async fn attribute_rows_are_rewritten_only_when_not_current(db: Db) {
         limit: 10,
         ..AgentQuery::default()
     };
+    let dev = record(uid, "dev", 1);
     let skipped = WriteBatch {
-        agents: vec![record(uid, "dev", 1)],
+        agents: vec![&dev],
         attributes_current: [uid].into(),
         ..WriteBatch::default()
     };
@@ -890,6 +893,85 @@ async fn attribute_rows_are_rewritten_only_when_not_current(db: Db) {
     );
 }
 
+async fn details_are_kept_when_current(db: Db) {
+    let store = db.open().await;
+    let uid = Uuid::now_v7();
+    let first = record(uid, "prod", 0);
+    write(store.as_ref(), vec![first.clone()], vec![]).await;
+
+    let mut head_changed = record(uid, "prod", 0);
+    head_changed.head.last_seen = at(1);
+    head_changed.head.summary.health = None;
+    head_changed.details = AgentDetails::default();
+    store
+        .write(&WriteBatch {
+            agents: vec![&head_changed],
+            details_current: [uid].into(),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(stored.head, head_changed.head, "the head is written");
+    assert_eq!(stored.details, first.details, "the stored details are kept");
+    assert_eq!(
+        raw_pairs(&db.url, "SELECT instance_uid, details_encoding FROM agents").await,
+        [(uid.to_string(), "gzip+json".to_owned())]
+    );
+
+    store
+        .write(&WriteBatch {
+            agents: vec![&head_changed],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.details,
+        AgentDetails::default(),
+        "changed details are written"
+    );
+
+    // An agent whose row is missing after all is stored with empty details, not corrupt ones.
+    let missing = record(Uuid::now_v7(), "prod", 2);
+    store
+        .write(&WriteBatch {
+            agents: vec![&missing],
+            details_current: [missing.head.instance_uid].into(),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let stored = store
+        .get_agent(missing.head.instance_uid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.head, missing.head);
+    assert_eq!(stored.details, AgentDetails::default());
+}
+
+async fn reads_many_agents_at_once(db: Db) {
+    let store = db.open().await;
+    assert!(store.get_agents(&[]).await.unwrap().is_empty());
+    let records: Vec<AgentRecord> = (0..1_200)
+        .map(|i| record(Uuid::now_v7(), "prod", i))
+        .collect();
+    write(store.as_ref(), records.clone(), vec![]).await;
+    let mut wanted: Vec<Uuid> = records
+        .iter()
+        .step_by(2)
+        .map(|record| record.head.instance_uid)
+        .collect();
+    let unknown = Uuid::now_v7();
+    wanted.push(unknown);
+    let mut found = store.get_agents(&wanted).await.unwrap();
+    found.sort_by_key(|record| record.head.instance_uid);
+    let expected: Vec<AgentRecord> = records.into_iter().step_by(2).collect();
+    assert_eq!(found, expected);
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -916,6 +998,8 @@ storage_suite!(
     upsert_keeps_first_seen_and_applies_seen,
     filters_by_attributes_and_status,
     attribute_rows_are_rewritten_only_when_not_current,
+    details_are_kept_when_current,
+    reads_many_agents_at_once,
     pages_agents_without_gaps_or_repeats,
     events_newest_first_with_paging,
     marks_only_stale_online_agents_of_a_transport_offline,
@@ -948,17 +1032,21 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
         .await
         .unwrap();
     let uid = Uuid::now_v7();
-    let batch = WriteBatch {
-        agents: vec![record(uid, "prod", 0)],
-        fence: Some(Fence {
-            owner: "a".into(),
-            leases: leases.clone(),
-        }),
-        ..WriteBatch::default()
+    let fence = Fence {
+        owner: "a".into(),
+        leases: leases.clone(),
     };
     let write = tokio::spawn({
         let store = store.clone();
-        async move { store.write(&batch).await }
+        async move {
+            let agent = record(uid, "prod", 0);
+            let batch = WriteBatch {
+                agents: vec![&agent],
+                fence: Some(fence),
+                ..WriteBatch::default()
+            };
+            store.write(&batch).await
+        }
     });
     let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -14,6 +14,25 @@ pub struct TlsConfig {
     pub cert_path: PathBuf,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1).
     pub key_path: PathBuf,
+    /// Session ticket keys shared by every gateway (one key of 64 hex characters per line, the
+    /// first encrypts; format in `tls/tickets.rs`), so an agent resumes its session on any of
+    /// them after its own went away. `None`: a random key per process, and sessions resume only
+    /// on the gateway that issued them.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How often the ticket key file is checked for a new content.
+    pub ticket_key_check_interval: Duration,
+}
+
+impl TlsConfig {
+    /// A certificate and its key, with ticket keys of this process' own.
+    pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Self {
+        Self {
+            cert_path,
+            key_path,
+            ticket_key_file: None,
+            ticket_key_check_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@
 //! - `http`: one OpAMP exchange per POST, answered within the request.
 //! - `relay`: connection ids, the registry of open connections (RAII registrations), the bus
 //!   side — publishing envelopes, routing deliveries to the connection they name, heartbeats.
-//! - `tls`: loading certificates into a rustls server config.
+//! - `tls`: loading certificates into a rustls server config; `tls/tickets` makes session
+//!   tickets from a key file shared by the gateways, re-read when it changes.
 //!
 //! A message moves: socket → `websocket`/`http` (decode, bounds) → `relay::Relay::publish`
 //! → bus → control-plane → bus → `relay` dispatcher → the connection's queue → socket.
@@ -53,12 +54,17 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-    let config = Arc::new(config);
     let stop = CancellationToken::new();
+    // However `run` returns, the tasks it started (relay, ticket key reloads) end with it.
+    let _stop_on_return = stop.clone().drop_guard();
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls::acceptor(tls, stop.clone()))
+        .transpose()?;
+    let config = Arc::new(config);
     let relay = relay::Relay::start(bus, config.clone(), stop.clone()).await?;
     tracing::info!(gateway_id = %config.gateway_id, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gateway listening");
     listener::serve(listener, tls, config, relay, shutdown).await;
-    stop.cancel();
     Ok(())
 }

@@ -147,7 +147,14 @@ async fn serve_connection<S>(
         handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
     };
     match handshake {
-        Ok(Ok(tls_stream)) => http(TokioIo::new(tls_stream), service, &config, cancel).await,
+        Ok(Ok(tls_stream)) => {
+            let kind = match tls_stream.get_ref().1.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => "resumed",
+                _ => "full",
+            };
+            metrics::counter!("ampora_gateway_tls_handshakes_total", "kind" => kind).increment(1);
+            http(TokioIo::new(tls_stream), service, &config, cancel).await
+        }
         Ok(Err(error)) => {
             metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake").increment(1);
             tracing::debug!(remote_addr = %remote, %error, "TLS handshake failed");

@@ -1,14 +1,23 @@
-//! Server TLS from PEM files.
+//! Server TLS from PEM files, with session tickets from a key file shared by the gateways
+//! (`tickets`) or, without one, a random key per process.
+
+mod tickets;
 
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::{GatewayError, TlsConfig};
 
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, GatewayError> {
+/// The gateway's TLS acceptor. With a ticket key file, also starts the task that re-reads it,
+/// which ends with `shutdown`; so call it within a tokio runtime.
+pub fn acceptor(
+    config: &TlsConfig,
+    shutdown: CancellationToken,
+) -> Result<TlsAcceptor, GatewayError> {
     let certs = CertificateDer::pem_file_iter(&config.cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
@@ -34,7 +43,12 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, GatewayError> {
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Reconnect storms resume sessions instead of paying for full handshakes.
     server.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
-    server.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| GatewayError::Tls(e.to_string()))?;
+    server.ticketer = match &config.ticket_key_file {
+        Some(path) => tickets::from_file(path, config.ticket_key_check_interval, shutdown)
+            .map_err(|e| GatewayError::Tls(format!("ticket key file {}: {e}", path.display())))?,
+        None => {
+            rustls::crypto::ring::Ticketer::new().map_err(|e| GatewayError::Tls(e.to_string()))?
+        }
+    };
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -1,6 +1,8 @@
 //! The gateway on real sockets (plain and TLS) with a stand-in control-plane on the in-process
 //! bus that answers every agent message.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +19,14 @@ use ampora_shared::pb::opamp::{
 };
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+use support::{certificates, tls_client};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -863,44 +866,6 @@ async fn shutdown_lets_in_flight_http_exchanges_finish() {
 
 // === TLS ===
 
-struct Certificates {
-    _dir: tempfile::TempDir,
-    tls: TlsConfig,
-    ca_pem: String,
-}
-
-fn certificates() -> Certificates {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    Certificates {
-        _dir: dir,
-        tls: TlsConfig {
-            cert_path,
-            key_path,
-        },
-        ca_pem: cert.pem(),
-    }
-}
-
-fn tls_client(ca_pem: &str) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
-    roots.add(ca).unwrap();
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
 #[tokio::test]
 async fn tls_websocket_and_http() {
     let certs = certificates();
@@ -992,8 +957,8 @@ async fn tls_with_a_key_that_does_not_fit_fails_clearly() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = GatewayConfig {
         tls: Some(TlsConfig {
-            cert_path: certs.tls.cert_path.clone(),
             key_path: other.tls.key_path.clone(),
+            ..certs.tls.clone()
         }),
         ..GatewayConfig::for_test()
     };

@@ -3,7 +3,10 @@
 # control-plane, NATS and PostgreSQL; they heartbeat (and change status at STATUS_RATE/s) for
 # HOLD seconds. Then every one of those gateways is killed (-9) at once, and the agents come
 # back through GATEWAYS standby gateways: the report gives the time from the first lost
-# connection until every agent is back with its new connection committed.
+# connection until every agent is back with its new connection committed, and how many of
+# those reconnects resumed their TLS session. All gateways share one ticket key
+# (AMPORA_TLS_TICKET_KEY_FILE), so agents resume on the standbys; SHARED_TICKETS=0 gives each
+# gateway its own key, and every reconnect a full handshake.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 AGENTS=${AGENTS:-100000}
@@ -13,9 +16,13 @@ HEARTBEAT=${HEARTBEAT:-30s}
 STATUS_RATE=${STATUS_RATE:-0}
 HOLD=${HOLD:-60}
 SOURCES=${SOURCES:-127.0.1.1-127.0.1.40}
+SHARED_TICKETS=${SHARED_TICKETS:-1}
 OUT="$RESULTS/fleet.txt"
 
 prepare
+if [[ "$SHARED_TICKETS" == 1 ]]; then
+    make_ticket_keys
+fi
 start_nats
 start_postgres
 start_control_plane
@@ -51,6 +58,6 @@ kill -TERM "$loadtest"
 wait "$loadtest" || true
 {
     echo "$(date -u +%FT%TZ) $(machine)"
-    echo "AGENTS=$AGENTS GATEWAYS=$GATEWAYS RAMP=$RAMP HEARTBEAT=$HEARTBEAT STATUS_RATE=$STATUS_RATE HOLD=$HOLD"
+    echo "AGENTS=$AGENTS GATEWAYS=$GATEWAYS RAMP=$RAMP HEARTBEAT=$HEARTBEAT STATUS_RATE=$STATUS_RATE HOLD=$HOLD SHARED_TICKETS=$SHARED_TICKETS"
     cat "$WORK/fleet.txt"
 } | tee -a "$OUT"

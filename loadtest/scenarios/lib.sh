@@ -124,14 +124,26 @@ start_control_plane() {
     log "control-plane API on $API"
 }
 
+# One TLS session ticket key for the run (TICKET_KEYS): every gateway started after this shares
+# it, so an agent's session resumes on any of them, as with AMPORA_TLS_TICKET_KEY_FILE in
+# production.
+make_ticket_keys() {
+    TICKET_KEYS="$WORK/tls-ticket-keys"
+    head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TICKET_KEYS"
+    log "gateways share the TLS ticket key in $TICKET_KEYS"
+}
+
 # start_gateway NAME: sets GATEWAY_PID and GATEWAY_URL (TLS WebSocket). Logs at the level
 # operators run, so whatever logging costs per connection is part of the figures.
 start_gateway() {
-    local port
+    local port shared_tickets=()
     port=$(free_port)
+    if [[ -n "${TICKET_KEYS:-}" ]]; then
+        shared_tickets=("AMPORA_TLS_TICKET_KEY_FILE=$TICKET_KEYS")
+    fi
     AMPORA_OPAMP_LISTEN="127.0.0.1:$port" AMPORA_GATEWAY_ID="$1" AMPORA_NATS_URL="$NATS_URL" \
         AMPORA_TLS_CERT="$SERVER_CERT" AMPORA_TLS_KEY="$SERVER_KEY" AMPORA_MAX_CONNECTIONS=19900 \
-        RUST_LOG="${RUST_LOG:-info}" "$AMPORA" gateway >"$WORK/$1.log" 2>&1 &
+        RUST_LOG="${RUST_LOG:-info}" env "${shared_tickets[@]}" "$AMPORA" gateway >"$WORK/$1.log" 2>&1 &
     PIDS+=($!)
     GATEWAY_PID=$!
     GATEWAY_PORT=$port

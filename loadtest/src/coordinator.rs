@@ -1,7 +1,7 @@
 //! The `agents` command: splits the fleet over worker processes (one process may hold only
 //! ~19.9k sockets here) and source addresses, shows progress while they run, and ends with a
-//! report: connections, message rates, latencies, the reconnect storm, config rollouts and,
-//! given the database, the send → commit latency.
+//! report: connections, message rates, latencies, the reconnect storm (and how many of its TLS
+//! handshakes resumed), config rollouts and, given the database, the send → commit latency.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// agent-send → commit latency of health changes to the report.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// How long after every agent is ready the send → commit latency starts to count. A ramp
+    /// faster than the machine's TLS handshake rate leaves a backlog that takes a while to
+    /// drain; the report's 10 s windows show it either way.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
 }
 
 struct Worker {
@@ -75,8 +80,17 @@ struct Report {
     steady_rates: BTreeMap<String, f64>,
     /// From the first lost connection to the last agent back with its state committed.
     reconnect_storm_seconds: Option<f64>,
+    /// TLS handshakes of the connections opened once every agent was ready, i.e. reconnects:
+    /// how many resumed a session instead of paying for a full handshake.
+    reconnect_tls_handshakes: Option<TlsHandshakes>,
     rollouts: BTreeMap<String, Rollout>,
     commit_latency: Option<CommitLatency>,
+}
+
+#[derive(Debug, Serialize)]
+struct TlsHandshakes {
+    full: u64,
+    resumed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,7 +167,11 @@ pub async fn run(mut fleet: FleetArgs, options: RunArgs) -> anyhow::Result<()> {
             let window_end = (unix_nanos() / 1000) as i64;
             // Let what was in flight at the end commit.
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let from = all_ready.as_ref().map_or(started_unix_us, |(_, _, at)| *at);
+            let warmup = i64::try_from(options.warmup.as_micros()).unwrap_or(i64::MAX);
+            let from = all_ready
+                .as_ref()
+                .map_or(started_unix_us, |(_, _, at)| *at)
+                .saturating_add(warmup);
             Some(latency::measure(url, from, window_end).await?)
         }
         None => None,
@@ -302,6 +320,11 @@ fn report(
         .first_disconnect_unix_ns
         .filter(|_| total.ready >= total.agents)
         .map(|lost| total.last_ready_unix_ns.saturating_sub(lost) as f64 / 1e9);
+    let since = |before: &Snapshot, name: &str| counter(total, name) - counter(before, name);
+    let reconnect_tls_handshakes = all_ready.map(|(_, before, _)| TlsHandshakes {
+        full: since(before, "tls_full_handshakes"),
+        resumed: since(before, "tls_resumed_handshakes"),
+    });
     let rollouts = total
         .rollouts
         .iter()
@@ -325,6 +348,7 @@ fn report(
         figures: figures(started, total, latencies),
         steady_rates,
         reconnect_storm_seconds,
+        reconnect_tls_handshakes,
         rollouts,
         commit_latency,
     }
@@ -359,6 +383,15 @@ fn print_summary(report: &Report) {
             "reconnect storm: every agent back and committed {seconds:.1} s after the first loss"
         );
     }
+    if let Some(&TlsHandshakes { full, resumed }) = report.reconnect_tls_handshakes.as_ref() {
+        if full + resumed > 0 {
+            println!(
+                "reconnects' TLS handshakes: {} ({resumed} resumed, {:.1}%; {full} full)",
+                full + resumed,
+                100.0 * resumed as f64 / (full + resumed) as f64
+            );
+        }
+    }
     for (hash, rollout) in &report.rollouts {
         println!(
             "config {hash}: offered to {} agents within {:.2} s, {} applied, {} failed",
@@ -370,6 +403,12 @@ fn print_summary(report: &Report) {
             "send → commit: {} health changes, {:.0}/s, p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms",
             commit.committed, commit.committed_per_second, commit.p50_ms, commit.p90_ms, commit.p99_ms, commit.p999_ms, commit.max_ms
         );
+        for window in &commit.windows {
+            println!(
+                "send → commit, sent at {:>4} s +{}: {} health changes, p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+                window.from_second, latency::WINDOW_SECONDS, window.committed, window.p50_ms, window.p99_ms, window.max_ms
+            );
+        }
     }
     let errors: Vec<String> = ["connect_errors", "http_errors", "server_errors"]
         .iter()

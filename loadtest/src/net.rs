@@ -1,16 +1,21 @@
 //! Sockets for many agents on one machine: connections spread over several loopback source
 //! addresses (each address has its own ephemeral-port space), and the TLS client settings
-//! (private CA, optional client certificate for mTLS, session resumption on or off).
+//! (private CA, optional client certificate for mTLS, session resumption on or off, each agent
+//! with sessions of its own).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context};
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, NamedGroup};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -163,6 +168,13 @@ impl FromStr for Endpoint {
     }
 }
 
+/// A connection just opened.
+pub struct Opened {
+    pub io: Box<dyn Io>,
+    /// How its TLS handshake went; `None` without TLS.
+    pub handshake: Option<rustls::HandshakeKind>,
+}
+
 impl Endpoint {
     /// Opens a socket to this endpoint from the next source address, with TLS when the URL
     /// asks for it.
@@ -170,24 +182,34 @@ impl Endpoint {
         &self,
         sources: &SourceAddrs,
         tls: Option<&TlsClient>,
-    ) -> anyhow::Result<Box<dyn Io>> {
+    ) -> anyhow::Result<Opened> {
         let stream = sources.connect(self.addr).await?;
         match (self.tls, tls) {
-            (false, _) => Ok(Box::new(stream)),
-            (true, Some(tls)) => Ok(Box::new(
-                tls.connector
+            (false, _) => Ok(Opened {
+                io: Box::new(stream),
+                handshake: None,
+            }),
+            (true, Some(tls)) => {
+                let stream = tls
+                    .connector
                     .connect(tls.server_name.clone(), stream)
-                    .await?,
-            )),
+                    .await?;
+                Ok(Opened {
+                    handshake: stream.get_ref().1.handshake_kind(),
+                    io: Box::new(stream),
+                })
+            }
             (true, None) => bail!("{} needs TLS settings (--ca)", self.url),
         }
     }
 }
 
-/// TLS client settings shared by every connection of a process.
+/// TLS client settings: one process' (and its session cache), or one agent's
+/// ([`TlsClient::for_one_agent`]).
 pub struct TlsClient {
     pub connector: tokio_rustls::TlsConnector,
-    pub server_name: rustls::pki_types::ServerName<'static>,
+    pub server_name: ServerName<'static>,
+    resume: bool,
 }
 
 pub struct TlsClientOptions<'a> {
@@ -209,7 +231,7 @@ impl TlsClient {
             roots.add(cert.with_context(|| format!("CA {}", options.ca.display()))?)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
         let mut config = match (options.client_cert, options.client_key) {
@@ -228,19 +250,103 @@ impl TlsClient {
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
         }
         if !options.resume {
-            config.resumption = rustls::client::Resumption::disabled();
+            config.resumption = Resumption::disabled();
         }
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            server_name: rustls::pki_types::ServerName::try_from(options.server_name.to_owned())
+            server_name: ServerName::try_from(options.server_name.to_owned())
                 .with_context(|| format!("server name {:?}", options.server_name))?,
+            resume: options.resume,
         })
+    }
+
+    /// The settings for one simulated agent, kept for its whole life. Real agents are separate
+    /// processes, each resuming with tickets of its own; agents sharing the process' cache
+    /// (rustls keeps 8 TLS 1.3 tickets per server name) would nearly all come back from a
+    /// storm with none. So, when resuming, each agent gets a copy of the settings with a store
+    /// holding its own newest ticket: ~0.7 KiB per agent, ~1.3 KiB while it holds a ticket
+    /// (which carries a copy of the server's certificate). rustls' memory cache, even at its
+    /// smallest, keeps up to 8 tickets: ~5 KiB per agent after three connections.
+    pub fn for_one_agent(&self) -> TlsClient {
+        let connector = if self.resume {
+            let mut config = ClientConfig::clone(self.connector.config());
+            config.resumption = Resumption::store(Arc::new(OneAgentSessions::default()));
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        } else {
+            self.connector.clone()
+        };
+        TlsClient {
+            connector,
+            server_name: self.server_name.clone(),
+            resume: self.resume,
+        }
+    }
+}
+
+/// One agent's TLS session store: it talks to one server name, so it keeps one TLS 1.3
+/// ticket (the newest; the server sends new ones on every connection), one TLS 1.2 session
+/// and the key exchange group the server chose.
+#[derive(Default)]
+struct OneAgentSessions(Mutex<Sessions>);
+
+#[derive(Default)]
+struct Sessions {
+    kx_hint: Option<NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: Option<Tls13ClientSessionValue>,
+}
+
+impl OneAgentSessions {
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientSessionStore for OneAgentSessions {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
+        self.sessions().kx_hint = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        self.sessions().kx_hint
+    }
+
+    fn set_tls12_session(&self, _: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.sessions().tls12 = Some(value);
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.sessions().tls12.clone()
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {
+        self.sessions().tls12 = None;
+    }
+
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.sessions().tls13 = Some(value);
+    }
+
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.sessions().tls13.take()
+    }
+}
+
+impl std::fmt::Debug for OneAgentSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions = self.sessions();
+        f.debug_struct("OneAgentSessions")
+            .field("kx_hint", &sessions.kx_hint)
+            .field("tls12", &sessions.tls12.is_some())
+            .field("tls13", &sessions.tls13.is_some())
+            .finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn source_ranges_and_lists_parse() {
@@ -264,5 +370,84 @@ mod tests {
         assert!("ftp://127.0.0.1:1/".parse::<Endpoint>().is_err());
         assert!("ws://127.0.0.1/v1/opamp".parse::<Endpoint>().is_err());
         assert!("ws://example.com:80/".parse::<Endpoint>().is_err());
+    }
+
+    /// A TLS server with the gateway's settings that answers one byte with one byte (the
+    /// answer also carries the TLS 1.3 tickets), and a client trusting it.
+    async fn tls_server(dir: &Path, resume: bool) -> (Endpoint, TlsClient) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let acceptor = ampora_gateway::tls::acceptor(
+            &ampora_gateway::TlsConfig::new(cert_path.clone(), key_path),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(stream).await?;
+                    let mut byte = [0u8; 1];
+                    tls.read_exact(&mut byte).await?;
+                    tls.write_all(&byte).await?;
+                    tls.shutdown().await
+                });
+            }
+        });
+        let endpoint = format!("wss://localhost:{port}/v1/opamp").parse().unwrap();
+        let client = TlsClient::new(TlsClientOptions {
+            ca: &cert_path,
+            client_cert: None,
+            client_key: None,
+            server_name: "localhost",
+            resume,
+            alpn_http1: true,
+        })
+        .unwrap();
+        (endpoint, client)
+    }
+
+    async fn exchange(endpoint: &Endpoint, agent: &TlsClient) -> rustls::HandshakeKind {
+        let sources: SourceAddrs = "127.0.0.1".parse().unwrap();
+        let mut opened = endpoint.open(&sources, Some(agent)).await.unwrap();
+        opened.io.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        opened.io.read_exact(&mut byte).await.unwrap();
+        opened.handshake.unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_agent_resumes_its_own_sessions_only() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let dir = tempfile::tempdir().unwrap();
+        let (endpoint, client) = tls_server(dir.path(), true).await;
+        let (first, second) = (client.for_one_agent(), client.for_one_agent());
+        assert_eq!(exchange(&endpoint, &first).await, Full);
+        assert_eq!(exchange(&endpoint, &first).await, Resumed);
+        assert_eq!(
+            exchange(&endpoint, &first).await,
+            Resumed,
+            "new tickets each time"
+        );
+        assert_eq!(
+            exchange(&endpoint, &second).await,
+            Full,
+            "the first agent's tickets are its own"
+        );
+        assert_eq!(exchange(&endpoint, &second).await, Resumed);
+
+        let (endpoint, client) = tls_server(dir.path(), false).await;
+        let agent = client.for_one_agent();
+        assert_eq!(exchange(&endpoint, &agent).await, Full);
+        assert_eq!(exchange(&endpoint, &agent).await, Full, "--no-resume");
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
+use rustls::HandshakeKind;
 use serde::{Deserialize, Serialize};
 
 /// Latencies are kept in microseconds, up to ten minutes, to three significant figures.
@@ -39,6 +40,8 @@ macro_rules! counters {
 counters! {
     connects: "Connections opened (TCP, TLS and WebSocket upgrade done).",
     connect_errors: "Connection attempts that failed.",
+    tls_full_handshakes: "TLS handshakes with the certificate sent and verified.",
+    tls_resumed_handshakes: "TLS handshakes that resumed one of the agent's earlier sessions.",
     disconnects: "Open connections that ended.",
     sent: "AgentToServer messages sent.",
     full_states: "Messages that carried the agent's full state.",
@@ -126,6 +129,17 @@ impl Stats {
         count(&self.counters.connects);
         self.connected.fetch_add(1, Ordering::Relaxed);
         record(&self.connect_latency, took);
+    }
+
+    /// Counts a connection's TLS handshake by kind; `None` (no TLS) counts nothing.
+    pub fn tls_handshake(&self, kind: Option<HandshakeKind>) {
+        match kind {
+            Some(HandshakeKind::Resumed) => count(&self.counters.tls_resumed_handshakes),
+            Some(HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest) => {
+                count(&self.counters.tls_full_handshakes)
+            }
+            None => {}
+        }
     }
 
     pub fn disconnected(&self, was_ready: bool) {

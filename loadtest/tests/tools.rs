@@ -109,8 +109,13 @@ fn a_tls_fleet_over_two_workers_and_several_sources_is_held_and_reported() {
             "1s",
             "--status-rate",
             "200",
+            // Every agent's first handshake is a full one (no agent has a ticket yet), which
+            // takes a while on a busy machine in a debug build; "all ready" is seen only at a
+            // progress tick, so ticks come often.
             "--duration",
-            "3s",
+            "4s",
+            "--progress-interval",
+            "500ms",
             "--report",
             report_path.to_str().unwrap(),
         ],
@@ -123,6 +128,8 @@ fn a_tls_fleet_over_two_workers_and_several_sources_is_held_and_reported() {
     assert_eq!(report["connected"], 300, "{report:#}");
     assert_eq!(report["ready"], 300, "{report:#}");
     assert_eq!(report["counters"]["connect_errors"], 0);
+    assert_eq!(report["counters"]["tls_full_handshakes"], 300);
+    assert_eq!(report["counters"]["tls_resumed_handshakes"], 0);
     assert_eq!(report["counters"]["full_states"], 300);
     assert!(
         report["counters"]["status_changes"].as_u64().unwrap() > 100,

@@ -38,7 +38,22 @@ pub struct Outcome {
     pub new_connection: bool,
 }
 
+/// Events that change [`AgentDetails`](crate::agents::snapshot::AgentDetails), the large part
+/// of a snapshot.
+const DETAILS_EVENTS: [&str; 3] = [
+    "effective_config",
+    "package_statuses",
+    "available_components",
+];
+
 impl Outcome {
+    /// Whether the snapshot's details changed, or only its head.
+    pub fn details_changed(&self) -> bool {
+        self.events
+            .iter()
+            .any(|(kind, _)| DETAILS_EVENTS.contains(kind))
+    }
+
     /// ServerToAgent flags this outcome asks for.
     pub fn flags(&self) -> u64 {
         let mut flags = 0;
@@ -249,7 +264,8 @@ mod tests {
     use super::*;
     use ampora_shared::pb::opamp::{
         any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AnyValue,
-        ComponentHealth, EffectiveConfig, KeyValue,
+        AvailableComponents, ComponentDetails, ComponentHealth, EffectiveConfig, KeyValue,
+        PackageStatuses,
     };
 
     fn origin(connection_id: u64) -> Origin {
@@ -377,6 +393,35 @@ mod tests {
         assert!(apply_message(&mut record, true, &message, &origin(1))
             .events
             .is_empty());
+    }
+
+    #[test]
+    fn details_change_only_with_config_packages_or_components() {
+        let mut record = new_record(Uuid::now_v7(), &origin(1));
+        assert!(apply_message(&mut record, false, &full_message(0), &origin(1)).details_changed());
+
+        let mut health = heartbeat(1);
+        health.health = Some(ComponentHealth::default());
+        let outcome = apply_message(&mut record, true, &health, &origin(1));
+        assert!(outcome.snapshot_changed && !outcome.details_changed());
+
+        let mut config = heartbeat(2);
+        config.effective_config = Some(EffectiveConfig::default());
+        assert!(apply_message(&mut record, true, &config, &origin(1)).details_changed());
+
+        let mut packages = heartbeat(3);
+        packages.package_statuses = Some(PackageStatuses {
+            error_message: "no space left".into(),
+            ..Default::default()
+        });
+        assert!(apply_message(&mut record, true, &packages, &origin(1)).details_changed());
+
+        let mut components = heartbeat(4);
+        components.available_components = Some(AvailableComponents {
+            components: [("receivers".to_owned(), ComponentDetails::default())].into(),
+            hash: vec![1].into(),
+        });
+        assert!(apply_message(&mut record, true, &components, &origin(1)).details_changed());
     }
 
     #[test]

@@ -59,11 +59,20 @@ pub struct Worker {
 struct Round {
     /// Partitions whose agents this round writes: the commit is fenced by their leases.
     partitions: HashSet<u16>,
-    agents: HashMap<Uuid, AgentRecord>,
+    /// Agents whose snapshot this round rewrites. `None`: the cache holds the latest snapshot
+    /// (an online agent), so messages do not copy it; otherwise the snapshot itself, which the
+    /// cache does not keep (an agent gone offline, or given a new uid).
+    agents: HashMap<Uuid, Option<AgentRecord>>,
     /// Agents whose attribute rows must be (re)written: new ones, and changed descriptions.
     described: HashSet<Uuid>,
+    /// Agents whose details must be (re)written: new ones, and changed configs, packages or
+    /// components. The others' details stay as stored.
+    detailed: HashSet<Uuid>,
     events: Vec<NewEvent>,
     replies: Vec<Reply>,
+    /// Agents of the round the cache did not hold, as stored when the round began (`None`:
+    /// not stored at all), read in one query rather than one per agent.
+    loaded: HashMap<Uuid, Option<AgentRecord>>,
 }
 
 struct Reply {
@@ -106,17 +115,21 @@ impl Worker {
                     continue;
                 }
             };
-            let mut round = Round::default();
-            self.handle(first, &mut round).await;
-            let mut applied = 1;
-            while applied < self.config.batch_max {
+            let mut items = vec![first];
+            while items.len() < self.config.batch_max {
                 match receiver.try_recv() {
-                    Ok(item) => self.handle(item, &mut round).await,
+                    Ok(item) => items.push(item),
                     Err(_) => break,
                 }
-                applied += 1;
             }
-            metrics::histogram!("ampora_control_plane_round_messages").record(applied as f64);
+            metrics::histogram!("ampora_control_plane_round_messages").record(items.len() as f64);
+            let mut round = Round {
+                loaded: self.load_uncached(&items).await,
+                ..Round::default()
+            };
+            for item in items {
+                self.handle(item, &mut round).await;
+            }
             self.commit(round).await;
             if self.pending_seen.len() >= self.config.batch_max {
                 self.flush_seen().await;
@@ -151,13 +164,18 @@ impl Worker {
                         "connected",
                         serde_json::json!({"reason": "seen after the sweep"}),
                     ));
-                    round.agents.insert(uid, record.clone());
-                    self.cache.insert(uid, record);
+                    self.stage(round, uid, record);
                 }
             }
             WorkItem::Release(partition) => {
                 let subjects = &self.config.subjects;
                 let released = |uid: &Uuid| subjects.partition_of(uid) == partition;
+                // Snapshots this round has yet to write leave the cache for the round.
+                for (uid, staged) in &mut round.agents {
+                    if staged.is_none() && released(uid) {
+                        *staged = self.cache.remove(uid);
+                    }
+                }
                 self.cache.retain(|uid, _| !released(uid));
                 self.last_applied.retain(|uid, _| !released(uid));
                 self.pending_seen.retain(|uid, _| !released(uid));
@@ -186,6 +204,7 @@ impl Worker {
         };
         match envelope.event {
             Some(Event::AgentToServer(payload)) => {
+                let digest = payload_digest(&payload);
                 let message = match AgentToServer::decode(payload) {
                     Ok(message) => message,
                     Err(error) => {
@@ -198,13 +217,13 @@ impl Worker {
                         return;
                     }
                 };
-                let reply = self.apply(uid, &message, &origin, round).await;
+                let reply = self.apply(uid, &message, digest, &origin, round).await;
                 if let Some(reply) = reply {
                     round.replies.push(reply_to(reply));
                 }
             }
             Some(Event::ConnectionClosed(closed)) => {
-                let Ok(Some(mut record)) = self.cached_or_stored(uid).await else {
+                let Ok(Some(mut record)) = self.cached_or_stored(uid, round).await else {
                     return;
                 };
                 if let Some(payload) = apply_connection_closed(
@@ -220,20 +239,23 @@ impl Worker {
                     round
                         .events
                         .push(event(uid, origin.received_at, "disconnected", payload));
-                    round.agents.insert(uid, record.clone());
                     self.pending_seen.remove(&uid);
+                    self.stage(round, uid, record);
+                } else {
+                    self.keep_if_online(uid, record);
                 }
-                self.keep_if_online(uid, record);
             }
             None => tracing::warn!(instance_uid = %uid, "envelope without an event"),
         }
     }
 
-    /// Applies one message; returns the reply the agent should get, if any.
+    /// Applies one message (`digest`: of its bytes); returns the reply the agent should get, if
+    /// any.
     async fn apply(
         &mut self,
         uid: Uuid,
         message: &AgentToServer,
+        digest: u64,
         origin: &Origin,
         round: &mut Round,
     ) -> Option<ServerToAgent> {
@@ -242,9 +264,8 @@ impl Worker {
         let (target, stored) = if requested_uid {
             (uid::new_instance_uid(), Ok(None))
         } else {
-            (uid, self.cached_or_stored(uid).await)
+            (uid, self.cached_or_stored(uid, round).await)
         };
-        let digest = message_digest(message);
         if let Ok(Some(record)) = &stored {
             let duplicate = record.head.sequence_num == message.sequence_num
                 && self.last_applied.get(&target) == Some(&digest);
@@ -274,17 +295,12 @@ impl Worker {
                 ));
             }
         };
-        let outcome = apply_message(&mut record, known, message, origin);
+        let mut outcome = apply_message(&mut record, known, message, origin);
         round
             .partitions
             .insert(self.config.subjects.partition_of(&target));
         self.last_applied.insert(target, digest);
         metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => if outcome.snapshot_changed { "change" } else { "heartbeat" }).increment(1);
-        for (kind, payload) in &outcome.events {
-            round
-                .events
-                .push(event(target, origin.received_at, kind, payload.clone()));
-        }
         if !known
             || outcome
                 .events
@@ -293,9 +309,16 @@ impl Worker {
         {
             round.described.insert(target);
         }
+        if !known || outcome.details_changed() {
+            round.detailed.insert(target);
+        }
+        for (kind, payload) in std::mem::take(&mut outcome.events) {
+            round
+                .events
+                .push(event(target, origin.received_at, kind, payload));
+        }
         if outcome.snapshot_changed {
             self.pending_seen.remove(&target);
-            round.agents.insert(target, record.clone());
         } else {
             self.pending_seen.insert(
                 target,
@@ -312,6 +335,10 @@ impl Worker {
             || requested_uid;
         if requested_uid {
             tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
+            // The new uid's partition may be another worker's: its snapshot is written, not cached.
+            round.agents.insert(target, Some(record));
+        } else if outcome.snapshot_changed {
+            self.stage(round, target, record);
         } else {
             self.keep_if_online(target, record);
         }
@@ -326,10 +353,61 @@ impl Worker {
         })
     }
 
-    async fn cached_or_stored(&mut self, uid: Uuid) -> crate::storage::Result<Option<AgentRecord>> {
-        match self.cache.remove(&uid) {
-            Some(record) => Ok(Some(record)),
+    async fn cached_or_stored(
+        &mut self,
+        uid: Uuid,
+        round: &mut Round,
+    ) -> crate::storage::Result<Option<AgentRecord>> {
+        if let Some(record) = self.cache.remove(&uid) {
+            return Ok(Some(record));
+        }
+        match round.loaded.remove(&uid) {
+            Some(loaded) => Ok(loaded),
             None => self.store.get_agent(uid).await,
+        }
+    }
+
+    /// Reads the agents `items` name that the cache does not hold, all in one query: after a
+    /// reconnect storm or a control-plane restart, every agent of a round is one of those.
+    /// If the read fails, each agent is read on its own when its turn comes (and fails there
+    /// with the usual answer).
+    async fn load_uncached(&self, items: &[WorkItem]) -> HashMap<Uuid, Option<AgentRecord>> {
+        let uncached: HashSet<Uuid> = items
+            .iter()
+            .filter_map(|item| match item {
+                WorkItem::Envelope(uid, _) if !self.cache.contains_key(uid) => Some(*uid),
+                _ => None,
+            })
+            .collect();
+        if uncached.is_empty() {
+            return HashMap::new();
+        }
+        let uids: Vec<Uuid> = uncached.into_iter().collect();
+        match self.store.get_agents(&uids).await {
+            Ok(records) => {
+                let mut loaded: HashMap<Uuid, Option<AgentRecord>> =
+                    uids.into_iter().map(|uid| (uid, None)).collect();
+                for record in records {
+                    loaded.insert(record.head.instance_uid, Some(record));
+                }
+                loaded
+            }
+            Err(error) => {
+                tracing::warn!(%error, agents = uids.len(), "cannot load agents");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Keeps a changed snapshot for the round's commit: an online agent's in the cache, the
+    /// others' in the round.
+    fn stage(&mut self, round: &mut Round, uid: Uuid, record: AgentRecord) {
+        if record.head.status == AgentStatus::Online {
+            round.agents.insert(uid, None);
+            self.cache.insert(uid, record);
+        } else {
+            self.last_applied.remove(&uid);
+            round.agents.insert(uid, Some(record));
         }
     }
 
@@ -354,17 +432,28 @@ impl Worker {
             partitions,
             agents,
             described,
+            detailed,
             events,
             mut replies,
+            loaded: _,
         } = round;
         let touched: Vec<Uuid> = agents.keys().copied().collect();
+        let records = agents
+            .iter()
+            .filter_map(|(uid, staged)| staged.as_ref().or_else(|| self.cache.get(uid)))
+            .collect();
         let batch = WriteBatch {
             attributes_current: touched
                 .iter()
                 .filter(|uid| !described.contains(uid))
                 .copied()
                 .collect(),
-            agents: agents.into_values().collect(),
+            details_current: touched
+                .iter()
+                .filter(|uid| !detailed.contains(uid))
+                .copied()
+                .collect(),
+            agents: records,
             events,
             seen: Vec::new(),
             fence: Some(self.ownership.fence(partitions)),
@@ -449,9 +538,9 @@ impl Worker {
 }
 
 /// Identifies a message's bytes, to tell a redelivery from a new message.
-fn message_digest(message: &AgentToServer) -> u64 {
+fn payload_digest(payload: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    message.encode_to_vec().hash(&mut hasher);
+    payload.hash(&mut hasher);
     hasher.finish()
 }
 

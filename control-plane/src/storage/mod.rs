@@ -6,6 +6,7 @@
 
 mod encoding;
 mod postgres;
+mod rows;
 mod sql;
 mod sqlite;
 
@@ -61,22 +62,26 @@ pub struct Fence {
     pub leases: Vec<Lease>,
 }
 
-/// Everything one ingest round writes, in one transaction.
+/// Everything one ingest round writes, in one transaction. Snapshots are borrowed: the writer
+/// keeps its agents' latest ones anyway.
 #[derive(Debug, Clone, Default)]
-pub struct WriteBatch {
+pub struct WriteBatch<'a> {
     /// Full snapshots to insert or replace.
-    pub agents: Vec<AgentRecord>,
+    pub agents: Vec<&'a AgentRecord>,
     pub events: Vec<NewEvent>,
     /// Agents of `agents` whose stored attribute rows are already current: the writer knows
     /// their description did not change, so their (indexed) attribute rows are left alone.
     pub attributes_current: HashSet<Uuid>,
+    /// Agents of `agents` whose stored details are already current: the writer knows their
+    /// effective config, packages and components did not change, so only their head is written.
+    pub details_current: HashSet<Uuid>,
     /// Liveness of agents whose snapshot did not change.
     pub seen: Vec<SeenUpdate>,
     /// When set, the batch is written only if `owner` still holds every lease, unexpired.
     pub fence: Option<Fence>,
 }
 
-impl WriteBatch {
+impl WriteBatch<'_> {
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty() && self.events.is_empty() && self.seen.is_empty()
     }
@@ -151,8 +156,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>>;
 
+    /// The stored snapshots of those of `uids` that exist, in no particular order: one round
+    /// trip for a round's worth of agents.
+    async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>>;
+
     /// Writes the whole batch in one transaction, or nothing.
-    async fn write(&self, batch: &WriteBatch) -> Result<()>;
+    async fn write(&self, batch: &WriteBatch<'_>) -> Result<()>;
 
     /// Marks agents of `transport` still online but unseen since `cutoff` offline, records an
     /// `offline` event for each (payload `{"reason": ...}`), and returns them. (WebSocket agents go

@@ -1,27 +1,22 @@
 //! The one SQL implementation of [`Store`](super::Store), stamped out for each sqlx backend.
-//! Both dialects share every statement: `$N` placeholders, `ON CONFLICT … DO UPDATE`,
-//! `UPDATE … FROM (VALUES …)`, `RETURNING`. Two differ. `$lock_rows` is the row-locking clause
-//! of queries that pick rows to update: `FOR UPDATE` on PostgreSQL (agents are locked in
-//! `instance_uid` order, as batch upserts lock them, so the two do not deadlock), nothing on
-//! SQLite (one writer at a time holds the whole database). `$fence` checks that a lease is still
-//! the writer's and keeps it so until the write commits: on PostgreSQL a `FOR KEY SHARE` lock,
-//! which a takeover's `FOR UPDATE` waits for but a renewal's update does not, so renewals never
-//! queue behind busy writes; on SQLite a no-op update, which makes the transaction the writer
-//! from its first statement.
+//! Both dialects share every statement but the writes of an ingest round and one clause: `$N`
+//! placeholders, `ON CONFLICT … DO UPDATE`, `RETURNING`. `$bulk` names the dialect's module
+//! of round writes: its lease fence and its batch statements (PostgreSQL binds whole columns
+//! as arrays; SQLite has no arrays and takes multi-row `VALUES`). `$lock_rows` is the
+//! row-locking clause of queries that pick rows to update: `FOR UPDATE` on PostgreSQL (agents
+//! are locked in `instance_uid` order, as batch upserts lock them, so the two do not
+//! deadlock), nothing on SQLite (one writer at a time holds the whole database).
 //!
 //! Writes take agents sorted by uid, the last snapshot of an agent winning if a batch holds
 //! several.
-
-/// Rows per multi-row statement: well under PostgreSQL's 65,535 and SQLite's 32,766 bind limits.
-pub const ROWS_PER_STATEMENT: usize = 500;
 
 pub const AGENT_COLUMNS: &str =
     "instance_uid, status, transport, gateway_id, connection_id, remote_addr, \
      sequence_num, capabilities, first_seen, last_seen, summary";
 
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $row:ty, $lock_rows:literal, $fence:literal) => {
-        use std::collections::{BTreeMap, HashSet};
+    ($store:ident, $db:ty, $row:ty, $lock_rows:literal, $bulk:ident) => {
+        use std::collections::BTreeMap;
 
         use async_trait::async_trait;
         use sqlx::{QueryBuilder, Row};
@@ -30,9 +25,10 @@ macro_rules! sql_store {
 
         use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
         use crate::storage::encoding::{self, unavailable};
-        use crate::storage::sql::{AGENT_COLUMNS, ROWS_PER_STATEMENT};
+        use crate::storage::rows::{AgentColumns, AttributeColumns, EventColumns, SeenColumns};
+        use crate::storage::sql::AGENT_COLUMNS;
         use crate::storage::{
-            AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, Result, SeenUpdate, Store, StoreError,
+            AgentEvent, AgentQuery, EventQuery, Lease, NewEvent, Result, SeenUpdate, Store, StoreError,
             WriteBatch,
         };
 
@@ -63,32 +59,16 @@ macro_rules! sql_store {
             })
         }
 
-        impl $store {
-            /// Locks the fence's leases (in partition order, like every lease update) and checks
-            /// they are still the writer's.
-            async fn check_fence(
-                connection: &mut <$db as sqlx::Database>::Connection,
-                fence: &Fence,
-            ) -> Result<()> {
-                let now = encoding::micros(OffsetDateTime::now_utc());
-                let mut leases = fence.leases.clone();
-                leases.sort_by_key(|lease| lease.partition);
-                for lease in leases {
-                    let held = sqlx::query($fence)
-                        .bind(i32::from(lease.partition))
-                        .bind(fence.owner.clone())
-                        .bind(lease.epoch)
-                        .bind(now)
-                        .fetch_optional(&mut *connection)
-                        .await
-                        .map_err(unavailable)?;
-                    if held.is_none() {
-                        return Err(StoreError::Fenced);
-                    }
-                }
-                Ok(())
-            }
+        fn record_from_row(row: &$row) -> Result<AgentRecord> {
+            let details: Vec<u8> = row.try_get("details").map_err(unavailable)?;
+            let details_encoding: String = row.try_get("details_encoding").map_err(unavailable)?;
+            Ok(AgentRecord {
+                head: head_from_row(row)?,
+                details: encoding::decode(&details, &details_encoding)?,
+            })
+        }
 
+        impl $store {
             /// Runs an `UPDATE … RETURNING instance_uid` that takes agents offline, and records an
             /// `offline` event for each, in one transaction.
             async fn mark_offline<'q>(
@@ -113,104 +93,11 @@ macro_rules! sql_store {
                         payload: serde_json::json!({ "reason": reason }),
                     })
                     .collect();
-                self.insert_events(&mut transaction, &events).await?;
+                if !events.is_empty() {
+                    $bulk::insert_events(&mut transaction, &EventColumns::new(&events, self.gzip_threshold)).await?;
+                }
                 transaction.commit().await.map_err(unavailable)?;
                 Ok(uids)
-            }
-
-            async fn insert_events(
-                &self,
-                connection: &mut <$db as sqlx::Database>::Connection,
-                events: &[NewEvent],
-            ) -> Result<()> {
-                for chunk in events.chunks(ROWS_PER_STATEMENT) {
-                    let mut insert = QueryBuilder::<$db>::new(
-                        "INSERT INTO agent_events (instance_uid, at, kind, payload, payload_encoding) ",
-                    );
-                    insert.push_values(chunk, |mut row, event| {
-                        let (payload, payload_encoding) = encoding::encode(&event.payload, self.gzip_threshold);
-                        row.push_bind(event.instance_uid.to_string())
-                            .push_bind(encoding::micros(event.at))
-                            .push_bind(event.kind.clone())
-                            .push_bind(payload)
-                            .push_bind(payload_encoding);
-                    });
-                    insert.build().execute(&mut *connection).await.map_err(unavailable)?;
-                }
-                Ok(())
-            }
-
-            async fn upsert_agents(
-                &self,
-                connection: &mut <$db as sqlx::Database>::Connection,
-                agents: &[&AgentRecord],
-                attributes_current: &HashSet<Uuid>,
-            ) -> Result<()> {
-                for chunk in agents.chunks(ROWS_PER_STATEMENT) {
-                    let mut upsert = QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) "
-                    ));
-                    upsert.push_values(chunk, |mut row, record| {
-                        let head = &record.head;
-                        let (details, details_encoding) = encoding::encode(&record.details, self.gzip_threshold);
-                        row.push_bind(head.instance_uid.to_string())
-                            .push_bind(head.status.as_str())
-                            .push_bind(head.transport.as_str())
-                            .push_bind(head.gateway_id.clone())
-                            .push_bind(head.connection_id as i64)
-                            .push_bind(head.remote_addr.clone())
-                            .push_bind(head.sequence_num as i64)
-                            .push_bind(head.capabilities as i64)
-                            .push_bind(encoding::micros(head.first_seen))
-                            .push_bind(encoding::micros(head.last_seen))
-                            .push_bind(serde_json::to_string(&head.summary).expect("summary serializes"))
-                            .push_bind(details)
-                            .push_bind(details_encoding);
-                    });
-                    upsert.push(
-                        " ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
-                         transport = excluded.transport, gateway_id = excluded.gateway_id, \
-                         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
-                         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
-                         last_seen = excluded.last_seen, summary = excluded.summary, \
-                         details = excluded.details, details_encoding = excluded.details_encoding",
-                    );
-                    upsert.build().execute(&mut *connection).await.map_err(unavailable)?;
-
-                    let described: Vec<&&AgentRecord> = chunk
-                        .iter()
-                        .filter(|record| !attributes_current.contains(&record.head.instance_uid))
-                        .collect();
-                    if described.is_empty() {
-                        continue;
-                    }
-                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
-                    let mut uids = delete.separated(", ");
-                    for record in &described {
-                        uids.push_bind(record.head.instance_uid.to_string());
-                    }
-                    delete.push(")");
-                    delete.build().execute(&mut *connection).await.map_err(unavailable)?;
-
-                    let rows: Vec<(String, String, String)> = described
-                        .iter()
-                        .flat_map(|record| {
-                            let uid = record.head.instance_uid.to_string();
-                            let summary = &record.head.summary;
-                            encoding::attribute_rows(&summary.identifying_attributes, &summary.non_identifying_attributes)
-                                .into_iter()
-                                .map(move |(key, value)| (uid.clone(), key, value))
-                        })
-                        .collect();
-                    for rows in rows.chunks(ROWS_PER_STATEMENT) {
-                        let mut insert = QueryBuilder::<$db>::new("INSERT INTO agent_attributes (instance_uid, key, value) ");
-                        insert.push_values(rows, |mut row, (uid, key, value)| {
-                            row.push_bind(uid.clone()).push_bind(key.clone()).push_bind(value.clone());
-                        });
-                        insert.build().execute(&mut *connection).await.map_err(unavailable)?;
-                    }
-                }
-                Ok(())
             }
         }
 
@@ -224,33 +111,45 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-                let Some(row) = row else { return Ok(None) };
-                let details: Vec<u8> = row.try_get("details").map_err(unavailable)?;
-                let details_encoding: String = row.try_get("details_encoding").map_err(unavailable)?;
-                Ok(Some(AgentRecord {
-                    head: head_from_row(&row)?,
-                    details: encoding::decode(&details, &details_encoding)?,
-                }))
+                row.as_ref().map(record_from_row).transpose()
             }
 
-            async fn write(&self, batch: &WriteBatch) -> Result<()> {
+            async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>> {
+                if uids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let uids: Vec<String> = uids.iter().map(Uuid::to_string).collect();
+                let mut connection = self.pool.acquire().await.map_err(unavailable)?;
+                let rows = $bulk::select_agents(&mut connection, &uids).await?;
+                rows.iter().map(record_from_row).collect()
+            }
+
+            async fn write(&self, batch: &WriteBatch<'_>) -> Result<()> {
                 if batch.is_empty() {
                     return Ok(());
                 }
                 let mut transaction = self.pool.begin().await.map_err(unavailable)?;
                 if let Some(fence) = &batch.fence {
-                    Self::check_fence(&mut transaction, fence).await?;
+                    $bulk::check_fence(&mut transaction, fence).await?;
                 }
                 // Sorted by uid (one lock order for every writer), the last snapshot of each agent.
                 let agents: Vec<&AgentRecord> = batch
                     .agents
                     .iter()
-                    .map(|record| (record.head.instance_uid, record))
+                    .map(|record| (record.head.instance_uid, *record))
                     .collect::<BTreeMap<_, _>>()
                     .into_values()
                     .collect();
-                self.upsert_agents(&mut transaction, &agents, &batch.attributes_current).await?;
-                self.insert_events(&mut transaction, &batch.events).await?;
+                if !agents.is_empty() {
+                    $bulk::upsert_agents(&mut transaction, &AgentColumns::new(&agents, &batch.details_current, self.gzip_threshold)).await?;
+                    let described = AttributeColumns::new(&agents, &batch.attributes_current);
+                    if !described.agents.is_empty() {
+                        $bulk::replace_attributes(&mut transaction, &described).await?;
+                    }
+                }
+                if !batch.events.is_empty() {
+                    $bulk::insert_events(&mut transaction, &EventColumns::new(&batch.events, self.gzip_threshold)).await?;
+                }
                 let seen: Vec<&SeenUpdate> = batch
                     .seen
                     .iter()
@@ -258,15 +157,8 @@ macro_rules! sql_store {
                     .collect::<BTreeMap<_, _>>()
                     .into_values()
                     .collect();
-                for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-                    let mut update = QueryBuilder::<$db>::new("UPDATE agents SET last_seen = v.column2, sequence_num = v.column3 FROM (");
-                    update.push_values(chunk, |mut row, seen| {
-                        row.push_bind(seen.instance_uid.to_string())
-                            .push_bind(encoding::micros(seen.last_seen))
-                            .push_bind(seen.sequence_num as i64);
-                    });
-                    update.push(") AS v WHERE agents.instance_uid = v.column1");
-                    update.build().execute(&mut *transaction).await.map_err(unavailable)?;
+                if !seen.is_empty() {
+                    $bulk::update_seen(&mut transaction, &SeenColumns::new(&seen)).await?;
                 }
                 transaction.commit().await.map_err(unavailable)
             }

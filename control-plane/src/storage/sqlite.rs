@@ -5,17 +5,12 @@ use std::sync::Arc;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+mod bulk;
+
 use super::sql::sql_store;
 use super::StoreOptions;
 
-sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    sqlx::sqlite::SqliteRow,
-    "",
-    "UPDATE partition_leases SET epoch = epoch \
-     WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4 RETURNING partition"
-);
+sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "", bulk);
 
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let connect = SqliteConnectOptions::from_str(url)

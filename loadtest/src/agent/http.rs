@@ -16,12 +16,14 @@ use prost::Message as _;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::{backoff, Agent, Context, Next};
+use crate::net::TlsClient;
 use crate::stats::count;
 
 type Connection = SendRequest<Full<Bytes>>;
 
 pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
     let stats = &context.stats;
+    let tls = context.tls.as_ref().map(TlsClient::for_one_agent);
     let heartbeat = agent.behaviour().heartbeat;
     let mut connection: Option<Connection> = None;
     let mut pending = VecDeque::from([agent.full_state(stats)]);
@@ -58,7 +60,7 @@ pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
                     stats.disconnected(false);
                 }
                 let started = Instant::now();
-                let opened = open(&context, endpoint).await;
+                let opened = open(&context, endpoint, tls.as_ref()).await;
                 if opened.is_err() {
                     count(&stats.counters.connect_errors);
                     endpoint = context.failover(endpoint);
@@ -122,11 +124,17 @@ pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
     }
 }
 
-async fn open(context: &Context, endpoint: usize) -> anyhow::Result<Connection> {
-    let io = context.endpoints[endpoint]
-        .open(&context.sources, context.tls.as_ref())
+async fn open(
+    context: &Context,
+    endpoint: usize,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<Connection> {
+    let opened = context.endpoints[endpoint]
+        .open(&context.sources, tls)
         .await?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    context.stats.tls_handshake(opened.handshake);
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(opened.io)).await?;
     tokio::spawn(connection);
     Ok(sender)
 }

@@ -1,6 +1,7 @@
-//! An agent on a WebSocket: connects (from the next source address, through TLS when asked),
-//! sends its full state, then heartbeats and health changes until told to stop; reconnects
-//! after losing the connection, moving on to the next endpoint when one refuses.
+//! An agent on a WebSocket: connects (from the next source address, through TLS when asked,
+//! resuming its own TLS session when it can), sends its full state, then heartbeats and health
+//! changes until told to stop; reconnects after losing the connection, moving on to the next
+//! endpoint when one refuses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +16,19 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{backoff, Agent, Context, Next};
-use crate::net::{Endpoint, Io};
+use crate::net::{Endpoint, Io, TlsClient};
 use crate::stats::{count, Stats};
 
 type Socket = WebSocketStream<Box<dyn Io>>;
 
 pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
+    let tls = context.tls.as_ref().map(TlsClient::for_one_agent);
     let mut failures = 0;
     loop {
         let started = Instant::now();
         let socket = tokio::select! {
             _ = context.stop.cancelled() => return,
-            socket = connect(&context.endpoints[endpoint], &context) => socket,
+            socket = connect(&context.endpoints[endpoint], tls.as_ref(), &context) => socket,
         };
         match socket {
             Ok(socket) => {
@@ -52,10 +54,13 @@ pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
     }
 }
 
-async fn connect(endpoint: &Endpoint, context: &Context) -> anyhow::Result<Socket> {
-    let io = endpoint
-        .open(&context.sources, context.tls.as_ref())
-        .await?;
+async fn connect(
+    endpoint: &Endpoint,
+    tls: Option<&TlsClient>,
+    context: &Context,
+) -> anyhow::Result<Socket> {
+    let opened = endpoint.open(&context.sources, tls).await?;
+    context.stats.tls_handshake(opened.handshake);
     // Small buffers: a worker holds ~19k of these.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -63,7 +68,7 @@ async fn connect(endpoint: &Endpoint, context: &Context) -> anyhow::Result<Socke
         .max_message_size(Some(context.max_message_size))
         .max_frame_size(Some(context.max_message_size));
     let (socket, _) =
-        tokio_tungstenite::client_async_with_config(endpoint.url.as_str(), io, Some(config))
+        tokio_tungstenite::client_async_with_config(endpoint.url.as_str(), opened.io, Some(config))
             .await?;
     Ok(socket)
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 #[derive(clap::Subcommand, Debug)]
@@ -59,10 +60,11 @@ pub struct ServerArgs {
 /// Loads the gateway's TLS acceptor, binds, and announces the address on stdout (scenario
 /// scripts wait for that line).
 async fn listen_tls(args: &ServerArgs) -> anyhow::Result<(TcpListener, TlsAcceptor)> {
-    let acceptor = ampora_gateway::tls::acceptor(&ampora_gateway::TlsConfig {
-        cert_path: args.cert.clone(),
-        key_path: args.key.clone(),
-    })
+    // Without a ticket key file the acceptor starts no task: there is nothing to stop.
+    let acceptor = ampora_gateway::tls::acceptor(
+        &ampora_gateway::TlsConfig::new(args.cert.clone(), args.key.clone()),
+        CancellationToken::new(),
+    )
     .context("TLS settings")?;
     let listener = TcpListener::bind(args.listen)
         .await

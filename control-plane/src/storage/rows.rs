@@ -1,0 +1,166 @@
+//! What one write adds or changes, encoded once and held column by column. PostgreSQL binds
+//! each column as one array (`UNNEST`), so a batch of any size is one statement with one
+//! prepared plan; SQLite walks the same columns row by row.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::encoding;
+use super::{NewEvent, SeenUpdate};
+use crate::agents::snapshot::AgentRecord;
+
+/// Written as the details of an agent whose details are current: the upsert keeps the stored
+/// ones instead. The details encoder never writes it (it writes every field), and should the
+/// row be missing after all, it is inserted as valid empty details.
+pub const KEEP_DETAILS: &[u8] = b"{}";
+
+/// Rows of `agents`, in the order of their columns in the table.
+#[derive(Debug, Default)]
+pub struct AgentColumns {
+    pub instance_uid: Vec<String>,
+    pub status: Vec<&'static str>,
+    pub transport: Vec<&'static str>,
+    pub gateway_id: Vec<String>,
+    pub connection_id: Vec<i64>,
+    pub remote_addr: Vec<String>,
+    pub sequence_num: Vec<i64>,
+    pub capabilities: Vec<i64>,
+    pub first_seen: Vec<i64>,
+    pub last_seen: Vec<i64>,
+    pub summary: Vec<String>,
+    pub details: Vec<Vec<u8>>,
+    pub details_encoding: Vec<&'static str>,
+}
+
+impl AgentColumns {
+    /// The rows of `records`; those in `details_current` carry [`KEEP_DETAILS`], which spares
+    /// encoding (and rewriting) large details whenever only the head changed.
+    pub fn new(
+        records: &[&AgentRecord],
+        details_current: &HashSet<Uuid>,
+        gzip_threshold: usize,
+    ) -> AgentColumns {
+        let mut columns = AgentColumns::default();
+        for record in records {
+            let head = &record.head;
+            let (details, details_encoding) = if details_current.contains(&head.instance_uid) {
+                (KEEP_DETAILS.to_vec(), encoding::JSON)
+            } else {
+                encoding::encode(&record.details, gzip_threshold)
+            };
+            columns.instance_uid.push(head.instance_uid.to_string());
+            columns.status.push(head.status.as_str());
+            columns.transport.push(head.transport.as_str());
+            columns.gateway_id.push(head.gateway_id.clone());
+            columns.connection_id.push(head.connection_id as i64);
+            columns.remote_addr.push(head.remote_addr.clone());
+            columns.sequence_num.push(head.sequence_num as i64);
+            columns.capabilities.push(head.capabilities as i64);
+            columns.first_seen.push(encoding::micros(head.first_seen));
+            columns.last_seen.push(encoding::micros(head.last_seen));
+            columns
+                .summary
+                .push(serde_json::to_string(&head.summary).expect("summary serializes"));
+            columns.details.push(details);
+            columns.details_encoding.push(details_encoding);
+        }
+        columns
+    }
+
+    pub fn len(&self) -> usize {
+        self.instance_uid.len()
+    }
+}
+
+/// Rows of `agent_events`, in insertion (and so id) order.
+#[derive(Debug, Default)]
+pub struct EventColumns {
+    pub instance_uid: Vec<String>,
+    pub at: Vec<i64>,
+    pub kind: Vec<String>,
+    pub payload: Vec<Vec<u8>>,
+    pub payload_encoding: Vec<&'static str>,
+}
+
+impl EventColumns {
+    pub fn new(events: &[NewEvent], gzip_threshold: usize) -> EventColumns {
+        let mut columns = EventColumns::default();
+        for event in events {
+            let (payload, payload_encoding) = encoding::encode(&event.payload, gzip_threshold);
+            columns.instance_uid.push(event.instance_uid.to_string());
+            columns.at.push(encoding::micros(event.at));
+            columns.kind.push(event.kind.clone());
+            columns.payload.push(payload);
+            columns.payload_encoding.push(payload_encoding);
+        }
+        columns
+    }
+
+    pub fn len(&self) -> usize {
+        self.instance_uid.len()
+    }
+}
+
+/// New `last_seen` and `sequence_num` of agents whose snapshot did not change.
+#[derive(Debug, Default)]
+pub struct SeenColumns {
+    pub instance_uid: Vec<String>,
+    pub last_seen: Vec<i64>,
+    pub sequence_num: Vec<i64>,
+}
+
+impl SeenColumns {
+    pub fn new(seen: &[&SeenUpdate]) -> SeenColumns {
+        let mut columns = SeenColumns::default();
+        for seen in seen {
+            columns.instance_uid.push(seen.instance_uid.to_string());
+            columns.last_seen.push(encoding::micros(seen.last_seen));
+            columns.sequence_num.push(seen.sequence_num as i64);
+        }
+        columns
+    }
+
+    pub fn len(&self) -> usize {
+        self.instance_uid.len()
+    }
+}
+
+/// The attribute rows of agents whose description changed: `agents` lose every stored row
+/// and get these.
+#[derive(Debug, Default)]
+pub struct AttributeColumns {
+    pub agents: Vec<String>,
+    pub instance_uid: Vec<String>,
+    pub key: Vec<String>,
+    pub value: Vec<String>,
+}
+
+impl AttributeColumns {
+    /// The rows of those `records` not in `current` (agents whose stored rows are up to date).
+    pub fn new(records: &[&AgentRecord], current: &HashSet<Uuid>) -> AttributeColumns {
+        let mut columns = AttributeColumns::default();
+        for record in records {
+            let uid = record.head.instance_uid;
+            if current.contains(&uid) {
+                continue;
+            }
+            let uid = uid.to_string();
+            let summary = &record.head.summary;
+            for (key, value) in encoding::attribute_rows(
+                &summary.identifying_attributes,
+                &summary.non_identifying_attributes,
+            ) {
+                columns.instance_uid.push(uid.clone());
+                columns.key.push(key);
+                columns.value.push(value);
+            }
+            columns.agents.push(uid);
+        }
+        columns
+    }
+
+    pub fn len(&self) -> usize {
+        self.instance_uid.len()
+    }
+}

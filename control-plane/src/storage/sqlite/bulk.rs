@@ -1,0 +1,185 @@
+//! The writes of an ingest round: multi-row statements, chunked under SQLite's bind limit.
+
+use sqlx::query_builder::Separated;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::storage::encoding::{self, unavailable};
+use crate::storage::rows::{
+    AgentColumns, AttributeColumns, EventColumns, SeenColumns, KEEP_DETAILS,
+};
+use crate::storage::sql::AGENT_COLUMNS;
+use crate::storage::{Fence, Result, StoreError};
+
+/// Rows per statement: at 13 binds a row, well under SQLite's 32,766 bind limit.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Checks that the fence's leases are still the writer's, unexpired and at its epochs, with a
+/// no-op update of each: it makes the transaction SQLite's one writer from its first statement,
+/// so no lease can change before it commits.
+pub async fn check_fence(connection: &mut SqliteConnection, fence: &Fence) -> Result<()> {
+    let now = encoding::micros(OffsetDateTime::now_utc());
+    for lease in &fence.leases {
+        let held = sqlx::query(
+            "UPDATE partition_leases SET epoch = epoch \
+             WHERE partition = $1 AND owner = $2 AND epoch = $3 AND expires_at > $4 \
+             RETURNING partition",
+        )
+        .bind(i32::from(lease.partition))
+        .bind(&fence.owner)
+        .bind(lease.epoch)
+        .bind(now)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+        if held.is_none() {
+            return Err(StoreError::Fenced);
+        }
+    }
+    Ok(())
+}
+
+pub async fn select_agents(
+    connection: &mut SqliteConnection,
+    uids: &[String],
+) -> Result<Vec<SqliteRow>> {
+    let mut rows = Vec::with_capacity(uids.len());
+    for chunk in uids.chunks(ROWS_PER_STATEMENT) {
+        let mut select = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid IN ("
+        ));
+        let mut listed = select.separated(", ");
+        for uid in chunk {
+            listed.push_bind(uid);
+        }
+        select.push(")");
+        rows.extend(
+            select
+                .build()
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(unavailable)?,
+        );
+    }
+    Ok(rows)
+}
+
+pub async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColumns) -> Result<()> {
+    let keep_details: String = KEEP_DETAILS.iter().map(|b| format!("{b:02X}")).collect();
+    let upsert = format!("INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) ");
+    let on_conflict = format!(
+        " ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
+         transport = excluded.transport, gateway_id = excluded.gateway_id, \
+         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
+         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
+         last_seen = excluded.last_seen, summary = excluded.summary, \
+         details = CASE WHEN excluded.details = X'{keep_details}' \
+             THEN agents.details ELSE excluded.details END, \
+         details_encoding = CASE WHEN excluded.details = X'{keep_details}' \
+             THEN agents.details_encoding ELSE excluded.details_encoding END"
+    );
+    execute_values(connection, &upsert, agents.len(), &on_conflict, |row, i| {
+        row.push_bind(&agents.instance_uid[i])
+            .push_bind(agents.status[i])
+            .push_bind(agents.transport[i])
+            .push_bind(&agents.gateway_id[i])
+            .push_bind(agents.connection_id[i])
+            .push_bind(&agents.remote_addr[i])
+            .push_bind(agents.sequence_num[i])
+            .push_bind(agents.capabilities[i])
+            .push_bind(agents.first_seen[i])
+            .push_bind(agents.last_seen[i])
+            .push_bind(&agents.summary[i])
+            .push_bind(&agents.details[i])
+            .push_bind(agents.details_encoding[i]);
+    })
+    .await
+}
+
+pub async fn replace_attributes(
+    connection: &mut SqliteConnection,
+    attributes: &AttributeColumns,
+) -> Result<()> {
+    for chunk in attributes.agents.chunks(ROWS_PER_STATEMENT) {
+        let mut delete =
+            QueryBuilder::<Sqlite>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
+        let mut uids = delete.separated(", ");
+        for uid in chunk {
+            uids.push_bind(uid);
+        }
+        delete.push(")");
+        delete
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(unavailable)?;
+    }
+    execute_values(
+        connection,
+        "INSERT INTO agent_attributes (instance_uid, key, value) ",
+        attributes.len(),
+        "",
+        |row, i| {
+            row.push_bind(&attributes.instance_uid[i])
+                .push_bind(&attributes.key[i])
+                .push_bind(&attributes.value[i]);
+        },
+    )
+    .await
+}
+
+pub async fn insert_events(connection: &mut SqliteConnection, events: &EventColumns) -> Result<()> {
+    execute_values(
+        connection,
+        "INSERT INTO agent_events (instance_uid, at, kind, payload, payload_encoding) ",
+        events.len(),
+        "",
+        |row, i| {
+            row.push_bind(&events.instance_uid[i])
+                .push_bind(events.at[i])
+                .push_bind(&events.kind[i])
+                .push_bind(&events.payload[i])
+                .push_bind(events.payload_encoding[i]);
+        },
+    )
+    .await
+}
+
+pub async fn update_seen(connection: &mut SqliteConnection, seen: &SeenColumns) -> Result<()> {
+    execute_values(
+        connection,
+        "UPDATE agents SET last_seen = v.column2, sequence_num = v.column3 FROM (",
+        seen.len(),
+        ") AS v WHERE agents.instance_uid = v.column1",
+        |row, i| {
+            row.push_bind(&seen.instance_uid[i])
+                .push_bind(seen.last_seen[i])
+                .push_bind(seen.sequence_num[i]);
+        },
+    )
+    .await
+}
+
+/// Runs `head VALUES (…), (…) tail` for `rows` rows, `ROWS_PER_STATEMENT` at a time;
+/// `bind_row` binds the columns of row `i`.
+async fn execute_values<'a>(
+    connection: &mut SqliteConnection,
+    head: &str,
+    rows: usize,
+    tail: &str,
+    mut bind_row: impl FnMut(&mut Separated<'_, 'a, Sqlite, &'static str>, usize),
+) -> Result<()> {
+    for start in (0..rows).step_by(ROWS_PER_STATEMENT) {
+        let chunk = start..(start + ROWS_PER_STATEMENT).min(rows);
+        let mut statement = QueryBuilder::<'a, Sqlite>::new(head);
+        statement.push_values(chunk, |mut row, i| bind_row(&mut row, i));
+        statement.push(tail);
+        statement
+            .build()
+            .execute(&mut *connection)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
