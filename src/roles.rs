@@ -8,7 +8,7 @@ use std::time::Duration;
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::Readiness;
 use ampora_control_plane::storage::{self, StoreOptions};
-use ampora_gateway::{GatewayConfig, GatewayError, TlsConfig};
+use ampora_gateway::{Gateway, GatewayConfig, GatewayError, TlsConfig};
 use ampora_shared::bus::{Bus, InProcessBus, NatsBus, NatsOptions};
 use ampora_shared::subjects::{Subjects, DEFAULT_PARTITIONS};
 use anyhow::Context;
@@ -92,12 +92,16 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let tls = gateway.tls_cert.is_some();
-    let gateway = tokio::spawn(ampora_gateway::run(
-        opamp_listener,
-        gateway_config(&gateway, subjects),
-        bus,
-        shutdown.clone().cancelled_owned(),
-    ));
+    let gateway =
+        match Gateway::start(opamp_listener, gateway_config(&gateway, subjects), bus).await {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                control_plane_stop.cancel();
+                control_plane.await?.context("control-plane failed")?;
+                return Err(gateway_error(error));
+            }
+        };
+    let gateway = tokio::spawn(gateway.serve(shutdown.clone().cancelled_owned()));
     let (ws, http_scheme) = if tls {
         ("wss", "https")
     } else {
@@ -114,9 +118,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tokio::time::sleep(Duration::from_millis(200)).await;
     control_plane_stop.cancel();
     let control_plane_result = control_plane.await;
-    gateway_result?
-        .map_err(gateway_error)
-        .context("gateway failed")?;
+    gateway_result.context("gateway failed")?;
     control_plane_result?.context("control-plane failed")?;
     Ok(())
 }
@@ -265,12 +267,14 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let addr = listener.local_addr()?;
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-    println!("Ampora gateway {} is ready.", config.gateway_id);
-    println!("  OpAMP: {scheme}://{addr}/v1/opamp");
-    tracing::info!(%addr, gateway_id = %config.gateway_id, "gateway ready");
-    ampora_gateway::run(listener, config, connection, shutdown.cancelled_owned())
+    let gateway_id = config.gateway_id.clone();
+    let gateway = Gateway::start(listener, config, connection)
         .await
         .map_err(gateway_error)?;
+    println!("Ampora gateway {gateway_id} is ready.");
+    println!("  OpAMP: {scheme}://{addr}/v1/opamp");
+    tracing::info!(%addr, %gateway_id, "gateway ready");
+    gateway.serve(shutdown.cancelled_owned()).await;
     Ok(())
 }
 

@@ -3,6 +3,12 @@
 use std::process::Command;
 
 fn ampora(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, _, stderr) = ampora_output(args, env);
+    (code, stderr)
+}
+
+/// Exit status, standard output and standard error.
+fn ampora_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let data = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_ampora"))
         .args(args)
@@ -12,6 +18,7 @@ fn ampora(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .unwrap();
     (
         output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
@@ -61,4 +68,27 @@ fn zero_sized_queues_and_buffers_are_usage_errors() {
         assert_eq!(code, 64, "{variable}: {stderr}");
         assert!(stderr.contains(flag), "{variable}: {stderr}");
     }
+}
+
+#[test]
+fn unusable_tls_files_are_refused_before_ready() {
+    let missing = tempfile::tempdir().unwrap();
+    let cert = missing.path().join("cert.pem");
+    let key = missing.path().join("key.pem");
+    let (code, stdout, stderr) = ampora_output(
+        &[
+            "serve",
+            "--opamp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("AMPORA_TLS_CERT", cert.to_str().unwrap()),
+            ("AMPORA_TLS_KEY", key.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("cert.pem"), "{stderr}");
+    assert!(!stdout.contains("ready"), "said ready first: {stdout}");
 }

@@ -31,7 +31,8 @@ use std::sync::Arc;
 
 use ampora_shared::bus::{Bus, BusError};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::{GatewayConfig, TlsConfig};
 
@@ -45,26 +46,70 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves agents on `listener` until `shutdown` resolves, then drains: stops accepting, closes
-/// WebSockets with 1001 ("going away"), and lets in-flight HTTP exchanges finish within
-/// `config.shutdown_grace`.
+/// A gateway whose TLS settings are loaded and whose bus relay runs: it serves once
+/// [`Gateway::serve`] is called. Starting first lets a binary report a bad certificate or
+/// ticket key file before it says it is ready.
+pub struct Gateway {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    config: Arc<GatewayConfig>,
+    relay: Arc<relay::Relay>,
+    /// Ends the tasks the gateway started (relay, ticket key reloads) when it is dropped,
+    /// served or not.
+    _stop: DropGuard,
+}
+
+impl Gateway {
+    pub async fn start(
+        listener: TcpListener,
+        config: GatewayConfig,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Gateway, GatewayError> {
+        let stop = CancellationToken::new();
+        let stop_on_error = stop.clone().drop_guard();
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls::acceptor(tls, stop.clone()))
+            .transpose()?;
+        let config = Arc::new(config);
+        let relay = relay::Relay::start(bus, config.clone(), stop.clone()).await?;
+        stop_on_error.disarm();
+        Ok(Gateway {
+            listener,
+            tls,
+            config,
+            relay,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// Serves agents until `shutdown` resolves, then drains: stops accepting, closes WebSockets
+    /// with 1001 ("going away"), and lets in-flight HTTP exchanges finish within
+    /// `config.shutdown_grace`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Gateway {
+            listener,
+            tls,
+            config,
+            relay,
+            _stop,
+        } = self;
+        tracing::info!(gateway_id = %config.gateway_id, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gateway listening");
+        listener::serve(listener, tls, config, relay, shutdown).await;
+    }
+}
+
+/// [`Gateway::start`], then [`Gateway::serve`].
 pub async fn run(
     listener: TcpListener,
     config: GatewayConfig,
     bus: Arc<dyn Bus>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let stop = CancellationToken::new();
-    // However `run` returns, the tasks it started (relay, ticket key reloads) end with it.
-    let _stop_on_return = stop.clone().drop_guard();
-    let tls = config
-        .tls
-        .as_ref()
-        .map(|tls| tls::acceptor(tls, stop.clone()))
-        .transpose()?;
-    let config = Arc::new(config);
-    let relay = relay::Relay::start(bus, config.clone(), stop.clone()).await?;
-    tracing::info!(gateway_id = %config.gateway_id, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gateway listening");
-    listener::serve(listener, tls, config, relay, shutdown).await;
+    Gateway::start(listener, config, bus)
+        .await?
+        .serve(shutdown)
+        .await;
     Ok(())
 }
