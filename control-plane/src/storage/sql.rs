@@ -14,6 +14,24 @@ pub const AGENT_COLUMNS: &str =
     "instance_uid, status, transport, gateway_id, connection_id, remote_addr, \
      sequence_num, capabilities, first_seen, last_seen, summary";
 
+/// The `ON CONFLICT` clause of both dialects' agent upserts: an existing row takes the new
+/// snapshot, except `first_seen`, and keeps its stored details where the new row carries
+/// [`KEEP_DETAILS`](super::rows::KEEP_DETAILS), which `keep_details` spells in the dialect
+/// (a parameter or a literal).
+pub fn agent_upsert_conflict(keep_details: &str) -> String {
+    format!(
+        " ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
+         transport = excluded.transport, gateway_id = excluded.gateway_id, \
+         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
+         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
+         last_seen = excluded.last_seen, summary = excluded.summary, \
+         details = CASE WHEN excluded.details = {keep_details} \
+             THEN agents.details ELSE excluded.details END, \
+         details_encoding = CASE WHEN excluded.details = {keep_details} \
+             THEN agents.details_encoding ELSE excluded.details_encoding END"
+    )
+}
+
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty, $lock_rows:literal, $bulk:ident) => {
         use std::collections::BTreeMap;

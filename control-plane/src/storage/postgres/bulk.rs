@@ -12,7 +12,7 @@ use crate::storage::encoding::{self, unavailable};
 use crate::storage::rows::{
     AgentColumns, AttributeColumns, EventColumns, SeenColumns, KEEP_DETAILS,
 };
-use crate::storage::sql::AGENT_COLUMNS;
+use crate::storage::sql::{agent_upsert_conflict, AGENT_COLUMNS};
 use crate::storage::{Fence, Result, StoreError};
 
 /// Checks that the fence's leases are still the writer's, unexpired and at its epochs, and
@@ -73,15 +73,8 @@ pub async fn upsert_agents(connection: &mut PgConnection, agents: &AgentColumns)
         "INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
              $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
-             $12::bytea[], $13::text[]) \
-         ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
-         transport = excluded.transport, gateway_id = excluded.gateway_id, \
-         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
-         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
-         last_seen = excluded.last_seen, summary = excluded.summary, \
-         details = CASE WHEN excluded.details = $14 THEN agents.details ELSE excluded.details END, \
-         details_encoding = CASE WHEN excluded.details = $14 \
-             THEN agents.details_encoding ELSE excluded.details_encoding END"
+             $12::bytea[], $13::text[]){}",
+        agent_upsert_conflict("$14")
     ))
     .bind(&agents.instance_uid)
     .bind(&agents.status)

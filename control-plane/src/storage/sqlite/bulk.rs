@@ -9,7 +9,7 @@ use crate::storage::encoding::{self, unavailable};
 use crate::storage::rows::{
     AgentColumns, AttributeColumns, EventColumns, SeenColumns, KEEP_DETAILS,
 };
-use crate::storage::sql::AGENT_COLUMNS;
+use crate::storage::sql::{agent_upsert_conflict, AGENT_COLUMNS};
 use crate::storage::{Fence, Result, StoreError};
 
 /// Rows per statement: at 13 binds a row, well under SQLite's 32,766 bind limit.
@@ -68,17 +68,7 @@ pub async fn select_agents(
 pub async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColumns) -> Result<()> {
     let keep_details: String = KEEP_DETAILS.iter().map(|b| format!("{b:02X}")).collect();
     let upsert = format!("INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) ");
-    let on_conflict = format!(
-        " ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
-         transport = excluded.transport, gateway_id = excluded.gateway_id, \
-         connection_id = excluded.connection_id, remote_addr = excluded.remote_addr, \
-         sequence_num = excluded.sequence_num, capabilities = excluded.capabilities, \
-         last_seen = excluded.last_seen, summary = excluded.summary, \
-         details = CASE WHEN excluded.details = X'{keep_details}' \
-             THEN agents.details ELSE excluded.details END, \
-         details_encoding = CASE WHEN excluded.details = X'{keep_details}' \
-             THEN agents.details_encoding ELSE excluded.details_encoding END"
-    );
+    let on_conflict = agent_upsert_conflict(&format!("X'{keep_details}'"));
     execute_values(connection, &upsert, agents.len(), &on_conflict, |row, i| {
         row.push_bind(&agents.instance_uid[i])
             .push_bind(agents.status[i])
