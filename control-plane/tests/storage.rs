@@ -9,8 +9,8 @@ use ampora_control_plane::agents::snapshot::{
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
 use ampora_control_plane::storage::{
-    self, AgentQuery, EventQuery, Fence, Lease, NewEvent, SeenUpdate, Store, StoreError,
-    StoreOptions, WriteBatch,
+    self, AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, SeenUpdate, Store,
+    StoreError, StoreOptions, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -387,16 +387,7 @@ async fn marks_only_stale_online_agents_of_a_transport_offline(db: Db) {
         store.get_agent(uid).await.unwrap().unwrap().head.status,
         AgentStatus::Offline
     );
-    let events = store
-        .list_events(
-            uid,
-            &EventQuery {
-                limit: 10,
-                before: None,
-            },
-        )
-        .await
-        .unwrap();
+    let events = latest_events(store.as_ref(), uid).await;
     assert_eq!(
         (
             events.len(),
@@ -569,8 +560,11 @@ async fn large_payloads_are_stored_gzipped(db: Db) {
         ],
     )
     .await;
-    let mut encodings =
-        raw_pairs(&db.url, "SELECT instance_uid, details_encoding FROM agents").await;
+    let mut encodings = raw_pairs(
+        &db.url,
+        "SELECT CAST(instance_uid AS TEXT), details_encoding FROM agents",
+    )
+    .await;
     encodings.sort();
     let mut expected = vec![
         (large.head.instance_uid.to_string(), "gzip+json".to_owned()),
@@ -592,7 +586,7 @@ async fn large_payloads_are_stored_gzipped(db: Db) {
     let (compressed, plain) = (
         raw_pairs(
             &db.url,
-            "SELECT instance_uid, CAST(LENGTH(details) AS TEXT) FROM agents",
+            "SELECT CAST(instance_uid AS TEXT), CAST(LENGTH(details) AS TEXT) FROM agents",
         )
         .await,
         serde_json::to_vec(&large.details).unwrap().len(),
@@ -619,7 +613,7 @@ async fn large_payloads_are_stored_gzipped(db: Db) {
         raw_pairs(
             &db.url,
             &format!(
-                "SELECT instance_uid, details_encoding FROM agents WHERE instance_uid = '{}'",
+                "SELECT CAST(instance_uid AS TEXT), details_encoding FROM agents WHERE instance_uid = '{}'",
                 again.head.instance_uid
             )
         )
@@ -635,16 +629,7 @@ async fn large_payloads_are_stored_gzipped(db: Db) {
         never.get_agent(large.head.instance_uid).await.unwrap(),
         Some(large.clone())
     );
-    let events = never
-        .list_events(
-            large.head.instance_uid,
-            &EventQuery {
-                limit: 10,
-                before: None,
-            },
-        )
-        .await
-        .unwrap();
+    let events = latest_events(never.as_ref(), large.head.instance_uid).await;
     assert_eq!(events[1].payload["big"].as_str().unwrap().len(), 9_000);
 }
 
@@ -817,6 +802,20 @@ impl Db {
     }
 }
 
+/// An agent's last ten history events, newest first.
+async fn latest_events(store: &dyn Store, uid: Uuid) -> Vec<AgentEvent> {
+    store
+        .list_events(
+            uid,
+            &EventQuery {
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap()
+}
+
 /// Runs a statement behind the store's back.
 async fn raw_execute(url: &str, sql: &str) {
     if url.starts_with("sqlite:") {
@@ -915,7 +914,11 @@ async fn details_are_kept_when_current(db: Db) {
     assert_eq!(stored.head, head_changed.head, "the head is written");
     assert_eq!(stored.details, first.details, "the stored details are kept");
     assert_eq!(
-        raw_pairs(&db.url, "SELECT instance_uid, details_encoding FROM agents").await,
+        raw_pairs(
+            &db.url,
+            "SELECT CAST(instance_uid AS TEXT), details_encoding FROM agents"
+        )
+        .await,
         [(uid.to_string(), "gzip+json".to_owned())]
     );
 
@@ -1140,5 +1143,74 @@ async fn postgres_down_is_unavailable_not_a_crash() {
     assert!(
         matches!(error, storage::StoreError::Unavailable(_)),
         "{error}"
+    );
+}
+
+/// A database written before instance uids became `uuid` (migration 0004) keeps its agents,
+/// their attributes and their history through the upgrade.
+#[tokio::test]
+async fn postgres_agents_written_with_text_uids_survive_the_uuid_migration() {
+    let db = Db::postgres().await;
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let before_uuid = tempfile::tempdir().unwrap();
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, before_uuid.path().join(name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before_uuid.path())
+        .await
+        .unwrap()
+        .run(&mut connection)
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    for statement in [
+        format!(
+            "INSERT INTO agents VALUES ('{uid}', 'online', 'websocket', 'gw-1', 7, '127.0.0.1:1', \
+             3, 1, 1, 2, '{{}}', '\\x7b7d', 'json')"
+        ),
+        format!("INSERT INTO agent_attributes VALUES ('{uid}', 'service.name', 'checkout')"),
+        format!(
+            "INSERT INTO agent_events (instance_uid, at, kind, payload, payload_encoding) \
+             VALUES ('{uid}', 1, 'connected', '\\x7b7d', 'json'), ('{uid}', 2, 'health', '\\x7b7d', 'json')"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&mut connection).await.unwrap();
+    }
+
+    let store = db.open().await;
+    let agent = store
+        .get_agent(uid)
+        .await
+        .unwrap()
+        .expect("the agent is kept");
+    assert_eq!(agent.head.gateway_id, "gw-1");
+    assert_eq!(agent.head.sequence_num, 3);
+    let by_attribute = store
+        .list_agents(&AgentQuery {
+            attributes: vec![("service.name".to_owned(), "checkout".to_owned())],
+            ..query(10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_attribute
+            .iter()
+            .map(|head| head.instance_uid)
+            .collect::<Vec<_>>(),
+        [uid]
+    );
+    let history = latest_events(store.as_ref(), uid).await;
+    assert_eq!(
+        history
+            .iter()
+            .map(|event| event.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["health", "connected"]
     );
 }

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use crate::relay::{OpenConnection, Peer};
+use crate::relay::Peer;
 use crate::routes::AppState;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -89,7 +89,7 @@ pub async fn opamp_post(
             return reject(StatusCode::BAD_REQUEST, "request body could not be read")
         }
     };
-    metrics::counter!("ampora_gateway_bytes_in_total").increment(raw.len() as u64);
+    state.relay.traffic().bytes_in.increment(raw.len() as u64);
     let payload = if gzipped {
         match codec::gunzip_bounded(&raw, config.max_message_size) {
             Ok(inflated) => Bytes::from(inflated),
@@ -111,7 +111,7 @@ pub async fn opamp_post(
     let Some(instance_uid) = uid::from_wire(&message.instance_uid) else {
         return reject(StatusCode::BAD_REQUEST, "instance_uid must be 16 bytes");
     };
-    metrics::counter!("ampora_gateway_messages_in_total", "transport" => "http").increment(1);
+    state.relay.traffic().http.messages_in.increment(1);
 
     let peer = Peer {
         connection_id: state.relay.next_connection_id(),
@@ -139,8 +139,8 @@ async fn exchange(
     payload: Bytes,
     accepts_gzip: bool,
 ) -> Response {
-    let _open = OpenConnection::new("http");
     let relay = &state.relay;
+    let _open = relay.traffic().http.open_connection();
     let started = std::time::Instant::now();
     // Registered before publishing so a fast reply cannot miss us; dropped (deregistered) on
     // every way out, including the client going away mid-wait.
@@ -150,13 +150,15 @@ async fn exchange(
         return unavailable(state, "server temporarily unavailable");
     }
     let delivery = tokio::time::timeout(state.config.http_reply_timeout, reply).await;
-    metrics::histogram!("ampora_gateway_http_reply_seconds")
+    relay
+        .traffic()
+        .http_reply_seconds
         .record(started.elapsed().as_secs_f64());
     let Ok(Ok(delivery)) = delivery else {
         tracing::warn!("no reply from the control-plane in time");
         return unavailable(state, "no reply from the control-plane in time");
     };
-    metrics::counter!("ampora_gateway_messages_out_total", "transport" => "http").increment(1);
+    relay.traffic().http.messages_out.increment(1);
     respond(delivery.server_to_agent, accepts_gzip)
 }
 

@@ -24,6 +24,7 @@ mod listener;
 mod relay;
 mod routes;
 pub mod tls;
+mod traffic;
 mod websocket;
 
 use std::future::Future;

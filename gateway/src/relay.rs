@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::traffic::Traffic;
 use crate::GatewayConfig;
 
 /// Where a delivery for a connection goes.
@@ -36,23 +37,6 @@ pub struct Peer {
     pub connection_id: u64,
     pub transport: Transport,
     pub remote_addr: String,
-}
-
-/// Counts an open connection in `ampora_gateway_connections{transport}` while it lives. An
-/// HTTP exchange is a connection of one message.
-pub struct OpenConnection(&'static str);
-
-impl OpenConnection {
-    pub fn new(transport: &'static str) -> Self {
-        metrics::gauge!("ampora_gateway_connections", "transport" => transport).increment(1.0);
-        OpenConnection(transport)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        metrics::gauge!("ampora_gateway_connections", "transport" => self.0).decrement(1.0);
-    }
 }
 
 /// A connection's route in the registry; dropping it removes the route, so a handler that is
@@ -77,6 +61,7 @@ pub struct Relay {
     started: Instant,
     /// Milliseconds after `started` when a control-plane was last heard.
     control_plane_heard_ms: AtomicU64,
+    traffic: Traffic,
 }
 
 impl Relay {
@@ -101,6 +86,7 @@ impl Relay {
             ready: AtomicBool::new(true),
             started: Instant::now(),
             control_plane_heard_ms: AtomicU64::new(0),
+            traffic: Traffic::new(),
         });
         for task in [
             tokio::spawn(relay.clone().dispatch(deliveries)),
@@ -116,8 +102,14 @@ impl Relay {
         Ok(relay)
     }
 
+    /// The metrics every message on this gateway touches.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
     /// Whether some control-plane was heard recently (counting from our start, so a fresh
-    /// gateway gives them one timeout to speak up).
+    /// gateway gives them one timeout to speak up): a heartbeat or a delivery, which only a
+    /// working control-plane sends.
     pub fn control_plane_available(&self) -> bool {
         let heard = self.control_plane_heard_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
@@ -127,10 +119,14 @@ impl Relay {
     async fn hear_control_planes(self: Arc<Self>, mut heartbeats: Subscription) {
         while let Some(message) = heartbeats.next().await {
             if ControlPlaneHeartbeat::decode(message.payload).is_ok() {
-                let now = self.started.elapsed().as_millis() as u64;
-                self.control_plane_heard_ms.store(now, Ordering::Relaxed);
+                self.heard_control_plane();
             }
         }
+    }
+
+    fn heard_control_plane(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.control_plane_heard_ms.store(now, Ordering::Relaxed);
     }
 
     /// Tells control-planes this gateway is alive, so its agents stay online.
@@ -269,6 +265,9 @@ impl Relay {
                     continue;
                 }
             };
+            // A gateway busy enough to fall behind on the heartbeat subject (a reconnect storm's
+            // handshakes) still hears the control-plane answering its agents.
+            self.heard_control_plane();
             let connection_id = delivery.connection_id;
             let mut routes = self.routes();
             let dropped = match routes.get_mut(&connection_id) {

@@ -26,7 +26,7 @@ use tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfi
 use tungstenite::Message;
 use uuid::Uuid;
 
-use crate::relay::{OpenConnection, Peer, Relay};
+use crate::relay::{Peer, Relay};
 use crate::GatewayConfig;
 use socket::AgentSocket;
 
@@ -127,7 +127,7 @@ pub async fn session<W, R>(
 {
     let (registration, mut deliveries) =
         relay.register_websocket(peer.connection_id, config.connection_queue);
-    let open = OpenConnection::new("websocket");
+    let open = relay.traffic().websocket.open_connection();
     // A peer that does not read stalls our writes; it gets as long as a silent peer would.
     let write_timeout = config.ws_idle_timeout;
     let mut ping = tokio::time::interval_at(
@@ -165,7 +165,7 @@ pub async fn session<W, R>(
                 let frame = codec::ws_frame_from_encoded(&delivery.server_to_agent);
                 let sent = Box::pin(send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown)).await;
                 if sent.is_ok() {
-                    metrics::counter!("ampora_gateway_messages_out_total", "transport" => "websocket").increment(1);
+                    relay.traffic().websocket.messages_out.increment(1);
                     if delivery.close_after {
                         break End::close(close::NORMAL, "closed by the server");
                     }
@@ -182,7 +182,7 @@ pub async fn session<W, R>(
                     }
                     Some(Err(error)) => break End::Gone(format!("read failed: {error}")),
                     Some(Ok(Message::Binary(data))) => {
-                        metrics::counter!("ampora_gateway_bytes_in_total").increment(data.len() as u64);
+                        relay.traffic().bytes_in.increment(data.len() as u64);
                         match Box::pin(inbound(&data, &peer, &relay, &config)).await {
                             Inbound::Relayed { uid, goodbye } => {
                                 heard_opamp = true;
@@ -350,7 +350,7 @@ async fn inbound(data: &[u8], peer: &Peer, relay: &Relay, config: &GatewayConfig
             return Inbound::Invalid(end);
         }
     };
-    metrics::counter!("ampora_gateway_messages_in_total", "transport" => "websocket").increment(1);
+    relay.traffic().websocket.messages_in.increment(1);
     let Some(uid) = uid::from_wire(&message.instance_uid) else {
         metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "bad_uid").increment(1);
         return Inbound::Answer {

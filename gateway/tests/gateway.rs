@@ -53,6 +53,12 @@ const MUTE: ControlPlane = ControlPlane {
     heartbeats: true,
     delay: Duration::ZERO,
 };
+/// Replying, but its heartbeats never reach the gateway (as when the gateway falls behind).
+const UNHEARD: ControlPlane = ControlPlane {
+    answer: true,
+    heartbeats: false,
+    delay: Duration::ZERO,
+};
 /// Neither heard nor replying.
 const ABSENT: ControlPlane = ControlPlane {
     answer: false,
@@ -474,6 +480,31 @@ async fn silent_control_plane_makes_agents_retry_at_once() {
     socket.send(frame(&agent_message(1))).await.unwrap();
     let error = next_reply(&mut socket).await.error_response.unwrap();
     assert_eq!(error.r#type, ServerErrorResponseType::Unavailable as i32);
+}
+
+/// Deliveries come only from a working control-plane: while they arrive, its heartbeats being
+/// late is no reason to turn agents away.
+#[tokio::test]
+async fn a_control_plane_answering_agents_counts_as_heard() {
+    let gateway = start(
+        GatewayConfig {
+            control_plane_timeout: Duration::from_millis(300),
+            ..GatewayConfig::for_test()
+        },
+        UNHEARD,
+    )
+    .await;
+    let mut socket = gateway.websocket().await;
+    for sequence_num in 1..=10 {
+        socket
+            .send(frame(&agent_message(sequence_num)))
+            .await
+            .unwrap();
+        let reply = next_reply(&mut socket).await;
+        assert_eq!(reply.error_response, None, "message {sequence_num}");
+        assert_eq!(reply.flags, sequence_num);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -166,6 +166,15 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # User + system CPU time of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# cpu_ticks_of PID...: their user + system CPU time together (processes gone count as 0).
+cpu_ticks_of() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(cpu_ticks "$pid" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
 # json_field FILE KEY: one top-level (or counters.KEY) value of a JSON file.
 json_field() {
     python3 -c 'import json, sys

@@ -18,7 +18,7 @@ pub const KEEP_DETAILS: &[u8] = b"{}";
 /// Rows of `agents`, in the order of their columns in the table.
 #[derive(Debug, Default)]
 pub struct AgentColumns {
-    pub instance_uid: Vec<String>,
+    pub instance_uid: Vec<Uuid>,
     pub status: Vec<&'static str>,
     pub transport: Vec<&'static str>,
     pub gateway_id: Vec<String>,
@@ -49,7 +49,7 @@ impl AgentColumns {
             } else {
                 encoding::encode(&record.details, gzip_threshold)
             };
-            columns.instance_uid.push(head.instance_uid.to_string());
+            columns.instance_uid.push(head.instance_uid);
             columns.status.push(head.status.as_str());
             columns.transport.push(head.transport.as_str());
             columns.gateway_id.push(head.gateway_id.clone());
@@ -76,7 +76,7 @@ impl AgentColumns {
 /// Rows of `agent_events`, in insertion (and so id) order.
 #[derive(Debug, Default)]
 pub struct EventColumns {
-    pub instance_uid: Vec<String>,
+    pub instance_uid: Vec<Uuid>,
     pub at: Vec<i64>,
     pub kind: Vec<String>,
     pub payload: Vec<Vec<u8>>,
@@ -88,7 +88,7 @@ impl EventColumns {
         let mut columns = EventColumns::default();
         for event in events {
             let (payload, payload_encoding) = encoding::encode(&event.payload, gzip_threshold);
-            columns.instance_uid.push(event.instance_uid.to_string());
+            columns.instance_uid.push(event.instance_uid);
             columns.at.push(encoding::micros(event.at));
             columns.kind.push(event.kind.clone());
             columns.payload.push(payload);
@@ -105,7 +105,7 @@ impl EventColumns {
 /// New `last_seen` and `sequence_num` of agents whose snapshot did not change.
 #[derive(Debug, Default)]
 pub struct SeenColumns {
-    pub instance_uid: Vec<String>,
+    pub instance_uid: Vec<Uuid>,
     pub last_seen: Vec<i64>,
     pub sequence_num: Vec<i64>,
 }
@@ -114,7 +114,7 @@ impl SeenColumns {
     pub fn new(seen: &[&SeenUpdate]) -> SeenColumns {
         let mut columns = SeenColumns::default();
         for seen in seen {
-            columns.instance_uid.push(seen.instance_uid.to_string());
+            columns.instance_uid.push(seen.instance_uid);
             columns.last_seen.push(encoding::micros(seen.last_seen));
             columns.sequence_num.push(seen.sequence_num as i64);
         }
@@ -130,8 +130,8 @@ impl SeenColumns {
 /// and get these.
 #[derive(Debug, Default)]
 pub struct AttributeColumns {
-    pub agents: Vec<String>,
-    pub instance_uid: Vec<String>,
+    pub agents: Vec<Uuid>,
+    pub instance_uid: Vec<Uuid>,
     pub key: Vec<String>,
     pub value: Vec<String>,
 }
@@ -145,13 +145,12 @@ impl AttributeColumns {
             if current.contains(&uid) {
                 continue;
             }
-            let uid = uid.to_string();
             let summary = &record.head.summary;
             for (key, value) in encoding::attribute_rows(
                 &summary.identifying_attributes,
                 &summary.non_identifying_attributes,
             ) {
-                columns.instance_uid.push(uid.clone());
+                columns.instance_uid.push(uid);
                 columns.key.push(key);
                 columns.value.push(value);
             }

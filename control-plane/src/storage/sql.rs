@@ -2,7 +2,8 @@
 //! Both dialects share every statement but the writes of an ingest round and one clause: `$N`
 //! placeholders, `ON CONFLICT … DO UPDATE`, `RETURNING`. `$bulk` names the dialect's module
 //! of round writes: its lease fence and its batch statements (PostgreSQL binds whole columns
-//! as arrays; SQLite has no arrays and takes multi-row `VALUES`). `$lock_rows` is the
+//! as arrays; SQLite has no arrays and takes multi-row `VALUES`), and how it stores instance
+//! uids (`uid_param`, `row_uid`: PostgreSQL's `uuid`, SQLite's text). `$lock_rows` is the
 //! row-locking clause of queries that pick rows to update: `FOR UPDATE` on PostgreSQL (agents
 //! are locked in `instance_uid` order, as batch upserts lock them, so the two do not
 //! deadlock), nothing on SQLite (one writer at a time holds the whole database).
@@ -61,7 +62,7 @@ macro_rules! sql_store {
             let status = text("status")?;
             let transport = text("transport")?;
             Ok(AgentHead {
-                instance_uid: encoding::uid(&text("instance_uid")?)?,
+                instance_uid: $bulk::row_uid(row, "instance_uid")?,
                 status: AgentStatus::parse(&status)
                     .ok_or_else(|| StoreError::Corrupt(format!("agent status {status:?}")))?,
                 transport: Transport::parse(&transport)
@@ -99,7 +100,7 @@ macro_rules! sql_store {
                 let rows = update.fetch_all(&mut *transaction).await.map_err(unavailable)?;
                 let mut uids = rows
                     .iter()
-                    .map(|row| encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?))
+                    .map(|row| $bulk::row_uid(row, "instance_uid"))
                     .collect::<Result<Vec<Uuid>>>()?;
                 uids.sort();
                 let events: Vec<NewEvent> = uids
@@ -125,7 +126,7 @@ macro_rules! sql_store {
                 let row = sqlx::query(&format!(
                     "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid = $1"
                 ))
-                .bind(uid.to_string())
+                .bind($bulk::uid_param(uid))
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
@@ -136,9 +137,8 @@ macro_rules! sql_store {
                 if uids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let uids: Vec<String> = uids.iter().map(Uuid::to_string).collect();
                 let mut connection = self.pool.acquire().await.map_err(unavailable)?;
-                let rows = $bulk::select_agents(&mut connection, &uids).await?;
+                let rows = $bulk::select_agents(&mut connection, uids).await?;
                 rows.iter().map(record_from_row).collect()
             }
 
@@ -215,7 +215,7 @@ macro_rules! sql_store {
                         .push(")");
                 }
                 if let Some(after) = query.after {
-                    select.push(" AND instance_uid > ").push_bind(after.to_string());
+                    select.push(" AND instance_uid > ").push_bind($bulk::uid_param(after));
                 }
                 select.push(" ORDER BY instance_uid LIMIT ").push_bind(i64::from(query.limit));
                 let rows = select.build().fetch_all(&self.pool).await.map_err(unavailable)?;
@@ -226,7 +226,7 @@ macro_rules! sql_store {
                 let mut select = QueryBuilder::<$db>::new(
                     "SELECT id, instance_uid, at, kind, payload, payload_encoding FROM agent_events WHERE instance_uid = ",
                 );
-                select.push_bind(uid.to_string());
+                select.push_bind($bulk::uid_param(uid));
                 if let Some(before) = query.before {
                     select.push(" AND id < ").push_bind(before);
                 }
@@ -238,7 +238,7 @@ macro_rules! sql_store {
                         let payload_encoding: String = row.try_get("payload_encoding").map_err(unavailable)?;
                         Ok(AgentEvent {
                             id: row.try_get("id").map_err(unavailable)?,
-                            instance_uid: encoding::uid(&row.try_get::<String, _>("instance_uid").map_err(unavailable)?)?,
+                            instance_uid: $bulk::row_uid(row, "instance_uid")?,
                             at: encoding::from_micros(row.try_get("at").map_err(unavailable)?)?,
                             kind: row.try_get("kind").map_err(unavailable)?,
                             payload: encoding::decode(&payload, &payload_encoding)?,

@@ -12,6 +12,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::{per_second, round2, spawn_progress};
 
@@ -57,13 +58,13 @@ impl Tables {
         let Tables { agents, events } = self;
         format!(
             "CREATE TABLE {agents} (\
-                 instance_uid TEXT PRIMARY KEY, status TEXT NOT NULL, transport TEXT NOT NULL, \
+                 instance_uid UUID PRIMARY KEY, status TEXT NOT NULL, transport TEXT NOT NULL, \
                  sequence_num BIGINT NOT NULL, first_seen BIGINT NOT NULL, \
                  last_seen BIGINT NOT NULL, summary TEXT NOT NULL); \
              CREATE INDEX {agents}_status ON {agents} (status, instance_uid); \
              CREATE INDEX {agents}_liveness ON {agents} (transport, status, last_seen); \
              CREATE TABLE {events} (\
-                 id BIGSERIAL PRIMARY KEY, instance_uid TEXT NOT NULL, at BIGINT NOT NULL, \
+                 id BIGSERIAL PRIMARY KEY, instance_uid UUID NOT NULL, at BIGINT NOT NULL, \
                  kind TEXT NOT NULL, payload BYTEA NOT NULL); \
              CREATE INDEX {events}_by_agent ON {events} (instance_uid, id);"
         )
@@ -78,13 +79,13 @@ impl Tables {
                  INSERT INTO {agents} \
                      (instance_uid, status, transport, sequence_num, first_seen, last_seen, summary) \
                  SELECT uid, 'online', 'websocket', seq, seen, seen, summary \
-                 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[]) AS v(uid, seq, seen, summary) \
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::text[]) AS v(uid, seq, seen, summary) \
                  ON CONFLICT (instance_uid) DO UPDATE SET status = excluded.status, \
                      transport = excluded.transport, sequence_num = excluded.sequence_num, \
                      last_seen = excluded.last_seen, summary = excluded.summary) \
              INSERT INTO {events} (instance_uid, at, kind, payload) \
              SELECT uid, at, 'status', payload \
-             FROM UNNEST($1::text[], $3::int8[], $5::bytea[]) AS v(uid, at, payload)"
+             FROM UNNEST($1::uuid[], $3::int8[], $5::bytea[]) AS v(uid, at, payload)"
         )
     }
 
@@ -143,9 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Runs the writers until `--duration` is over; returns the commits and the seconds they took.
 async fn write_for(args: &Args, tables: &Tables) -> anyhow::Result<(u64, f64)> {
     let connections = args.connections as usize;
-    let mut agents: Vec<String> = (0..DISTINCT_AGENTS)
-        .map(|_| uuid::Uuid::new_v4().to_string())
-        .collect();
+    let mut agents: Vec<Uuid> = (0..DISTINCT_AGENTS).map(|_| Uuid::new_v4()).collect();
     agents.sort_unstable();
     let mut writers = Vec::with_capacity(connections);
     for index in 0..connections {
@@ -212,7 +211,7 @@ async fn write_for(args: &Args, tables: &Tables) -> anyhow::Result<(u64, f64)> {
 struct Writer {
     connection: PgConnection,
     /// The agents this writer upserts, sorted, in turn.
-    share: Vec<String>,
+    share: Vec<Uuid>,
     batch: usize,
     payload_size: usize,
     sql: String,
@@ -224,8 +223,8 @@ impl Writer {
         let mut next_agent = 0;
         let mut sequence_num = 0i64;
         while Instant::now() < deadline {
-            let mut uids: Vec<&str> = (0..self.batch)
-                .map(|offset| self.share[(next_agent + offset) % self.share.len()].as_str())
+            let mut uids: Vec<Uuid> = (0..self.batch)
+                .map(|offset| self.share[(next_agent + offset) % self.share.len()])
                 .collect();
             // One lock order for every transaction, as Ampora's writer sorts its batch.
             uids.sort_unstable();

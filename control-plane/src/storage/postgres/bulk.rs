@@ -1,12 +1,13 @@
 //! The writes of an ingest round, one statement each, every column bound as one array: the
 //! statement text never changes with the batch size, so each is prepared once per connection
-//! and planned cheaply, however many rows a batch holds.
+//! and planned cheaply, however many rows a batch holds. Instance uids are PostgreSQL `uuid`s.
 
 use std::collections::HashSet;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::storage::encoding::{self, unavailable};
 use crate::storage::rows::{
@@ -56,10 +57,20 @@ pub async fn check_fence(connection: &mut PgConnection, fence: &Fence) -> Result
     }
 }
 
-pub async fn select_agents(connection: &mut PgConnection, uids: &[String]) -> Result<Vec<PgRow>> {
+/// An instance uid as a statement parameter.
+pub fn uid_param(uid: Uuid) -> Uuid {
+    uid
+}
+
+/// The instance uid in `column` of `row`.
+pub fn row_uid(row: &PgRow, column: &str) -> Result<Uuid> {
+    row.try_get(column).map_err(unavailable)
+}
+
+pub async fn select_agents(connection: &mut PgConnection, uids: &[Uuid]) -> Result<Vec<PgRow>> {
     sqlx::query(&format!(
         "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents \
-         WHERE instance_uid = ANY($1::text[])"
+         WHERE instance_uid = ANY($1::uuid[])"
     ))
     .bind(uids)
     .fetch_all(connection)
@@ -71,7 +82,7 @@ pub async fn select_agents(connection: &mut PgConnection, uids: &[String]) -> Re
 pub async fn upsert_agents(connection: &mut PgConnection, agents: &AgentColumns) -> Result<()> {
     sqlx::query(&format!(
         "INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
              $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
              $12::bytea[], $13::text[]){}",
         agent_upsert_conflict("$14")
@@ -100,7 +111,7 @@ pub async fn replace_attributes(
     connection: &mut PgConnection,
     attributes: &AttributeColumns,
 ) -> Result<()> {
-    sqlx::query("DELETE FROM agent_attributes WHERE instance_uid = ANY($1::text[])")
+    sqlx::query("DELETE FROM agent_attributes WHERE instance_uid = ANY($1::uuid[])")
         .bind(&attributes.agents)
         .execute(&mut *connection)
         .await
@@ -110,7 +121,7 @@ pub async fn replace_attributes(
     }
     sqlx::query(
         "INSERT INTO agent_attributes (instance_uid, key, value) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[])",
     )
     .bind(&attributes.instance_uid)
     .bind(&attributes.key)
@@ -126,7 +137,7 @@ pub async fn insert_events(connection: &mut PgConnection, events: &EventColumns)
     sqlx::query(
         "INSERT INTO agent_events (instance_uid, at, kind, payload, payload_encoding) \
          SELECT instance_uid, at, kind, payload, payload_encoding \
-         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::text[]) \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::bytea[], $5::text[]) \
              WITH ORDINALITY AS v(instance_uid, at, kind, payload, payload_encoding, position) \
          ORDER BY position",
     )
@@ -144,7 +155,7 @@ pub async fn insert_events(connection: &mut PgConnection, events: &EventColumns)
 pub async fn update_seen(connection: &mut PgConnection, seen: &SeenColumns) -> Result<()> {
     sqlx::query(
         "UPDATE agents SET last_seen = v.last_seen, sequence_num = v.sequence_num \
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS v(instance_uid, last_seen, sequence_num) \
+         FROM UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS v(instance_uid, last_seen, sequence_num) \
          WHERE agents.instance_uid = v.instance_uid",
     )
     .bind(&seen.instance_uid)

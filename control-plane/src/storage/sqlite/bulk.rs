@@ -1,9 +1,11 @@
 //! The writes of an ingest round: multi-row statements, chunked under SQLite's bind limit.
+//! Instance uids are stored as text.
 
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::storage::encoding::{self, unavailable};
 use crate::storage::rows::{
@@ -40,9 +42,19 @@ pub async fn check_fence(connection: &mut SqliteConnection, fence: &Fence) -> Re
     Ok(())
 }
 
+/// An instance uid as a statement parameter.
+pub fn uid_param(uid: Uuid) -> String {
+    uid.to_string()
+}
+
+/// The instance uid in `column` of `row`.
+pub fn row_uid(row: &SqliteRow, column: &str) -> Result<Uuid> {
+    encoding::uid(&row.try_get::<String, _>(column).map_err(unavailable)?)
+}
+
 pub async fn select_agents(
     connection: &mut SqliteConnection,
-    uids: &[String],
+    uids: &[Uuid],
 ) -> Result<Vec<SqliteRow>> {
     let mut rows = Vec::with_capacity(uids.len());
     for chunk in uids.chunks(ROWS_PER_STATEMENT) {
@@ -51,7 +63,7 @@ pub async fn select_agents(
         ));
         let mut listed = select.separated(", ");
         for uid in chunk {
-            listed.push_bind(uid);
+            listed.push_bind(uid_param(*uid));
         }
         select.push(")");
         rows.extend(
@@ -70,7 +82,7 @@ pub async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColu
     let upsert = format!("INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) ");
     let on_conflict = agent_upsert_conflict(&format!("X'{keep_details}'"));
     execute_values(connection, &upsert, agents.len(), &on_conflict, |row, i| {
-        row.push_bind(&agents.instance_uid[i])
+        row.push_bind(uid_param(agents.instance_uid[i]))
             .push_bind(agents.status[i])
             .push_bind(agents.transport[i])
             .push_bind(&agents.gateway_id[i])
@@ -96,7 +108,7 @@ pub async fn replace_attributes(
             QueryBuilder::<Sqlite>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
         let mut uids = delete.separated(", ");
         for uid in chunk {
-            uids.push_bind(uid);
+            uids.push_bind(uid_param(*uid));
         }
         delete.push(")");
         delete
@@ -111,7 +123,7 @@ pub async fn replace_attributes(
         attributes.len(),
         "",
         |row, i| {
-            row.push_bind(&attributes.instance_uid[i])
+            row.push_bind(uid_param(attributes.instance_uid[i]))
                 .push_bind(&attributes.key[i])
                 .push_bind(&attributes.value[i]);
         },
@@ -126,7 +138,7 @@ pub async fn insert_events(connection: &mut SqliteConnection, events: &EventColu
         events.len(),
         "",
         |row, i| {
-            row.push_bind(&events.instance_uid[i])
+            row.push_bind(uid_param(events.instance_uid[i]))
                 .push_bind(events.at[i])
                 .push_bind(&events.kind[i])
                 .push_bind(&events.payload[i])
@@ -143,7 +155,7 @@ pub async fn update_seen(connection: &mut SqliteConnection, seen: &SeenColumns) 
         seen.len(),
         ") AS v WHERE agents.instance_uid = v.column1",
         |row, i| {
-            row.push_bind(&seen.instance_uid[i])
+            row.push_bind(uid_param(seen.instance_uid[i]))
                 .push_bind(seen.last_seen[i])
                 .push_bind(seen.sequence_num[i]);
         },
