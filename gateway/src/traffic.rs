@@ -28,6 +28,7 @@ impl TransportTraffic {
     }
 }
 
+/// One open connection, counted until dropped.
 pub struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
@@ -36,6 +37,7 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The gateway's per-message series.
 pub struct Traffic {
     pub bytes_in: Counter,
     pub http_reply_seconds: Histogram,
