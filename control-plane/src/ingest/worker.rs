@@ -438,21 +438,21 @@ impl Worker {
             loaded: _,
         } = round;
         let touched: Vec<Uuid> = agents.keys().copied().collect();
+        // The agents of the round whose stored part `changed` does not name.
+        let current = |changed: &HashSet<Uuid>| -> HashSet<Uuid> {
+            touched
+                .iter()
+                .filter(|uid| !changed.contains(uid))
+                .copied()
+                .collect()
+        };
         let records = agents
             .iter()
             .filter_map(|(uid, staged)| staged.as_ref().or_else(|| self.cache.get(uid)))
             .collect();
         let batch = WriteBatch {
-            attributes_current: touched
-                .iter()
-                .filter(|uid| !described.contains(uid))
-                .copied()
-                .collect(),
-            details_current: touched
-                .iter()
-                .filter(|uid| !detailed.contains(uid))
-                .copied()
-                .collect(),
+            attributes_current: current(&described),
+            details_current: current(&detailed),
             agents: records,
             events,
             seen: Vec::new(),

@@ -57,17 +57,12 @@ pub async fn select_agents(
     uids: &[Uuid],
 ) -> Result<Vec<SqliteRow>> {
     let mut rows = Vec::with_capacity(uids.len());
+    let select = format!(
+        "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid "
+    );
     for chunk in uids.chunks(ROWS_PER_STATEMENT) {
-        let mut select = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid IN ("
-        ));
-        let mut listed = select.separated(", ");
-        for uid in chunk {
-            listed.push_bind(uid_param(*uid));
-        }
-        select.push(")");
         rows.extend(
-            select
+            in_uids(&select, chunk)
                 .build()
                 .fetch_all(&mut *connection)
                 .await
@@ -104,14 +99,7 @@ pub async fn replace_attributes(
     attributes: &AttributeColumns,
 ) -> Result<()> {
     for chunk in attributes.agents.chunks(ROWS_PER_STATEMENT) {
-        let mut delete =
-            QueryBuilder::<Sqlite>::new("DELETE FROM agent_attributes WHERE instance_uid IN (");
-        let mut uids = delete.separated(", ");
-        for uid in chunk {
-            uids.push_bind(uid_param(*uid));
-        }
-        delete.push(")");
-        delete
+        in_uids("DELETE FROM agent_attributes WHERE instance_uid ", chunk)
             .build()
             .execute(&mut *connection)
             .await
@@ -161,6 +149,18 @@ pub async fn update_seen(connection: &mut SqliteConnection, seen: &SeenColumns) 
         },
     )
     .await
+}
+
+/// `head IN (…)` with `uids` bound.
+fn in_uids<'a>(head: &str, uids: &[Uuid]) -> QueryBuilder<'a, Sqlite> {
+    let mut statement = QueryBuilder::new(head);
+    statement.push("IN (");
+    let mut listed = statement.separated(", ");
+    for uid in uids {
+        listed.push_bind(uid_param(*uid));
+    }
+    statement.push(")");
+    statement
 }
 
 /// Runs `head VALUES (…), (…) tail` for `rows` rows, `ROWS_PER_STATEMENT` at a time;
