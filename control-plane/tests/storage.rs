@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ampora_control_plane::agents::merge::event_payload;
 use ampora_control_plane::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Health,
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
@@ -104,12 +105,14 @@ fn record(uid: Uuid, environment: &str, seen: i64) -> AgentRecord {
     }
 }
 
-fn event(uid: Uuid, seconds: i64, kind: &str) -> NewEvent {
+fn event(uid: Uuid, seconds: i64, kind: &'static str) -> NewEvent {
     NewEvent {
         instance_uid: uid,
         at: at(seconds),
-        kind: kind.into(),
-        payload: json!({"n": seconds, "big": "y".repeat(if seconds % 2 == 0 { 10 } else { 9_000 })}),
+        kind,
+        payload: event_payload(
+            &json!({"n": seconds, "big": "y".repeat(if seconds % 2 == 0 { 10 } else { 9_000 })}),
+        ),
     }
 }
 

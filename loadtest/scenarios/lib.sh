@@ -96,6 +96,7 @@ start_nats() {
 # checkpoint settings are the usual ones for a write-heavy server: with the defaults (1 GB,
 # 5 min) 20k changes/s force a checkpoint every few seconds. Durability stays at the defaults
 # (fsync, synchronous_commit on). min_wal_size keeps the segments prewarm_wal makes.
+# POSTGRES_OPTIONS adds server settings for a run (e.g. "-c track_wal_io_timing=on").
 start_postgres() {
     PG_DATA="$WORK/pg"
     mkdir -p "$PG_DATA"
@@ -103,7 +104,7 @@ start_postgres() {
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres >/dev/null
     PG_PORT=$(free_port)
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -o \
-        "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=8GB -c min_wal_size=4GB -c checkpoint_timeout=15min" \
+        "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=8GB -c min_wal_size=4GB -c checkpoint_timeout=15min ${POSTGRES_OPTIONS:-}" \
         start >/dev/null
     DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
     prewarm_wal

@@ -138,8 +138,9 @@ impl Ownership {
 
 /// Feeds one partition's envelopes to its worker, in arrival order.
 async fn forward(mut subscription: Subscription, partition: u16, router: Router) {
+    let envelopes = metrics::counter!("ampora_control_plane_envelopes_total");
     while let Some(message) = subscription.next().await {
-        metrics::counter!("ampora_control_plane_envelopes_total").increment(1);
+        envelopes.increment(1);
         let envelope = match AgentEnvelope::decode(message.payload) {
             Ok(envelope) => envelope,
             Err(error) => {

@@ -16,6 +16,7 @@ use ampora_shared::pb::opamp::{
 };
 use ampora_shared::uid;
 use bytes::Bytes;
+use metrics::Counter;
 use prost::Message;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -23,7 +24,9 @@ use uuid::Uuid;
 
 use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
-use crate::agents::merge::{apply_connection_closed, apply_message, new_record, Origin};
+use crate::agents::merge::{
+    apply_connection_closed, apply_message, event_payload, new_record, EventPayload, Origin,
+};
 use crate::agents::snapshot::{AgentRecord, AgentStatus, Transport};
 use crate::config::ControlPlaneConfig;
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
@@ -45,13 +48,16 @@ pub struct Worker {
     bus: Arc<dyn Bus>,
     config: Arc<ControlPlaneConfig>,
     ownership: Arc<Ownership>,
-    /// Online agents this worker owns, as last committed (or about to be).
-    cache: HashMap<Uuid, AgentRecord>,
+    /// Online agents this worker owns, as last committed (or about to be). Boxed, as in the
+    /// rounds: each message moves its agent's snapshot out and back in.
+    cache: HashMap<Uuid, Box<AgentRecord>>,
     /// Digest of the last message applied per cached agent: a redelivered or retried message
     /// (same sequence number, same bytes) is answered but not applied again.
     last_applied: HashMap<Uuid, u64>,
     /// Heartbeat-only liveness not yet written.
     pending_seen: HashMap<Uuid, SeenUpdate>,
+    applied_changes: Counter,
+    applied_heartbeats: Counter,
 }
 
 /// What one round of messages produces.
@@ -62,7 +68,7 @@ struct Round {
     /// Agents whose snapshot this round rewrites. `None`: the cache holds the latest snapshot
     /// (an online agent), so messages do not copy it; otherwise the snapshot itself, which the
     /// cache does not keep (an agent gone offline, or given a new uid).
-    agents: HashMap<Uuid, Option<AgentRecord>>,
+    agents: HashMap<Uuid, Option<Box<AgentRecord>>>,
     /// Agents whose attribute rows must be (re)written: new ones, and changed descriptions.
     described: HashSet<Uuid>,
     /// Agents whose details must be (re)written: new ones, and changed configs, packages or
@@ -72,7 +78,7 @@ struct Round {
     replies: Vec<Reply>,
     /// Agents of the round the cache did not hold, as stored when the round began (`None`:
     /// not stored at all), read in one query rather than one per agent.
-    loaded: HashMap<Uuid, Option<AgentRecord>>,
+    loaded: HashMap<Uuid, Option<Box<AgentRecord>>>,
 }
 
 struct Reply {
@@ -98,6 +104,8 @@ impl Worker {
             cache: HashMap::new(),
             last_applied: HashMap::new(),
             pending_seen: HashMap::new(),
+            applied_changes: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "change"),
+            applied_heartbeats: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "heartbeat"),
         }
     }
 
@@ -162,7 +170,7 @@ impl Worker {
                         uid,
                         record.head.last_seen,
                         "connected",
-                        serde_json::json!({"reason": "seen after the sweep"}),
+                        event_payload(&serde_json::json!({"reason": "seen after the sweep"})),
                     ));
                     self.stage(round, uid, record);
                 }
@@ -284,7 +292,7 @@ impl Worker {
         }
         let (mut record, known) = match stored {
             Ok(Some(record)) => (record, true),
-            Ok(None) => (new_record(target, origin), false),
+            Ok(None) => (Box::new(new_record(target, origin)), false),
             Err(error) => {
                 tracing::warn!(instance_uid = %uid, %error, "cannot load agent");
                 return Some(error_message(
@@ -300,7 +308,11 @@ impl Worker {
             .partitions
             .insert(self.config.subjects.partition_of(&target));
         self.last_applied.insert(target, digest);
-        metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => if outcome.snapshot_changed { "change" } else { "heartbeat" }).increment(1);
+        if outcome.snapshot_changed {
+            self.applied_changes.increment(1);
+        } else {
+            self.applied_heartbeats.increment(1);
+        }
         if !known
             || outcome
                 .events
@@ -357,13 +369,13 @@ impl Worker {
         &mut self,
         uid: Uuid,
         round: &mut Round,
-    ) -> crate::storage::Result<Option<AgentRecord>> {
+    ) -> crate::storage::Result<Option<Box<AgentRecord>>> {
         if let Some(record) = self.cache.remove(&uid) {
             return Ok(Some(record));
         }
         match round.loaded.remove(&uid) {
             Some(loaded) => Ok(loaded),
-            None => self.store.get_agent(uid).await,
+            None => Ok(self.store.get_agent(uid).await?.map(Box::new)),
         }
     }
 
@@ -371,7 +383,7 @@ impl Worker {
     /// reconnect storm or a control-plane restart, every agent of a round is one of those.
     /// If the read fails, each agent is read on its own when its turn comes (and fails there
     /// with the usual answer).
-    async fn load_uncached(&self, items: &[WorkItem]) -> HashMap<Uuid, Option<AgentRecord>> {
+    async fn load_uncached(&self, items: &[WorkItem]) -> HashMap<Uuid, Option<Box<AgentRecord>>> {
         let uncached: HashSet<Uuid> = items
             .iter()
             .filter_map(|item| match item {
@@ -385,10 +397,10 @@ impl Worker {
         let uids: Vec<Uuid> = uncached.into_iter().collect();
         match self.store.get_agents(&uids).await {
             Ok(records) => {
-                let mut loaded: HashMap<Uuid, Option<AgentRecord>> =
+                let mut loaded: HashMap<Uuid, Option<Box<AgentRecord>>> =
                     uids.into_iter().map(|uid| (uid, None)).collect();
                 for record in records {
-                    loaded.insert(record.head.instance_uid, Some(record));
+                    loaded.insert(record.head.instance_uid, Some(Box::new(record)));
                 }
                 loaded
             }
@@ -401,7 +413,7 @@ impl Worker {
 
     /// Keeps a changed snapshot for the round's commit: an online agent's in the cache, the
     /// others' in the round.
-    fn stage(&mut self, round: &mut Round, uid: Uuid, record: AgentRecord) {
+    fn stage(&mut self, round: &mut Round, uid: Uuid, record: Box<AgentRecord>) {
         if record.head.status == AgentStatus::Online {
             round.agents.insert(uid, None);
             self.cache.insert(uid, record);
@@ -412,7 +424,7 @@ impl Worker {
     }
 
     /// Offline agents leave the cache, which so holds about the online fleet this worker owns.
-    fn keep_if_online(&mut self, uid: Uuid, record: AgentRecord) {
+    fn keep_if_online(&mut self, uid: Uuid, record: Box<AgentRecord>) {
         if record.head.status == AgentStatus::Online {
             self.cache.insert(uid, record);
         } else {
@@ -448,7 +460,11 @@ impl Worker {
         };
         let records = agents
             .iter()
-            .filter_map(|(uid, staged)| staged.as_ref().or_else(|| self.cache.get(uid)))
+            .filter_map(|(uid, staged)| {
+                staged
+                    .as_deref()
+                    .or_else(|| self.cache.get(uid).map(|record| &**record))
+            })
             .collect();
         let batch = WriteBatch {
             attributes_current: current(&described),
@@ -547,13 +563,13 @@ fn payload_digest(payload: &[u8]) -> u64 {
 fn event(
     instance_uid: Uuid,
     at: OffsetDateTime,
-    kind: &str,
-    payload: serde_json::Value,
+    kind: &'static str,
+    payload: EventPayload,
 ) -> NewEvent {
     NewEvent {
         instance_uid,
         at,
-        kind: kind.to_owned(),
+        kind,
         payload,
     }
 }

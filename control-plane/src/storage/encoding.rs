@@ -16,7 +16,14 @@ pub const GZIP_JSON: &str = "gzip+json";
 const MAX_INFLATED: usize = 256 << 20;
 
 pub fn encode<T: Serialize>(value: &T, gzip_threshold: usize) -> (Vec<u8>, &'static str) {
-    let json = serde_json::to_vec(value).expect("snapshot types serialize");
+    compress(
+        serde_json::to_vec(value).expect("snapshot types serialize"),
+        gzip_threshold,
+    )
+}
+
+/// Serialized JSON as stored: gzip'd above the threshold.
+pub fn compress(json: Vec<u8>, gzip_threshold: usize) -> (Vec<u8>, &'static str) {
     if json.len() > gzip_threshold {
         (codec::gzip(&json), GZIP_JSON)
     } else {

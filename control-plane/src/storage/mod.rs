@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::agents::merge::EventPayload;
 use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
 
 /// A change in an agent's history: one row per change, newest read first.
@@ -32,12 +33,12 @@ pub struct AgentEvent {
     pub payload: serde_json::Value,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     pub instance_uid: Uuid,
     pub at: OffsetDateTime,
-    pub kind: String,
-    pub payload: serde_json::Value,
+    pub kind: &'static str,
+    pub payload: EventPayload,
 }
 
 /// A heartbeat's worth of news: the agent is alive and at this sequence number.

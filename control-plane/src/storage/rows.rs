@@ -78,7 +78,7 @@ impl AgentColumns {
 pub struct EventColumns {
     pub instance_uid: Vec<Uuid>,
     pub at: Vec<i64>,
-    pub kind: Vec<String>,
+    pub kind: Vec<&'static str>,
     pub payload: Vec<Vec<u8>>,
     pub payload_encoding: Vec<&'static str>,
 }
@@ -87,10 +87,11 @@ impl EventColumns {
     pub fn new(events: &[NewEvent], gzip_threshold: usize) -> EventColumns {
         let mut columns = EventColumns::default();
         for event in events {
-            let (payload, payload_encoding) = encoding::encode(&event.payload, gzip_threshold);
+            let (payload, payload_encoding) =
+                encoding::compress(event.payload.get().as_bytes().to_vec(), gzip_threshold);
             columns.instance_uid.push(event.instance_uid);
             columns.at.push(encoding::micros(event.at));
-            columns.kind.push(event.kind.clone());
+            columns.kind.push(event.kind);
             columns.payload.push(payload);
             columns.payload_encoding.push(payload_encoding);
         }

@@ -42,6 +42,7 @@ macro_rules! sql_store {
         use time::OffsetDateTime;
         use uuid::Uuid;
 
+        use crate::agents::merge::event_payload;
         use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
         use crate::storage::encoding::{self, unavailable};
         use crate::storage::rows::{AgentColumns, AttributeColumns, EventColumns, SeenColumns};
@@ -108,8 +109,8 @@ macro_rules! sql_store {
                     .map(|uid| NewEvent {
                         instance_uid: *uid,
                         at: now,
-                        kind: "offline".to_owned(),
-                        payload: serde_json::json!({ "reason": reason }),
+                        kind: "offline",
+                        payload: event_payload(&serde_json::json!({ "reason": reason })),
                     })
                     .collect();
                 if !events.is_empty() {

@@ -128,7 +128,7 @@ pub async fn insert_events(connection: &mut SqliteConnection, events: &EventColu
         |row, i| {
             row.push_bind(uid_param(events.instance_uid[i]))
                 .push_bind(events.at[i])
-                .push_bind(&events.kind[i])
+                .push_bind(events.kind[i])
                 .push_bind(&events.payload[i])
                 .push_bind(events.payload_encoding[i]);
         },
