@@ -696,6 +696,28 @@ async fn leases_split_fairly_and_fence_writes(db: Db) {
     store.write(&batch).await.unwrap();
     assert!(store.get_agent(uid).await.unwrap().is_some());
 
+    // Also a round of an agent whose attribute rows and details are current, with an event (on
+    // PostgreSQL one statement, which checks the fence and writes only while it holds).
+    let mut changed = agent.clone();
+    changed.head.sequence_num += 1;
+    let batch = WriteBatch {
+        agents: vec![&changed],
+        events: vec![event(uid, 3, "health")],
+        attributes_current: [uid].into(),
+        details_current: [uid].into(),
+        fence: Some(Fence {
+            owner: "a".into(),
+            leases: vec![Lease {
+                partition: 5,
+                epoch: 1,
+            }],
+        }),
+        ..WriteBatch::default()
+    };
+    assert!(matches!(store.write(&batch).await, Err(StoreError::Fenced)));
+    assert_eq!(store.get_agent(uid).await.unwrap(), Some(agent.clone()));
+    assert!(latest_events(store.as_ref(), uid).await.is_empty());
+
     // Replica a dies: once its leases expire, b takes everything.
     let after_expiry = later + Duration::from_secs(1);
     assert_eq!(
@@ -1029,15 +1051,18 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
     store.heartbeat_replica("a", now, later).await.unwrap();
     let leases = store.claim_partitions("a", 1, 1, now, later).await.unwrap();
 
-    // The write passes its fence, then waits on a table lock held behind the store's back
-    // (its fence comes first, so waiting on a lock means it holds its lease).
+    // The agent exists; its row is locked behind the store's back. The write passes its fence,
+    // then waits on that row lock (its fence comes first, so waiting on a lock means it holds
+    // its lease).
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
     let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
-    sqlx::query("LOCK TABLE agents IN EXCLUSIVE MODE")
+    sqlx::query("SELECT 1 FROM agents WHERE instance_uid = $1 FOR UPDATE")
+        .bind(uid)
         .execute(&mut blocker)
         .await
         .unwrap();
-    let uid = Uuid::now_v7();
     let fence = Fence {
         owner: "a".into(),
         leases: leases.clone(),
@@ -1045,7 +1070,7 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
     let write = tokio::spawn({
         let store = store.clone();
         async move {
-            let agent = record(uid, "prod", 0);
+            let agent = record(uid, "staging", 0);
             let batch = WriteBatch {
                 agents: vec![&agent],
                 fence: Some(fence),
@@ -1100,7 +1125,8 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
 
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     write.await.unwrap().expect("the fenced write commits");
-    assert!(store.get_agent(uid).await.unwrap().is_some());
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(stored, record(uid, "staging", 0));
     let taken = takeover.await.unwrap().unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].epoch, leases[0].epoch + 1);

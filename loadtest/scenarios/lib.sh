@@ -26,6 +26,7 @@ cleanup() {
     rm -rf "$RESULTS/logs"
     mkdir -p "$RESULTS/logs"
     cp "$WORK"/*.log "$RESULTS/logs/" 2>/dev/null || true
+    if [[ -n "$PG_DATA" ]]; then cp "$PG_DATA/server.log" "$RESULTS/logs/postgresql.log" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -2,8 +2,10 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::Connection;
 
 mod bulk;
 
@@ -18,6 +20,9 @@ sql_store!(
     bulk
 );
 
+/// How long a pooled connection may sit idle and still be used without a check.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let connect = PgConnectOptions::from_str(url)
         .map_err(|e| StoreError::UnsupportedUrl(format!("{url}: {e}")))?
@@ -27,6 +32,18 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>
         // batch statements bind arrays, so their plans do not grow with the batch.
         .options([("plan_cache_mode", "force_custom_plan")]);
     let pool = PgPoolOptions::new()
+        // A connection that has sat idle is checked before use, one in constant use is not: at
+        // full rate an ingest round is one statement, and the check would double its round
+        // trips. Should a busy connection break, its round fails and its agents re-sync.
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= CHECK_AFTER_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)

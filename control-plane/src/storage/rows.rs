@@ -7,8 +7,18 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::encoding;
-use super::{NewEvent, SeenUpdate};
+use super::{Fence, NewEvent, SeenUpdate};
 use crate::agents::snapshot::AgentRecord;
+
+/// One [`WriteBatch`](super::WriteBatch) as its dialect writes it, in one transaction.
+pub struct Round<'a> {
+    /// The writes happen only while these leases are held (none: unfenced).
+    pub fence: Option<&'a Fence>,
+    pub agents: AgentColumns,
+    pub attributes: AttributeColumns,
+    pub events: EventColumns,
+    pub seen: SeenColumns,
+}
 
 /// Written as the details of an agent whose details are current: the upsert keeps the stored
 /// ones instead. The details encoder never writes it (it writes every field), and should the

@@ -45,7 +45,7 @@ macro_rules! sql_store {
         use crate::agents::merge::event_payload;
         use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
         use crate::storage::encoding::{self, unavailable};
-        use crate::storage::rows::{AgentColumns, AttributeColumns, EventColumns, SeenColumns};
+        use crate::storage::rows::{AgentColumns, AttributeColumns, EventColumns, Round, SeenColumns};
         use crate::storage::sql::AGENT_COLUMNS;
         use crate::storage::{
             AgentEvent, AgentQuery, EventQuery, Lease, NewEvent, Result, SeenUpdate, Store, StoreError,
@@ -147,10 +147,6 @@ macro_rules! sql_store {
                 if batch.is_empty() {
                     return Ok(());
                 }
-                let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-                if let Some(fence) = &batch.fence {
-                    $bulk::check_fence(&mut transaction, fence).await?;
-                }
                 // Sorted by uid (one lock order for every writer), the last snapshot of each agent.
                 let agents: Vec<&AgentRecord> = batch
                     .agents
@@ -159,16 +155,6 @@ macro_rules! sql_store {
                     .collect::<BTreeMap<_, _>>()
                     .into_values()
                     .collect();
-                if !agents.is_empty() {
-                    $bulk::upsert_agents(&mut transaction, &AgentColumns::new(&agents, &batch.details_current, self.gzip_threshold)).await?;
-                    let described = AttributeColumns::new(&agents, &batch.attributes_current);
-                    if !described.agents.is_empty() {
-                        $bulk::replace_attributes(&mut transaction, &described).await?;
-                    }
-                }
-                if !batch.events.is_empty() {
-                    $bulk::insert_events(&mut transaction, &EventColumns::new(&batch.events, self.gzip_threshold)).await?;
-                }
                 let seen: Vec<&SeenUpdate> = batch
                     .seen
                     .iter()
@@ -176,10 +162,14 @@ macro_rules! sql_store {
                     .collect::<BTreeMap<_, _>>()
                     .into_values()
                     .collect();
-                if !seen.is_empty() {
-                    $bulk::update_seen(&mut transaction, &SeenColumns::new(&seen)).await?;
-                }
-                transaction.commit().await.map_err(unavailable)
+                let round = Round {
+                    fence: batch.fence.as_ref(),
+                    agents: AgentColumns::new(&agents, &batch.details_current, self.gzip_threshold),
+                    attributes: AttributeColumns::new(&agents, &batch.attributes_current),
+                    events: EventColumns::new(&batch.events, self.gzip_threshold),
+                    seen: SeenColumns::new(&seen),
+                };
+                $bulk::write(&self.pool, &round).await
             }
 
             async fn mark_stale_offline(

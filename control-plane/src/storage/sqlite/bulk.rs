@@ -3,13 +3,13 @@
 
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::storage::encoding::{self, unavailable};
 use crate::storage::rows::{
-    AgentColumns, AttributeColumns, EventColumns, SeenColumns, KEEP_DETAILS,
+    AgentColumns, AttributeColumns, EventColumns, Round, SeenColumns, KEEP_DETAILS,
 };
 use crate::storage::sql::{agent_upsert_conflict, AGENT_COLUMNS};
 use crate::storage::{Fence, Result, StoreError};
@@ -17,10 +17,31 @@ use crate::storage::{Fence, Result, StoreError};
 /// Rows per statement: at 13 binds a row, well under SQLite's 32,766 bind limit.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Writes a round in one transaction, its fence checked first.
+pub async fn write(pool: &SqlitePool, round: &Round<'_>) -> Result<()> {
+    let mut transaction = pool.begin().await.map_err(unavailable)?;
+    if let Some(fence) = round.fence {
+        check_fence(&mut transaction, fence).await?;
+    }
+    if round.agents.len() > 0 {
+        upsert_agents(&mut transaction, &round.agents).await?;
+    }
+    if !round.attributes.agents.is_empty() {
+        replace_attributes(&mut transaction, &round.attributes).await?;
+    }
+    if round.events.len() > 0 {
+        insert_events(&mut transaction, &round.events).await?;
+    }
+    if round.seen.len() > 0 {
+        update_seen(&mut transaction, &round.seen).await?;
+    }
+    transaction.commit().await.map_err(unavailable)
+}
+
 /// Checks that the fence's leases are still the writer's, unexpired and at its epochs, with a
 /// no-op update of each: it makes the transaction SQLite's one writer from its first statement,
 /// so no lease can change before it commits.
-pub async fn check_fence(connection: &mut SqliteConnection, fence: &Fence) -> Result<()> {
+async fn check_fence(connection: &mut SqliteConnection, fence: &Fence) -> Result<()> {
     let now = encoding::micros(OffsetDateTime::now_utc());
     for lease in &fence.leases {
         let held = sqlx::query(
@@ -72,7 +93,7 @@ pub async fn select_agents(
     Ok(rows)
 }
 
-pub async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColumns) -> Result<()> {
+async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColumns) -> Result<()> {
     let keep_details: String = KEEP_DETAILS.iter().map(|b| format!("{b:02X}")).collect();
     let upsert = format!("INSERT INTO agents ({AGENT_COLUMNS}, details, details_encoding) ");
     let on_conflict = agent_upsert_conflict(&format!("X'{keep_details}'"));
@@ -94,7 +115,7 @@ pub async fn upsert_agents(connection: &mut SqliteConnection, agents: &AgentColu
     .await
 }
 
-pub async fn replace_attributes(
+async fn replace_attributes(
     connection: &mut SqliteConnection,
     attributes: &AttributeColumns,
 ) -> Result<()> {
@@ -136,7 +157,7 @@ pub async fn insert_events(connection: &mut SqliteConnection, events: &EventColu
     .await
 }
 
-pub async fn update_seen(connection: &mut SqliteConnection, seen: &SeenColumns) -> Result<()> {
+async fn update_seen(connection: &mut SqliteConnection, seen: &SeenColumns) -> Result<()> {
     execute_values(
         connection,
         "UPDATE agents SET last_seen = v.column2, sequence_num = v.column3 FROM (",
