@@ -98,6 +98,10 @@ async fn session(agent: &mut Agent, mut socket: Socket, context: &Context) -> En
             stopped: false,
         };
     }
+    // Waits on the token shared by all of the worker's agents once per session, not once per
+    // message: the load generator's CPU is taken from the system it measures.
+    let stopping = context.stop.cancelled();
+    tokio::pin!(stopping);
     loop {
         let wake = [Some(next_heartbeat), next_status, resend_full_at]
             .into_iter()
@@ -105,7 +109,7 @@ async fn session(agent: &mut Agent, mut socket: Socket, context: &Context) -> En
             .min()
             .unwrap_or(next_heartbeat);
         tokio::select! {
-            _ = context.stop.cancelled() => {
+            _ = &mut stopping => {
                 let mut goodbye = agent.heartbeat(stats);
                 goodbye.agent_disconnect = Some(AgentDisconnect {});
                 send(&mut socket, &goodbye, stats).await;
