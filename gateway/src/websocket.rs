@@ -136,40 +136,23 @@ pub async fn session<W, R>(
     );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let first_message_deadline = Instant::now() + config.first_message_timeout;
-    let mut last_heard = Instant::now();
+    let mut idle_deadline = Instant::now() + config.ws_idle_timeout;
     let mut heard_opamp = false;
     let mut agent: Option<Uuid> = None;
     let mut said_goodbye = false;
-    let deadline = |heard_opamp: bool, last_heard: Instant| {
-        let idle = last_heard + config.ws_idle_timeout;
-        if heard_opamp {
-            idle
-        } else {
-            first_message_deadline.min(idle)
-        }
-    };
-    // Registered once for the session, not once per message: every session waits on the same
-    // shutdown token and the same timer wheel. The timer is not moved by each message either:
-    // deadlines only move later, so when it fires it re-arms for the current one if that is
-    // still ahead.
-    let shutting_down = shutdown.cancelled();
-    tokio::pin!(shutting_down);
-    let timeout = tokio::time::sleep_until(deadline(heard_opamp, last_heard));
-    tokio::pin!(timeout);
 
     // The awaits below that are not the idle wait are boxed: a future is as big as its largest
     // await point, and an idle connection should pay only for the select it sits in.
     let end = loop {
+        let deadline = if heard_opamp {
+            idle_deadline
+        } else {
+            first_message_deadline.min(idle_deadline)
+        };
         let sent = tokio::select! {
-            _ = &mut shutting_down => break End::close(close::GOING_AWAY, "server shutting down"),
-            _ = &mut timeout => {
-                let now = Instant::now();
-                let current = deadline(heard_opamp, last_heard);
-                if now < current {
-                    timeout.as_mut().reset(current);
-                    continue;
-                }
-                break if !heard_opamp && now >= first_message_deadline {
+            _ = shutdown.cancelled() => break End::close(close::GOING_AWAY, "server shutting down"),
+            _ = tokio::time::sleep_until(deadline) => {
+                break if !heard_opamp && Instant::now() >= first_message_deadline {
                     End::close(close::POLICY, "no OpAMP message received")
                 } else {
                     End::close(close::GOING_AWAY, "heartbeat timeout")
@@ -190,7 +173,7 @@ pub async fn session<W, R>(
                 sent
             }
             frame = stream.next() => {
-                last_heard = Instant::now();
+                idle_deadline = Instant::now() + config.ws_idle_timeout;
                 match frame {
                     None => break End::Gone("connection lost".to_owned()),
                     Some(Err(tungstenite::Error::Capacity(_))) => {

@@ -98,10 +98,6 @@ async fn session(agent: &mut Agent, mut socket: Socket, context: &Context) -> En
             stopped: false,
         };
     }
-    // Waits on the token shared by all of the worker's agents once per session, not once per
-    // message: the load generator's CPU is taken from the system it measures.
-    let stopping = context.stop.cancelled();
-    tokio::pin!(stopping);
     loop {
         let wake = [Some(next_heartbeat), next_status, resend_full_at]
             .into_iter()
@@ -109,7 +105,7 @@ async fn session(agent: &mut Agent, mut socket: Socket, context: &Context) -> En
             .min()
             .unwrap_or(next_heartbeat);
         tokio::select! {
-            _ = &mut stopping => {
+            _ = context.stop.cancelled() => {
                 let mut goodbye = agent.heartbeat(stats);
                 goodbye.agent_disconnect = Some(AgentDisconnect {});
                 send(&mut socket, &goodbye, stats).await;
