@@ -33,9 +33,6 @@ pub struct NatsOptions {
     pub subscription_capacity: usize,
 }
 
-/// NATS' default `max_payload`, assumed until the server has told us its own.
-const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
-
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
@@ -109,10 +106,9 @@ impl NatsBus {
 impl Bus for NatsBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
         validate_publish(subject)?;
-        let limit = match self.client.server_info().max_payload {
-            0 => DEFAULT_MAX_PAYLOAD,
-            known => known,
-        };
+        // The negotiated limit, read without copying the server's INFO (which `server_info`
+        // clones whole, strings and all, on every call).
+        let limit = self.client.max_payload();
         if payload.len() > limit {
             return Err(BusError::TooLarge {
                 size: payload.len(),
