@@ -20,6 +20,12 @@ SHARED_TICKETS=${SHARED_TICKETS:-1}
 OUT="$RESULTS/fleet.txt"
 
 prepare
+# The reference, measured first on the quiet box: how fast a bare rustls accept loop does full
+# handshakes here (client included), and so how long the storm's reconnects would take at that
+# rate if every one were a full handshake and nothing else ran.
+start_reference tls-accept
+bare_handshakes=$(full_handshakes "$REFERENCE_PORT" 10s)
+kill -TERM "$REFERENCE_PID"
 if [[ "$SHARED_TICKETS" == 1 ]]; then
     make_ticket_keys
 fi
@@ -59,5 +65,7 @@ wait "$loadtest" || true
 {
     echo "$(date -u +%FT%TZ) $(machine)"
     echo "AGENTS=$AGENTS GATEWAYS=$GATEWAYS RAMP=$RAMP HEARTBEAT=$HEARTBEAT STATUS_RATE=$STATUS_RATE HOLD=$HOLD SHARED_TICKETS=$SHARED_TICKETS"
+    echo "reference bare rustls full handshakes: $bare_handshakes"
+    python3 -c 'import json, sys; rate = json.loads(sys.argv[1])["per_second"]; print(f"{sys.argv[2]} full handshakes alone at that rate: {int(sys.argv[2]) / rate:.1f} s")' "$bare_handshakes" "$AGENTS"
     cat "$WORK/fleet.txt"
 } | tee -a "$OUT"

@@ -10,14 +10,10 @@ OUT="$RESULTS/handshake.txt"
 prepare
 start_nats
 start_gateway gateway-1
-handshakes() {
-    "$LOADTEST" reference handshakes --target "127.0.0.1:$1" --ca "$CA" --server-name localhost \
-        --concurrency "$CONCURRENCY" --duration "$DURATION" --sources 127.0.3.1-127.0.3.8 2>/dev/null
-}
-gateway=$(handshakes "$GATEWAY_PORT")
+gateway=$(full_handshakes "$GATEWAY_PORT" "$DURATION")
 kill -TERM "$GATEWAY_PID"
 start_reference tls-accept
-bare=$(handshakes "$REFERENCE_PORT")
+bare=$(full_handshakes "$REFERENCE_PORT" "$DURATION")
 {
     echo "$(date -u +%FT%TZ) $(machine)"
     echo "ampora gateway: $gateway"
