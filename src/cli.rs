@@ -144,6 +144,9 @@ pub struct GatewayOptions {
     pub http_reply_timeout: Duration,
     #[arg(long, env = "AMPORA_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; more connections wait (accepted) for their turn.
+    #[arg(long, env = "AMPORA_MAX_TLS_HANDSHAKES", default_value_t = 1024)]
+    pub max_tls_handshakes: usize,
     /// WebSocket read buffer per connection, bytes; grows for a larger message, then shrinks
     /// back once the connection is idle.
     #[arg(long, env = "AMPORA_WS_READ_BUFFER", default_value = "256")]

@@ -215,6 +215,7 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         first_message_timeout: options.first_message_timeout,
         http_reply_timeout: options.http_reply_timeout,
         max_connections: options.max_connections,
+        max_tls_handshakes: options.max_tls_handshakes,
         ws_read_buffer_size: options.ws_read_buffer.get(),
         ws_write_buffer_size: options.ws_write_buffer.get(),
         ws_max_write_buffer_size: options.ws_max_write_buffer.get(),

@@ -72,6 +72,10 @@ pub struct GatewayConfig {
     pub control_plane_timeout: Duration,
     /// Open connections (any transport) at most; sockets beyond it are closed at once.
     pub max_connections: usize,
+    /// TLS handshakes in progress at most; further connections wait their turn, the time of
+    /// each handshake counted from its start. Without it a reconnect storm starts thousands
+    /// at once, each crawls, and the slowest time out after their work is done.
+    pub max_tls_handshakes: usize,
     /// Deliveries queued per WebSocket connection before new ones are dropped.
     pub connection_queue: usize,
     /// How long `run` waits on shutdown for WebSockets to close and HTTP exchanges to finish.
@@ -96,6 +100,7 @@ impl Default for GatewayConfig {
             heartbeat_interval: Duration::from_secs(1),
             control_plane_timeout: Duration::from_secs(5),
             max_connections: 50_000,
+            max_tls_handshakes: 1024,
             connection_queue: 16,
             shutdown_grace: Duration::from_secs(10),
             subjects: Subjects::default(),

@@ -3,6 +3,7 @@
 //! Each accepted socket takes a permit from a semaphore of `max_connections`; sockets beyond
 //! it are closed at once. The permit travels with the connection's requests (an extension), so
 //! a WebSocket session keeps holding it after hyper has handed the upgraded socket over.
+//! Once a socket has spoken, its TLS handshake waits for one of `max_tls_handshakes` slots.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -22,6 +24,7 @@ use tower::ServiceExt;
 
 use crate::relay::Relay;
 use crate::routes::{self, AppState, ConnectionPermit};
+use crate::traffic::Counted;
 use crate::GatewayConfig;
 
 /// Largest HTTP/1 read buffer per connection (request head and body chunks); hyper's own
@@ -45,6 +48,12 @@ pub async fn serve(
     };
     let router = routes::app(state.clone());
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let tls = tls.map(|acceptor| Handshakes {
+        acceptor,
+        slots: Arc::new(Semaphore::new(config.max_tls_handshakes.max(1))),
+        waiting: state.relay.traffic().tls_handshakes_waiting.clone(),
+        in_progress: state.relay.traffic().tls_handshakes_in_progress.clone(),
+    });
     tokio::pin!(shutdown);
 
     loop {
@@ -104,10 +113,19 @@ pub async fn serve(
     }
 }
 
+/// What a TLS connection goes through before HTTP: a handshake slot, then the handshake.
+#[derive(Clone)]
+struct Handshakes {
+    acceptor: TlsAcceptor,
+    slots: Arc<Semaphore>,
+    waiting: Gauge,
+    in_progress: Gauge,
+}
+
 async fn serve_connection<S>(
     stream: TcpStream,
     remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Handshakes>,
     service: S,
     config: Arc<GatewayConfig>,
     cancel: CancellationToken,
@@ -120,8 +138,8 @@ async fn serve_connection<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // A peer that connects and never speaks holds a socket and a permit. It has the
-    // first-message deadline to send its first byte and (with TLS) finish the handshake;
-    // hyper's header read timeout then bounds the request head.
+    // first-message timeout to send its first byte and, from the moment its handshake starts,
+    // as long again to finish it; hyper's header read timeout then bounds the request head.
     let deadline = Instant::now() + config.first_message_timeout;
     let mut first_byte = [0u8; 1];
     let spoke = tokio::select! {
@@ -139,13 +157,22 @@ async fn serve_connection<S>(
             return;
         }
     }
-    let Some(acceptor) = tls else {
+    let Some(handshakes) = tls else {
         return http(TokioIo::new(stream), service, &config, cancel).await;
     };
+    let waiting = Counted::new(&handshakes.waiting);
+    let slot = tokio::select! {
+        _ = cancel.cancelled() => return,
+        slot = handshakes.slots.acquire() => slot.expect("the handshake slots are never closed"),
+    };
+    drop(waiting);
+    let in_progress = Counted::new(&handshakes.in_progress);
+    let timeout = config.first_message_timeout;
     let handshake = tokio::select! {
         _ = cancel.cancelled() => return,
-        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout(timeout, handshakes.acceptor.accept(stream)) => handshake,
     };
+    drop((slot, in_progress));
     match handshake {
         Ok(Ok(tls_stream)) => {
             let kind = match tls_stream.get_ref().1.handshake_kind() {

@@ -22,16 +22,22 @@ impl TransportTraffic {
 
     /// Counts an open connection in `ampora_gateway_connections{transport}` while the returned
     /// guard lives. An HTTP exchange is a connection of one message.
-    pub fn open_connection(&self) -> OpenConnection {
-        self.connections.increment(1.0);
-        OpenConnection(self.connections.clone())
+    pub fn open_connection(&self) -> Counted {
+        Counted::new(&self.connections)
     }
 }
 
-/// One open connection, counted until dropped.
-pub struct OpenConnection(Gauge);
+/// One of what a gauge counts (an open connection, a waiting handshake), until dropped.
+pub struct Counted(Gauge);
 
-impl Drop for OpenConnection {
+impl Counted {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
@@ -40,6 +46,9 @@ impl Drop for OpenConnection {
 /// The gateway's per-message series.
 pub struct Traffic {
     pub bytes_in: Counter,
+    /// Connections waiting for a TLS handshake slot, and handshakes in progress.
+    pub tls_handshakes_waiting: Gauge,
+    pub tls_handshakes_in_progress: Gauge,
     pub http_reply_seconds: Histogram,
     pub websocket: TransportTraffic,
     pub http: TransportTraffic,
@@ -51,6 +60,10 @@ impl Traffic {
         ampora_shared::telemetry::prometheus();
         Traffic {
             bytes_in: metrics::counter!("ampora_gateway_bytes_in_total"),
+            tls_handshakes_waiting: metrics::gauge!("ampora_gateway_tls_handshakes_waiting"),
+            tls_handshakes_in_progress: metrics::gauge!(
+                "ampora_gateway_tls_handshakes_in_progress"
+            ),
             http_reply_seconds: metrics::histogram!("ampora_gateway_http_reply_seconds"),
             websocket: TransportTraffic::new("websocket"),
             http: TransportTraffic::new("http"),

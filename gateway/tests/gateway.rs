@@ -982,6 +982,51 @@ async fn tls_peer_that_never_finishes_the_handshake_is_dropped() {
 }
 
 #[tokio::test]
+async fn tls_handshakes_beyond_the_limit_wait_their_turn_and_keep_their_full_time() {
+    let certs = certificates();
+    let gateway = start(
+        GatewayConfig {
+            tls: Some(certs.tls.clone()),
+            first_message_timeout: Duration::from_millis(600),
+            max_tls_handshakes: 1,
+            ..GatewayConfig::for_test()
+        },
+        ANSWERING,
+    )
+    .await;
+    // Two peers in turn take the only slot and stall in their handshakes, until each one's
+    // timeout drops it.
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut peer = TcpStream::connect(gateway.addr).await.unwrap();
+        peer.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        stalled.push(peer);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // This agent waits behind both, longer than its own handshake may take, and still gets in.
+    let client = Arc::new(tls_client(&certs.ca_pem));
+    let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("wss://localhost:{}/v1/opamp", gateway.addr.port()),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(client)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "handshakes were not limited: in after {:?}",
+        started.elapsed()
+    );
+    socket.send(frame(&agent_message(5))).await.unwrap();
+    assert_eq!(next_reply(&mut socket).await.flags, 5);
+    for peer in &mut stalled {
+        assert!(dropped_within(peer, Duration::from_secs(1)).await);
+    }
+}
+
+#[tokio::test]
 async fn tls_with_a_key_that_does_not_fit_fails_clearly() {
     let certs = certificates();
     let other = certificates();

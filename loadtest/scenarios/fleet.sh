@@ -32,7 +32,7 @@ fi
 start_nats
 start_postgres
 start_control_plane
-primaries=() standbys=() primary_pids=()
+primaries=() standbys=() standby_ports=() primary_pids=()
 for i in $(seq "$GATEWAYS"); do
     start_gateway "gateway-$i"
     primaries+=("$GATEWAY_URL")
@@ -41,6 +41,7 @@ done
 for i in $(seq "$GATEWAYS"); do
     start_gateway "standby-$i"
     standbys+=("$GATEWAY_URL")
+    standby_ports+=("$GATEWAY_PORT")
 done
 log "$GATEWAYS gateways and $GATEWAYS standbys up"
 
@@ -60,6 +61,13 @@ kill -KILL "${primary_pids[@]}"
 sleep 5
 wait_ready "$progress" "$AGENTS" 600 || true
 sleep 5
+# What the standbys did with the storm's connections, from their own metrics: handshakes by
+# kind, connections turned away by reason.
+standby_counts=$(for port in "${standby_ports[@]}"; do
+    curl -s --max-time 10 --cacert "$CA" --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/metrics"
+done | awk -F'[{}"]' '/^ampora_gateway_(tls_handshakes|connections_rejected)_total\{/ {
+    sum[$1 " " $3] += $NF
+} END { for (key in sum) printf "%s %d; ", key, sum[key] }')
 kill -TERM "$loadtest"
 wait "$loadtest" || true
 {
@@ -68,4 +76,5 @@ wait "$loadtest" || true
     echo "reference bare rustls full handshakes: $bare_handshakes"
     python3 -c 'import json, sys; rate = json.loads(sys.argv[1])["per_second"]; print(f"{sys.argv[2]} full handshakes alone at that rate: {int(sys.argv[2]) / rate:.1f} s")' "$bare_handshakes" "$AGENTS"
     cat "$WORK/fleet.txt"
+    echo "standbys: $standby_counts"
 } | tee -a "$OUT"

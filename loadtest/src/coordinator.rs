@@ -410,16 +410,17 @@ fn print_summary(report: &Report) {
             );
         }
     }
-    let errors: Vec<String> = ["connect_errors", "http_errors", "server_errors"]
-        .iter()
-        .map(|name| {
-            format!(
-                "{name} {}",
-                figures.counters.get(*name).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    println!("errors: {}", errors.join(", "));
+    let counter = |name: &str| figures.counters.get(name).copied().unwrap_or(0);
+    println!(
+        "errors: connect_errors {} (refused {}, tcp {}, tls {}, upgrade {}), http_errors {}, server_errors {}",
+        counter("connect_errors"),
+        counter("connect_refused"),
+        counter("connect_tcp_errors"),
+        counter("connect_tls_errors"),
+        counter("connect_upgrade_errors"),
+        counter("http_errors"),
+        counter("server_errors"),
+    );
 }
 
 /// Written whole then renamed, so a reader never sees half a file.

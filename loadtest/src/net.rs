@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use rustls::client::{
     ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
@@ -168,6 +168,51 @@ impl FromStr for Endpoint {
     }
 }
 
+/// The step at which a connection attempt failed, as the report counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens there: a dead gateway.
+    Refused,
+    /// Any other TCP failure: reset, timed out, no free source port.
+    Tcp,
+    Tls,
+    /// The WebSocket upgrade, or the HTTP/1.1 handshake of a polling agent.
+    Upgrade,
+}
+
+/// A failed connection attempt: the step that failed, and why.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub failure: ConnectFailure,
+    error: anyhow::Error,
+}
+
+impl ConnectError {
+    pub fn new(failure: ConnectFailure, error: impl Into<anyhow::Error>) -> Self {
+        ConnectError {
+            failure,
+            error: error.into(),
+        }
+    }
+
+    fn tcp(error: std::io::Error) -> Self {
+        let failure = if error.kind() == std::io::ErrorKind::ConnectionRefused {
+            ConnectFailure::Refused
+        } else {
+            ConnectFailure::Tcp
+        };
+        ConnectError::new(failure, error)
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {:#}", self.failure, self.error)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 /// A connection just opened.
 pub struct Opened {
     pub io: Box<dyn Io>,
@@ -182,8 +227,11 @@ impl Endpoint {
         &self,
         sources: &SourceAddrs,
         tls: Option<&TlsClient>,
-    ) -> anyhow::Result<Opened> {
-        let stream = sources.connect(self.addr).await?;
+    ) -> Result<Opened, ConnectError> {
+        let stream = sources
+            .connect(self.addr)
+            .await
+            .map_err(ConnectError::tcp)?;
         match (self.tls, tls) {
             (false, _) => Ok(Opened {
                 io: Box::new(stream),
@@ -193,13 +241,17 @@ impl Endpoint {
                 let stream = tls
                     .connector
                     .connect(tls.server_name.clone(), stream)
-                    .await?;
+                    .await
+                    .map_err(|error| ConnectError::new(ConnectFailure::Tls, error))?;
                 Ok(Opened {
                     handshake: stream.get_ref().1.handshake_kind(),
                     io: Box::new(stream),
                 })
             }
-            (true, None) => bail!("{} needs TLS settings (--ca)", self.url),
+            (true, None) => Err(ConnectError::new(
+                ConnectFailure::Tls,
+                anyhow!("{} needs TLS settings (--ca)", self.url),
+            )),
         }
     }
 }
@@ -449,5 +501,42 @@ mod tests {
         let agent = client.for_one_agent();
         assert_eq!(exchange(&endpoint, &agent).await, Full);
         assert_eq!(exchange(&endpoint, &agent).await, Full, "--no-resume");
+    }
+
+    #[tokio::test]
+    async fn failed_connections_say_which_step_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (endpoint, client) = tls_server(dir.path(), true).await;
+        let sources: SourceAddrs = "127.0.0.1".parse().unwrap();
+        let failure =
+            |opened: Result<Opened, ConnectError>| opened.err().map(|error| error.failure);
+
+        // A port nothing listens on: the dead gateway of a reconnect storm.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead: Endpoint = format!("wss://localhost:{}/", closed.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        drop(closed);
+        let agent = client.for_one_agent();
+        assert_eq!(
+            failure(dead.open(&sources, Some(&agent)).await),
+            Some(ConnectFailure::Refused)
+        );
+
+        // A listener that accepts and hangs up before the handshake.
+        let hangs_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rude: Endpoint = format!("wss://localhost:{}/", hangs_up.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = hangs_up.accept().await {
+                drop(stream);
+            }
+        });
+        assert_eq!(
+            failure(rude.open(&sources, Some(&agent)).await),
+            Some(ConnectFailure::Tls)
+        );
+        assert!(failure(endpoint.open(&sources, Some(&agent)).await).is_none());
     }
 }

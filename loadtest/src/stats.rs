@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use rustls::HandshakeKind;
 use serde::{Deserialize, Serialize};
 
+use crate::net::ConnectFailure;
+
 /// Latencies are kept in microseconds, up to ten minutes, to three significant figures.
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
@@ -39,7 +41,11 @@ macro_rules! counters {
 
 counters! {
     connects: "Connections opened (TCP, TLS and WebSocket upgrade done).",
-    connect_errors: "Connection attempts that failed.",
+    connect_errors: "Connection attempts that failed, all steps together.",
+    connect_refused: "Connection attempts refused: nothing listening (a dead gateway).",
+    connect_tcp_errors: "Connection attempts that failed in TCP otherwise (reset, timed out, no source port).",
+    connect_tls_errors: "Connection attempts that failed in the TLS handshake.",
+    connect_upgrade_errors: "Connection attempts that failed in the WebSocket upgrade or the HTTP/1.1 handshake.",
     tls_full_handshakes: "TLS handshakes with the certificate sent and verified.",
     tls_resumed_handshakes: "TLS handshakes that resumed one of the agent's earlier sessions.",
     disconnects: "Open connections that ended.",
@@ -129,6 +135,16 @@ impl Stats {
         count(&self.counters.connects);
         self.connected.fetch_add(1, Ordering::Relaxed);
         record(&self.connect_latency, took);
+    }
+
+    pub fn connect_failed(&self, failure: ConnectFailure) {
+        count(&self.counters.connect_errors);
+        count(match failure {
+            ConnectFailure::Refused => &self.counters.connect_refused,
+            ConnectFailure::Tcp => &self.counters.connect_tcp_errors,
+            ConnectFailure::Tls => &self.counters.connect_tls_errors,
+            ConnectFailure::Upgrade => &self.counters.connect_upgrade_errors,
+        });
     }
 
     /// Counts a connection's TLS handshake by kind; `None` (no TLS) counts nothing.

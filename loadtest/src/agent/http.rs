@@ -16,7 +16,7 @@ use prost::Message as _;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::{backoff, Agent, Context, Next};
-use crate::net::TlsClient;
+use crate::net::{ConnectError, ConnectFailure, TlsClient};
 use crate::stats::count;
 
 type Connection = SendRequest<Full<Bytes>>;
@@ -61,8 +61,8 @@ pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
                 }
                 let started = Instant::now();
                 let opened = open(&context, endpoint, tls.as_ref()).await;
-                if opened.is_err() {
-                    count(&stats.counters.connect_errors);
+                if let Err(error) = &opened {
+                    stats.connect_failed(error.failure);
                     endpoint = context.failover(endpoint);
                 }
                 connection = Some(opened?);
@@ -128,13 +128,14 @@ async fn open(
     context: &Context,
     endpoint: usize,
     tls: Option<&TlsClient>,
-) -> anyhow::Result<Connection> {
+) -> Result<Connection, ConnectError> {
     let opened = context.endpoints[endpoint]
         .open(&context.sources, tls)
         .await?;
     context.stats.tls_handshake(opened.handshake);
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(opened.io)).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(opened.io))
+        .await
+        .map_err(|error| ConnectError::new(ConnectFailure::Upgrade, error))?;
     tokio::spawn(connection);
     Ok(sender)
 }

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{backoff, Agent, Context, Next};
-use crate::net::{Endpoint, Io, TlsClient};
+use crate::net::{ConnectError, ConnectFailure, Endpoint, Io, TlsClient};
 use crate::stats::{count, Stats};
 
 type Socket = WebSocketStream<Box<dyn Io>>;
@@ -41,7 +41,7 @@ pub async fn run(mut agent: Agent, mut endpoint: usize, context: Arc<Context>) {
                 }
             }
             Err(error) => {
-                count(&context.stats.counters.connect_errors);
+                context.stats.connect_failed(error.failure);
                 tracing::debug!(%error, endpoint = %context.endpoints[endpoint].url, "connect failed");
                 endpoint = context.failover(endpoint);
                 failures += 1;
@@ -58,7 +58,7 @@ async fn connect(
     endpoint: &Endpoint,
     tls: Option<&TlsClient>,
     context: &Context,
-) -> anyhow::Result<Socket> {
+) -> Result<Socket, ConnectError> {
     let opened = endpoint.open(&context.sources, tls).await?;
     context.stats.tls_handshake(opened.handshake);
     // Small buffers: a worker holds ~19k of these.
@@ -69,7 +69,8 @@ async fn connect(
         .max_frame_size(Some(context.max_message_size));
     let (socket, _) =
         tokio_tungstenite::client_async_with_config(endpoint.url.as_str(), opened.io, Some(config))
-            .await?;
+            .await
+            .map_err(|error| ConnectError::new(ConnectFailure::Upgrade, error))?;
     Ok(socket)
 }
 
