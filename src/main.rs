@@ -5,11 +5,6 @@ mod roles;
 
 use clap::Parser;
 
-/// Allocation-heavy paths (every message decoded, merged, encoded) run markedly faster on
-/// mimalloc than on glibc's malloc; see docs/performance.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status for configuration mistakes (sysexits' EX_USAGE).
 const EXIT_BAD_CONFIG: i32 = 64;
 

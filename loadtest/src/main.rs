@@ -12,10 +12,6 @@ mod worker;
 
 use clap::Parser;
 
-/// The allocator of the `ampora` binary, so the bare references run on the same one.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(name = "ampora-loadtest", version, about = "Load generator for Ampora")]
 struct Cli {
