@@ -176,11 +176,11 @@ start_reference() {
     wait_port "$REFERENCE_PORT"
 }
 
-# full_handshakes PORT [DURATION]: full TLS handshakes per second against 127.0.0.1:PORT
+# full_handshakes PORT DURATION: full TLS handshakes per second against 127.0.0.1:PORT
 # (CONCURRENCY at once, from their own source addresses); the JSON result.
 full_handshakes() {
     "$LOADTEST" reference handshakes --target "127.0.0.1:$1" --ca "$CA" --server-name localhost \
-        --concurrency "${CONCURRENCY:-32}" --duration "${2:-15s}" --sources 127.0.3.1-127.0.3.8 2>/dev/null
+        --concurrency "${CONCURRENCY:-32}" --duration "$2" --sources 127.0.3.1-127.0.3.8 2>/dev/null
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
