@@ -188,12 +188,16 @@ async fn without_control_planes_agents_are_told_unavailable_at_once() {
     }
 }
 
+/// The metrics page of the gateway whose OpAMP URL is `gateway`.
+fn gateway_metrics_url(gateway: &str) -> String {
+    gateway
+        .replace("ws://", "http://")
+        .replace("/v1/opamp", "/metrics")
+}
+
 /// The gateway's own view: whether it hears a control-plane (its metrics gauge).
 async fn hears_a_control_plane(gateway: &str) -> bool {
-    let metrics_url = gateway
-        .replace("ws://", "http://")
-        .replace("/v1/opamp", "/metrics");
-    let text = reqwest::get(&metrics_url)
+    let text = reqwest::get(gateway_metrics_url(gateway))
         .await
         .unwrap()
         .text()
@@ -201,6 +205,38 @@ async fn hears_a_control_plane(gateway: &str) -> bool {
         .unwrap();
     text.lines()
         .any(|line| line == "ampora_gateway_control_plane_available 1")
+}
+
+/// The allocator a role process reports on its metrics page.
+async fn allocator_of(metrics_url: &str) -> String {
+    let text = reqwest::get(metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("ampora_allocator{allocator=\"")?
+                .strip_suffix("\"} 1")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("{metrics_url} names no allocator"))
+}
+
+#[tokio::test]
+async fn the_control_plane_runs_on_mimalloc_and_the_gateway_on_the_system_allocator() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        gateways: 1,
+        control_planes: 1,
+        nats_servers: 1,
+    })
+    .await;
+    let gateway_metrics = gateway_metrics_url(&cluster.gateways[0].address);
+    let control_plane_metrics = format!("{}/metrics", cluster.api());
+    assert_eq!(allocator_of(&control_plane_metrics).await, "mimalloc");
+    assert_eq!(allocator_of(&gateway_metrics).await, "system");
 }
 
 #[tokio::test]

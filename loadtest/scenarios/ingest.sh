@@ -55,6 +55,7 @@ cpu_snapshot() {
 }
 
 progress="$WORK/progress.json"
+wal_at_start=$(wal_bytes)
 launched=$SECONDS
 "$LOADTEST" agents --url "$(IFS=,; echo "${urls[*]}")" --ca "$CA" --agents "$AGENTS" --ramp "$RAMP" \
     --status-rate "$STATUS_RATE" --effective-config-bytes "$EFFECTIVE_CONFIG" --sources "$SOURCES" --duration "$DURATION" --warmup "$WARMUP" --progress-interval 5s \
@@ -76,8 +77,10 @@ sleep "$window"
 cpu_snapshot "$loadtest" >"$WORK/cpu-after"
 progress_after="$(json_field "$progress" sent) $(json_field "$progress" elapsed_seconds)"
 wait "$loadtest"
+wal_written=$(($(wal_bytes) - wal_at_start))
 {
     cat "$WORK/ingest-report.txt"
+    echo "PostgreSQL WAL written by the run: $((wal_written / 1048576)) MiB (segments made up front: $WAL_PREWARM_GB GiB)"
     python3 - "$WORK/cpu-before" "$WORK/cpu-after" "$progress_before" "$progress_after" "$window" "$(getconf CLK_TCK)" <<'PY'
 import sys
 before, after, progress0, progress1, window, tck = sys.argv[1:]

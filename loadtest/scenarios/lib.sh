@@ -8,6 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 AMPORA="$ROOT/target/release/ampora"
 LOADTEST="$ROOT/target/release/ampora-loadtest"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# WAL segments made before a run, GiB (max_wal_size is twice this).
+WAL_PREWARM_GB="${WAL_PREWARM_GB:-4}"
 RESULTS="${RESULTS:-$ROOT/target/loadtest}"
 WORK="$(mktemp -d /tmp/ampora-scenario.XXXXXX)"
 chmod 755 "$WORK"
@@ -105,23 +107,32 @@ start_postgres() {
     runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres >/dev/null
     PG_PORT=$(free_port)
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -o \
-        "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=8GB -c min_wal_size=4GB -c checkpoint_timeout=15min ${POSTGRES_OPTIONS:-}" \
+        "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c track_commit_timestamp=on -c max_connections=200 -c shared_buffers=1GB -c max_wal_size=$((2 * WAL_PREWARM_GB))GB -c min_wal_size=${WAL_PREWARM_GB}GB -c checkpoint_timeout=15min ${POSTGRES_OPTIONS:-}" \
         start >/dev/null
     DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
     prewarm_wal
     log "PostgreSQL on $DATABASE_URL"
 }
 
+# psql ARGS...: runs psql against the scenario's PostgreSQL, unaligned and tuples only.
+psql_run() {
+    runuser -u postgres -- "$PG_BIN/psql" -h "$PG_DATA" -p "$PG_PORT" -U postgres -qAt "$@"
+}
+
 # A server that has run a while reuses its WAL segments, recycled at each checkpoint. A fresh
 # cluster instead creates and zero-fills a new 16 MB segment whenever the WAL reaches the end
 # of one, inside a commit, with every other committer waiting: at 20k changes/s, once a second.
-# So the segments a run needs (4 GB) are made up front, then recycled by a checkpoint.
+# So the segments a run needs (WAL_PREWARM_GB) are made up front, then recycled by a checkpoint.
 prewarm_wal() {
-    log "preparing 4 GB of WAL segments, as a server in steady state has them"
-    runuser -u postgres -- "$PG_BIN/psql" -h "$PG_DATA" -p "$PG_PORT" -U postgres -qAt \
-        -c "CREATE TABLE wal_prewarm (n int)" \
-        -c "DO \$\$ BEGIN FOR n IN 1..256 LOOP INSERT INTO wal_prewarm VALUES (n); PERFORM pg_switch_wal(); END LOOP; END \$\$" \
+    log "preparing $WAL_PREWARM_GB GiB of WAL segments, as a server in steady state has them"
+    psql_run -c "CREATE TABLE wal_prewarm (n int)" \
+        -c "DO \$\$ BEGIN FOR n IN 1..$((WAL_PREWARM_GB * 64)) LOOP INSERT INTO wal_prewarm VALUES (n); PERFORM pg_switch_wal(); END LOOP; END \$\$" \
         -c "DROP TABLE wal_prewarm" -c "CHECKPOINT" >/dev/null
+}
+
+# WAL written since the server started, in bytes.
+wal_bytes() {
+    psql_run -c "SELECT wal_bytes FROM pg_stat_wal"
 }
 
 start_control_plane() {
