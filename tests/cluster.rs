@@ -195,27 +195,28 @@ fn gateway_metrics_url(gateway: &str) -> String {
         .replace("/v1/opamp", "/metrics")
 }
 
-/// The gateway's own view: whether it hears a control-plane (its metrics gauge).
-async fn hears_a_control_plane(gateway: &str) -> bool {
-    let text = reqwest::get(gateway_metrics_url(gateway))
+async fn metrics_text(metrics_url: &str) -> String {
+    reqwest::get(metrics_url)
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The gateway's own view: whether it hears a control-plane (its metrics gauge).
+async fn hears_a_control_plane(gateway: &str) -> bool {
+    metrics_text(&gateway_metrics_url(gateway))
+        .await
+        .lines()
         .any(|line| line == "ampora_gateway_control_plane_available 1")
 }
 
 /// The allocator a role process reports on its metrics page.
 async fn allocator_of(metrics_url: &str) -> String {
-    let text = reqwest::get(metrics_url)
+    metrics_text(metrics_url)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|line| {
             line.strip_prefix("ampora_allocator{allocator=\"")?
                 .strip_suffix("\"} 1")
