@@ -17,6 +17,7 @@ use futures::channel::mpsc;
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::oneshot;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -61,6 +62,9 @@ pub struct Relay {
     started: Instant,
     /// Milliseconds after `started` when a control-plane was last heard.
     control_plane_heard_ms: AtomicU64,
+    /// Milliseconds after `started` when the heartbeat watcher last had every heartbeat that
+    /// had arrived in hand.
+    control_plane_looked_ms: AtomicU64,
     traffic: Traffic,
 }
 
@@ -86,6 +90,7 @@ impl Relay {
             ready: AtomicBool::new(true),
             started: Instant::now(),
             control_plane_heard_ms: AtomicU64::new(0),
+            control_plane_looked_ms: AtomicU64::new(0),
             traffic: Traffic::new(),
         });
         for task in [
@@ -107,26 +112,48 @@ impl Relay {
         &self.traffic
     }
 
-    /// Whether some control-plane was heard recently (counting from our start, so a fresh
-    /// gateway gives them one timeout to speak up): a heartbeat or a delivery, which only a
-    /// working control-plane sends.
+    /// Whether some control-plane was heard (a heartbeat or a delivery, which only a working
+    /// control-plane sends) within the timeout before the heartbeat watcher last looked,
+    /// counting from our start, so a fresh gateway gives them one timeout to speak up. Silence
+    /// counts only up to the watcher's last look: a gateway too busy to run its watcher (a
+    /// reconnect storm's handshakes) has heartbeats waiting unread, which says nothing about
+    /// the control-planes.
     pub fn control_plane_available(&self) -> bool {
         let heard = self.control_plane_heard_ms.load(Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64;
-        now.saturating_sub(heard) <= self.config.control_plane_timeout.as_millis() as u64
+        let looked = self.control_plane_looked_ms.load(Ordering::Relaxed);
+        looked.saturating_sub(heard) <= self.config.control_plane_timeout.as_millis() as u64
     }
 
+    /// Reads heartbeats as they come and looks once per heartbeat interval; each look first
+    /// reads every heartbeat already waiting.
     async fn hear_control_planes(self: Arc<Self>, mut heartbeats: Subscription) {
-        while let Some(message) = heartbeats.next().await {
-            if ControlPlaneHeartbeat::decode(message.payload).is_ok() {
-                self.heard_control_plane();
+        let mut look = tokio::time::interval(self.config.heartbeat_interval);
+        look.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                message = heartbeats.next() => match message {
+                    Some(message) => {
+                        if ControlPlaneHeartbeat::decode(message.payload).is_ok() {
+                            self.heard_control_plane();
+                        }
+                    }
+                    None => break,
+                },
+                _ = look.tick() => {
+                    self.control_plane_looked_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+                }
             }
         }
     }
 
     fn heard_control_plane(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.control_plane_heard_ms.store(now, Ordering::Relaxed);
+        self.control_plane_heard_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Tells control-planes this gateway is alive, so its agents stay online.
@@ -300,6 +327,8 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use ampora_shared::bus::InProcessBus;
 
@@ -322,6 +351,53 @@ mod tests {
         assert!(!relay.routes().contains_key(&first));
         drop(websocket);
         assert!(relay.routes().is_empty());
+        stop.cancel();
+    }
+
+    async fn heartbeat(bus: &InProcessBus, config: &GatewayConfig) {
+        let beat = ControlPlaneHeartbeat {
+            replica_id: "replica-1".into(),
+        };
+        bus.publish(
+            &config.subjects.control_plane_heartbeat(),
+            beat.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// The test's runtime has one thread: blocking it stands for a gateway whose threads are
+    /// all busy, so its heartbeat watcher cannot run.
+    #[tokio::test]
+    async fn a_gateway_too_busy_to_read_heartbeats_does_not_take_the_control_plane_for_gone() {
+        let bus = Arc::new(InProcessBus::default());
+        let config = Arc::new(GatewayConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            control_plane_timeout: Duration::from_millis(300),
+            ..GatewayConfig::for_test()
+        });
+        let stop = CancellationToken::new();
+        let relay = Relay::start(bus.clone(), config.clone(), stop.clone())
+            .await
+            .unwrap();
+        for _ in 0..8 {
+            heartbeat(&bus, &config).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(relay.control_plane_available());
+
+        std::thread::sleep(3 * config.control_plane_timeout);
+        assert!(
+            relay.control_plane_available(),
+            "heartbeats the gateway could not read yet were taken for silence"
+        );
+
+        // Real silence, with the watcher running, is still noticed.
+        tokio::time::sleep(config.control_plane_timeout + 4 * config.heartbeat_interval).await;
+        assert!(!relay.control_plane_available());
+        heartbeat(&bus, &config).await;
+        tokio::time::sleep(2 * config.heartbeat_interval).await;
+        assert!(relay.control_plane_available());
         stop.cancel();
     }
 }
