@@ -31,6 +31,15 @@ fn options() -> ClusterOptions {
     }
 }
 
+/// One gateway, one control-plane, one NATS server.
+fn one_of_each() -> ClusterOptions {
+    ClusterOptions {
+        gateways: 1,
+        control_planes: 1,
+        nats_servers: 1,
+    }
+}
+
 async fn steady(cluster: &mut Cluster) -> (Fleet, Vec<ExternalAgent>) {
     let fleet = Fleet::start(
         &cluster.ws_url(),
@@ -139,12 +148,7 @@ async fn killed_gateway_agents_reconnect_through_the_load_balancer() {
 #[tokio::test]
 async fn without_control_planes_agents_are_told_unavailable_at_once() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(ClusterOptions {
-        gateways: 1,
-        control_planes: 1,
-        nats_servers: 1,
-    })
-    .await;
+    let mut cluster = Cluster::start(one_of_each()).await;
     let mut agent = WsAgent::connect(&cluster.ws_url()).await;
     agent.exchange(full_state("patient", "prod")).await;
     cluster.control_planes[0].kill9();
@@ -228,12 +232,7 @@ async fn allocator_of(metrics_url: &str) -> String {
 #[tokio::test]
 async fn the_control_plane_runs_on_mimalloc_and_the_gateway_on_the_system_allocator() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(ClusterOptions {
-        gateways: 1,
-        control_planes: 1,
-        nats_servers: 1,
-    })
-    .await;
+    let mut cluster = Cluster::start(one_of_each()).await;
     let gateway_metrics = gateway_metrics_url(&cluster.gateways[0].address);
     let control_plane_metrics = format!("{}/metrics", cluster.api());
     assert_eq!(allocator_of(&control_plane_metrics).await, "mimalloc");
@@ -243,12 +242,7 @@ async fn the_control_plane_runs_on_mimalloc_and_the_gateway_on_the_system_alloca
 #[tokio::test]
 async fn a_control_plane_waiting_on_its_database_is_still_heard() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(ClusterOptions {
-        gateways: 1,
-        control_planes: 1,
-        nats_servers: 1,
-    })
-    .await;
+    let cluster = Cluster::start(one_of_each()).await;
     let gateway = cluster.gateways[0].address.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !hears_a_control_plane(&gateway).await {
