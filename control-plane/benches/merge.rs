@@ -1,4 +1,5 @@
-//! Snapshot merge: what applying one OpAMP message to an agent's state costs.
+//! Snapshot merge: what applying one OpAMP message to an agent's state costs, and writing the
+//! summary it changes.
 //! `cargo bench -p ampora-control-plane`.
 
 use std::collections::HashMap;
@@ -102,6 +103,10 @@ fn merge(c: &mut Criterion) {
             |record| apply_message(record, true, black_box(&changed), &origin),
             BatchSize::SmallInput,
         )
+    });
+    // What a commit writes for every changed agent besides its history row.
+    c.bench_function("merge/summary_json", |b| {
+        b.iter(|| serde_json::to_string(black_box(&known.head.summary)))
     });
 }
 

@@ -75,8 +75,8 @@ fn record(uid: Uuid, environment: &str, seen: i64) -> AgentRecord {
             first_seen: at(seen),
             last_seen: at(seen),
             summary: AgentSummary {
-                identifying_attributes: identifying,
-                non_identifying_attributes: non_identifying,
+                identifying_attributes: identifying.into(),
+                non_identifying_attributes: non_identifying.into(),
                 health: Some(Health {
                     healthy: true,
                     start_time: Some(at(0)),
@@ -157,7 +157,7 @@ async fn upsert_keeps_first_seen_and_applies_seen(db: Db) {
     assert_eq!(stored.head.last_seen, at(100));
     assert_eq!(stored.head.status, AgentStatus::Offline);
     assert_eq!(
-        stored.head.summary.non_identifying_attributes["deployment.environment"],
+        stored.head.summary.non_identifying_attributes.to_map()["deployment.environment"],
         "dev"
     );
 
@@ -178,7 +178,8 @@ async fn upsert_keeps_first_seen_and_applies_seen(db: Db) {
         (at(200), 77)
     );
     assert_eq!(
-        stored.head.summary.non_identifying_attributes["deployment.environment"], "dev",
+        stored.head.summary.non_identifying_attributes.to_map()["deployment.environment"],
+        "dev",
         "seen touches nothing else"
     );
 }
@@ -534,7 +535,7 @@ async fn the_last_snapshot_of_an_agent_in_a_batch_wins(db: Db) {
         .unwrap();
     let stored = store.get_agent(uid).await.unwrap().unwrap();
     assert_eq!(
-        stored.head.summary.non_identifying_attributes["deployment.environment"],
+        stored.head.summary.non_identifying_attributes.to_map()["deployment.environment"],
         "second"
     );
     assert_eq!(

@@ -318,7 +318,7 @@ enum Inbound {
     Invalid(End),
 }
 
-async fn inbound(data: &[u8], peer: &Peer, relay: &Relay, config: &GatewayConfig) -> Inbound {
+async fn inbound(data: &Bytes, peer: &Peer, relay: &Relay, config: &GatewayConfig) -> Inbound {
     let (message, payload) = match codec::decode_ws_agent_message(data) {
         Ok(decoded) => decoded,
         Err(error) => {

@@ -10,6 +10,7 @@ use ampora_shared::pb::opamp::{
     any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer, AnyValue,
     ComponentHealth, EffectiveConfig, KeyValue, ServerToAgent,
 };
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 
@@ -74,7 +75,7 @@ fn heartbeat() -> AgentToServer {
 fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("ws_frame_decode");
     for (name, message) in [("heartbeat", heartbeat()), ("full_status", full_status())] {
-        let frame = codec::ws_frame_from_encoded(&message.encode_to_vec());
+        let frame = Bytes::from(codec::ws_frame_from_encoded(&message.encode_to_vec()));
         group.throughput(Throughput::Bytes(frame.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| codec::decode_ws_agent_message(black_box(&frame)).unwrap())

@@ -47,11 +47,12 @@ pub fn ws_payload(frame: &[u8]) -> Result<&[u8]> {
     Ok(rest)
 }
 
-/// Decodes one WebSocket binary message into an `AgentToServer`.
-pub fn decode_ws_agent_message(frame: &[u8]) -> Result<(AgentToServer, Bytes)> {
-    let payload = Bytes::copy_from_slice(ws_payload(frame)?);
-    let message = decode_agent_to_server(&payload)?;
-    Ok((message, payload))
+/// Decodes one WebSocket binary message into an `AgentToServer`, and returns it with its
+/// protobuf payload, which shares the frame's buffer.
+pub fn decode_ws_agent_message(frame: &Bytes) -> Result<(AgentToServer, Bytes)> {
+    let payload = ws_payload(frame)?;
+    let message = decode_agent_to_server(payload)?;
+    Ok((message, frame.slice_ref(payload)))
 }
 
 /// Encodes a `ServerToAgent` as one WebSocket binary message (header + protobuf).
@@ -128,9 +129,15 @@ mod tests {
     fn agent_frame_decodes() {
         let mut frame = vec![0u8];
         sample().encode(&mut frame).unwrap();
+        let frame = Bytes::from(frame);
         let (message, payload) = decode_ws_agent_message(&frame).unwrap();
         assert_eq!(message, sample());
         assert_eq!(&payload[..], &frame[1..]);
+        assert_eq!(
+            payload.as_ptr(),
+            frame[1..].as_ptr(),
+            "the payload is not a copy"
+        );
     }
 
     #[test]
@@ -138,7 +145,7 @@ mod tests {
         let mut frame = vec![1u8];
         sample().encode(&mut frame).unwrap();
         assert_eq!(
-            decode_ws_agent_message(&frame).unwrap_err(),
+            decode_ws_agent_message(&frame.into()).unwrap_err(),
             CodecError::UnsupportedHeader(1)
         );
         // A multi-byte varint header that is not zero.
@@ -163,7 +170,7 @@ mod tests {
         sample().encode(&mut frame).unwrap();
         frame.truncate(frame.len() - 3);
         assert!(matches!(
-            decode_ws_agent_message(&frame),
+            decode_ws_agent_message(&frame.into()),
             Err(CodecError::Undecodable(_))
         ));
     }

@@ -10,9 +10,7 @@ use ampora_shared::pb::opamp::{
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::snapshot::{
-    Attributes, ConfigFile, Health, PackageStatus, PackageStatuses, RemoteConfigStatus,
-};
+use super::snapshot::{ConfigFile, Health, PackageStatus, PackageStatuses, RemoteConfigStatus};
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -58,7 +56,7 @@ pub fn any_value_to_json(value: Option<&AnyValue>) -> Value {
     }
 }
 
-pub fn key_values_to_json(pairs: &[KeyValue]) -> Attributes {
+pub fn key_values_to_json(pairs: &[KeyValue]) -> BTreeMap<String, Value> {
     pairs
         .iter()
         .map(|kv| (kv.key.clone(), any_value_to_json(kv.value.as_ref())))

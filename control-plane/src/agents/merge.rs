@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use super::capabilities::agent_capability_names;
 use super::convert;
-use super::snapshot::{AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, Transport};
+use super::snapshot::{
+    AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, Attributes, Transport,
+};
 
 /// Where a message came from.
 #[derive(Debug, Clone)]
@@ -149,8 +151,12 @@ pub fn apply_message(
         &mut outcome,
     );
     if let Some(description) = &message.agent_description {
-        let identifying = convert::key_values_to_json(&description.identifying_attributes);
-        let non_identifying = convert::key_values_to_json(&description.non_identifying_attributes);
+        let identifying = Attributes::from(convert::key_values_to_json(
+            &description.identifying_attributes,
+        ));
+        let non_identifying = Attributes::from(convert::key_values_to_json(
+            &description.non_identifying_attributes,
+        ));
         if summary.identifying_attributes != identifying
             || summary.non_identifying_attributes != non_identifying
         {
@@ -371,7 +377,7 @@ mod tests {
         let outcome = apply_message(&mut record, true, &heartbeat(1), &origin(1));
         assert_quiet(&outcome);
         assert_eq!(
-            record.head.summary.identifying_attributes["service.name"],
+            record.head.summary.identifying_attributes.to_map()["service.name"],
             "collector"
         );
         assert!(record.head.summary.health.as_ref().unwrap().healthy);

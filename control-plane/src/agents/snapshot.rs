@@ -5,8 +5,10 @@
 //! config, package statuses, components — possibly large, stored gzip'd above a threshold).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -58,9 +60,66 @@ impl Transport {
     }
 }
 
-/// Attribute values as JSON: strings, numbers, booleans, arrays and objects as OpAMP's AnyValue
-/// carries them; bytes as base64 text.
-pub type Attributes = BTreeMap<String, serde_json::Value>;
+/// An agent's attributes as one JSON object: values as OpAMP's AnyValue carries them (strings,
+/// numbers, booleans, arrays, objects; bytes as base64 text), keys in order.
+///
+/// Held as that object's text, as it is written and compared. Attributes change only with the
+/// agent's description, while the summary holding them is written again with every change of
+/// health or config status; and a fleet's worth of them stays in memory, where the text takes a
+/// fraction of the room of a map.
+#[derive(Clone)]
+pub struct Attributes(Box<RawValue>);
+
+impl Attributes {
+    /// The attributes as a map, parsed from the text.
+    pub fn to_map(&self) -> BTreeMap<String, serde_json::Value> {
+        serde_json::from_str(self.0.get()).expect("attributes are a JSON object")
+    }
+}
+
+impl Default for Attributes {
+    fn default() -> Attributes {
+        BTreeMap::new().into()
+    }
+}
+
+impl From<BTreeMap<String, serde_json::Value>> for Attributes {
+    fn from(values: BTreeMap<String, serde_json::Value>) -> Attributes {
+        Attributes(serde_json::value::to_raw_value(&values).expect("attributes serialize"))
+    }
+}
+
+impl FromIterator<(String, serde_json::Value)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(pairs: I) -> Attributes {
+        BTreeMap::from_iter(pairs).into()
+    }
+}
+
+/// The text is always serde_json's of an ordered map, so equal attributes have equal text.
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Attributes) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl fmt::Debug for Attributes {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.0.get())
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// Read as a map and written again, so that stored text of any layout compares as it should.
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Attributes, D::Error> {
+        BTreeMap::deserialize(deserializer).map(Attributes::from)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
@@ -179,4 +238,48 @@ pub struct AgentHead {
 pub struct AgentRecord {
     pub head: AgentHead,
     pub details: AgentDetails,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn attributes_held_as_text_are_written_and_read_as_json_objects() {
+        let summary = AgentSummary {
+            identifying_attributes: Attributes::from_iter([
+                ("service.name".into(), json!("collector")),
+                ("weight".into(), json!(1.5)),
+            ]),
+            non_identifying_attributes: Attributes::from_iter([(
+                "labels".into(),
+                json!({"team": "a\"b"}),
+            )]),
+            custom_capabilities: vec!["io.example.x".into()],
+            ..AgentSummary::default()
+        };
+        let written = serde_json::to_string(&summary).unwrap();
+        let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(
+            written,
+            json!({
+                "identifying_attributes": {"service.name": "collector", "weight": 1.5},
+                "non_identifying_attributes": {"labels": {"team": "a\"b"}},
+                "health": null,
+                "remote_config_status": null,
+                "custom_capabilities": ["io.example.x"],
+            })
+        );
+        let read: AgentSummary = serde_json::from_value(written).unwrap();
+        let spaced: Attributes =
+            serde_json::from_str(r#"{ "weight": 1.5, "service.name": "collector" }"#).unwrap();
+        assert_eq!(spaced, summary.identifying_attributes);
+        assert_eq!(read, summary);
+        assert_eq!(
+            read.identifying_attributes.to_map()["service.name"],
+            "collector"
+        );
+    }
 }

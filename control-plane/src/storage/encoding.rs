@@ -74,9 +74,10 @@ pub fn attribute_rows(
     non_identifying: &Attributes,
 ) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = identifying
-        .iter()
-        .chain(non_identifying)
-        .map(|(key, value)| (key.clone(), attribute_text(value)))
+        .to_map()
+        .into_iter()
+        .chain(non_identifying.to_map())
+        .map(|(key, value)| (key, attribute_text(&value)))
         .collect();
     rows.sort();
     rows.dedup();
@@ -131,12 +132,14 @@ mod tests {
 
     #[test]
     fn attribute_rows_are_text_and_unique() {
-        let mut identifying = Attributes::new();
-        identifying.insert("service.name".into(), serde_json::json!("a"));
-        identifying.insert("n".into(), serde_json::json!(3));
-        let mut non_identifying = Attributes::new();
-        non_identifying.insert("service.name".into(), serde_json::json!("a"));
-        non_identifying.insert("ok".into(), serde_json::json!(true));
+        let identifying = Attributes::from_iter([
+            ("service.name".into(), serde_json::json!("a")),
+            ("n".into(), serde_json::json!(3)),
+        ]);
+        let non_identifying = Attributes::from_iter([
+            ("service.name".into(), serde_json::json!("a")),
+            ("ok".into(), serde_json::json!(true)),
+        ]);
         assert_eq!(
             attribute_rows(&identifying, &non_identifying),
             [
