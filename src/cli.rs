@@ -186,6 +186,9 @@ pub struct ControlPlaneOptions {
     /// Most messages written in one database transaction.
     #[arg(long, env = "AMPORA_INGEST_BATCH", default_value_t = 2048)]
     pub ingest_batch: usize,
+    /// Least time between the starts of one ingest worker's database transactions.
+    #[arg(long, env = "AMPORA_INGEST_ROUND_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub ingest_round_interval: Duration,
     /// Messages queued per ingest worker before the bus consumer waits.
     #[arg(long, env = "AMPORA_INGEST_QUEUE", default_value = "1024")]
     pub ingest_queue: NonZeroUsize,

@@ -182,6 +182,7 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         subjects,
         workers: options.ingest_workers.max(1),
         batch_max: options.ingest_batch.max(1),
+        round_interval: options.ingest_round_interval,
         worker_queue: options.ingest_queue.get(),
         retry_after: options.control_plane_retry_after,
         heartbeat_timeout: options.heartbeat_timeout,

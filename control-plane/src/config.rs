@@ -15,6 +15,10 @@ pub struct ControlPlaneConfig {
     pub worker_queue: usize,
     /// Most messages applied in one database transaction.
     pub batch_max: usize,
+    /// Least time between the starts of one worker's rounds: under load, messages arriving
+    /// meanwhile join the next round, so the database sees fewer, larger transactions. A
+    /// message after a quiet spell starts its round at once.
+    pub round_interval: Duration,
     /// How often heartbeat-only liveness is written (never one UPDATE per beat).
     pub seen_flush_interval: Duration,
     /// An HTTP agent unseen this long is offline.
@@ -42,6 +46,7 @@ impl Default for ControlPlaneConfig {
             workers: 4,
             worker_queue: 1024,
             batch_max: 2048,
+            round_interval: Duration::from_millis(20),
             seen_flush_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(90),
             sweep_interval: Duration::from_secs(5),

@@ -112,6 +112,7 @@ impl Worker {
     pub async fn run(mut self, mut receiver: mpsc::Receiver<WorkItem>) {
         let mut flush = tokio::time::interval(self.config.seen_flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_round = tokio::time::Instant::now();
         loop {
             let first = tokio::select! {
                 item = receiver.recv() => match item {
@@ -124,12 +125,8 @@ impl Worker {
                 }
             };
             let mut items = vec![first];
-            while items.len() < self.config.batch_max {
-                match receiver.try_recv() {
-                    Ok(item) => items.push(item),
-                    Err(_) => break,
-                }
-            }
+            gather(&mut receiver, &mut items, self.config.batch_max, next_round).await;
+            next_round = tokio::time::Instant::now() + self.config.round_interval;
             metrics::histogram!("ampora_control_plane_round_messages").record(items.len() as f64);
             let mut round = Round {
                 loaded: self.load_uncached(&items).await,
@@ -553,6 +550,27 @@ impl Worker {
     }
 }
 
+/// Adds to `items` what is queued and what arrives until `until`, up to `limit` items in all.
+async fn gather<T>(
+    receiver: &mut mpsc::Receiver<T>,
+    items: &mut Vec<T>,
+    limit: usize,
+    until: tokio::time::Instant,
+) {
+    let deadline = tokio::time::sleep_until(until);
+    tokio::pin!(deadline);
+    while items.len() < limit {
+        let room = limit - items.len();
+        tokio::select! {
+            biased;
+            received = receiver.recv_many(items, room) => if received == 0 {
+                return;
+            },
+            _ = &mut deadline => return,
+        }
+    }
+}
+
 /// Identifies a message's bytes, to tell a redelivery from a new message.
 fn payload_digest(payload: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -592,5 +610,82 @@ fn error_message(
             }),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_gathers_what_arrives_before_its_start() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for item in 1..=3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                sender.send(item).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sender.send(4).await.unwrap();
+        });
+        let mut items = vec![0];
+        gather(
+            &mut receiver,
+            &mut items,
+            100,
+            start + Duration::from_millis(20),
+        )
+        .await;
+        assert_eq!(items, [0, 1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_round_starts_without_waiting() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        for item in 1..=5 {
+            sender.send(item).await.unwrap();
+        }
+        let start = Instant::now();
+        let mut items = vec![0];
+        gather(&mut receiver, &mut items, 4, start + Duration::from_secs(1)).await;
+        assert_eq!(items, [0, 1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(receiver.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_quiet_spell_a_round_takes_what_is_queued_and_starts() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        sender.send(1).await.unwrap();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut items = vec![0];
+        gather(&mut receiver, &mut items, 100, start).await;
+        assert_eq!(items, [0, 1]);
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_queue_ends_the_gathering() {
+        let (sender, mut receiver) = mpsc::channel(16);
+        sender.send(1).await.unwrap();
+        drop(sender);
+        let start = Instant::now();
+        let mut items = vec![0];
+        gather(
+            &mut receiver,
+            &mut items,
+            100,
+            start + Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(items, [0, 1]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }
