@@ -503,6 +503,112 @@ mod tests {
         assert_eq!(exchange(&endpoint, &agent).await, Full, "--no-resume");
     }
 
+    /// A TLS server that takes only clients with a certificate its CA signed, and reports the
+    /// certificate each accepted client presented. Writes `ca.pem` (signing the server's
+    /// certificate too), `client.pem` and `client.key` into `dir`.
+    async fn mtls_server(dir: &Path) -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let signed = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert, key)
+        };
+        let (server_cert, server_key) = signed("localhost");
+        let (client_cert, client_key) = signed("agent-1");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (presented, reports) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (acceptor, presented) = (acceptor.clone(), presented.clone());
+                tokio::spawn(async move {
+                    let mut tls = acceptor.accept(stream).await?;
+                    if let Some([leaf, ..]) = tls.get_ref().1.peer_certificates() {
+                        let _ = presented.send(leaf.to_vec());
+                    }
+                    let mut byte = [0u8; 1];
+                    tls.read_exact(&mut byte).await?;
+                    tls.write_all(&byte).await?;
+                    tls.shutdown().await
+                });
+            }
+        });
+        let endpoint = format!("wss://localhost:{port}/v1/opamp").parse().unwrap();
+        (endpoint, reports)
+    }
+
+    #[tokio::test]
+    async fn agents_given_a_client_certificate_present_it_for_mtls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (endpoint, mut presented) = mtls_server(dir.path()).await;
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("client.pem"),
+            dir.path().join("client.key"),
+        );
+        let client = |identity: Option<(&Path, &Path)>| {
+            TlsClient::new(TlsClientOptions {
+                ca: &ca,
+                client_cert: identity.map(|(cert, _)| cert),
+                client_key: identity.map(|(_, key)| key),
+                server_name: "localhost",
+                resume: true,
+                alpn_http1: true,
+            })
+            .unwrap()
+            .for_one_agent()
+        };
+
+        exchange(&endpoint, &client(Some((&cert, &key)))).await;
+        let expected = CertificateDer::from_pem_file(&cert).unwrap();
+        assert_eq!(presented.recv().await.unwrap(), expected.to_vec());
+
+        // Without one, the server refuses it: at the handshake, or (TLS 1.3: the client is done
+        // first) with an alert in place of the answer.
+        let sources: SourceAddrs = "127.0.0.1".parse().unwrap();
+        let refused = match endpoint.open(&sources, Some(&client(None))).await {
+            Err(_) => true,
+            Ok(mut opened) => {
+                let _ = opened.io.write_all(b"x").await;
+                let mut byte = [0u8; 1];
+                opened.io.read_exact(&mut byte).await.is_err()
+            }
+        };
+        assert!(refused, "a client without a certificate was answered");
+        assert!(presented.try_recv().is_err());
+    }
+
     #[tokio::test]
     async fn failed_connections_say_which_step_failed() {
         let dir = tempfile::tempdir().unwrap();
