@@ -424,8 +424,7 @@ mod tests {
         assert!("ws://example.com:80/".parse::<Endpoint>().is_err());
     }
 
-    /// A TLS server with the gateway's settings that answers one byte with one byte (the
-    /// answer also carries the TLS 1.3 tickets), and a client trusting it.
+    /// A TLS server with the gateway's settings ([`echo_one_byte`]), and a client trusting it.
     async fn tls_server(dir: &Path, resume: bool) -> (Endpoint, TlsClient) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
@@ -440,22 +439,7 @@ mod tests {
             tokio_util::sync::CancellationToken::new(),
         )
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let mut tls = acceptor.accept(stream).await?;
-                    let mut byte = [0u8; 1];
-                    tls.read_exact(&mut byte).await?;
-                    tls.write_all(&byte).await?;
-                    tls.shutdown().await
-                });
-            }
-        });
-        let endpoint = format!("wss://localhost:{port}/v1/opamp").parse().unwrap();
+        let (endpoint, _) = echo_one_byte(acceptor).await;
         let client = TlsClient::new(TlsClientOptions {
             ca: &cert_path,
             client_cert: None,
@@ -503,8 +487,8 @@ mod tests {
         assert_eq!(exchange(&endpoint, &agent).await, Full, "--no-resume");
     }
 
-    /// A TLS server that takes only clients with a certificate its CA signed, and reports the
-    /// certificate each accepted client presented. Writes `ca.pem` (signing the server's
+    /// A TLS server ([`echo_one_byte`]) that takes only clients with a certificate its CA
+    /// signed. Writes `ca.pem` (signing the server's
     /// certificate too), `client.pem` and `client.key` into `dir`.
     async fn mtls_server(dir: &Path) -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -544,7 +528,15 @@ mod tests {
                 PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
             )
             .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        echo_one_byte(tokio_rustls::TlsAcceptor::from(Arc::new(config))).await
+    }
+
+    /// Serves `acceptor` on a free port: each client's one byte is answered with one byte (the
+    /// answer also carries the TLS 1.3 tickets), and the certificate each client presented, if
+    /// any, is reported.
+    async fn echo_one_byte(
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> (Endpoint, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (presented, reports) = tokio::sync::mpsc::unbounded_channel();
