@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::capabilities::agent_capability_names;
 use super::convert;
+use super::history::EventKind;
 use super::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, Attributes, Transport,
 };
@@ -38,7 +39,7 @@ pub fn event_payload<T: Serialize + ?Sized>(value: &T) -> EventPayload {
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// History rows: (kind, payload).
-    pub events: Vec<(&'static str, EventPayload)>,
+    pub events: Vec<(EventKind, EventPayload)>,
     /// The stored snapshot must be rewritten (otherwise only liveness changed).
     pub snapshot_changed: bool,
     /// Ask the agent to report everything: we missed a message or do not know it.
@@ -49,20 +50,10 @@ pub struct Outcome {
     pub new_connection: bool,
 }
 
-/// Events that change [`AgentDetails`](crate::agents::snapshot::AgentDetails), the large part
-/// of a snapshot.
-const DETAILS_EVENTS: [&str; 3] = [
-    "effective_config",
-    "package_statuses",
-    "available_components",
-];
-
 impl Outcome {
     /// Whether the snapshot's details changed, or only its head.
     pub fn details_changed(&self) -> bool {
-        self.events
-            .iter()
-            .any(|(kind, _)| DETAILS_EVENTS.contains(kind))
+        self.events.iter().any(|(kind, _)| kind.changes_details())
     }
 
     /// ServerToAgent flags this outcome asks for.
@@ -102,7 +93,7 @@ pub fn new_record(instance_uid: Uuid, origin: &Origin) -> AgentRecord {
 fn update<T: PartialEq>(
     slot: &mut T,
     new: T,
-    kind: &'static str,
+    kind: EventKind,
     payload: impl FnOnce(&T) -> EventPayload,
     outcome: &mut Outcome,
 ) {
@@ -138,7 +129,7 @@ pub fn apply_message(
     outcome.new_connection = head.status == AgentStatus::Offline || moved;
     if head.status == AgentStatus::Offline {
         outcome.events.push((
-            "connected",
+            EventKind::Connected,
             event_payload(&json!({"transport": origin.transport.as_str(), "gateway_id": origin.gateway_id, "remote_addr": origin.remote_addr})),
         ));
     }
@@ -146,7 +137,7 @@ pub fn apply_message(
     update(
         &mut head.capabilities,
         message.capabilities,
-        "capabilities",
+        EventKind::Capabilities,
         |bits| event_payload(&json!({"bits": bits, "names": agent_capability_names(*bits)})),
         &mut outcome,
     );
@@ -161,7 +152,7 @@ pub fn apply_message(
             || summary.non_identifying_attributes != non_identifying
         {
             outcome.events.push((
-                "description",
+                EventKind::Description,
                 event_payload(&json!({"identifying_attributes": identifying, "non_identifying_attributes": non_identifying})),
             ));
             summary.identifying_attributes = identifying;
@@ -172,7 +163,7 @@ pub fn apply_message(
         update(
             &mut summary.health,
             Some(convert::health(health)),
-            "health",
+            EventKind::Health,
             event_payload,
             &mut outcome,
         );
@@ -181,7 +172,7 @@ pub fn apply_message(
         update(
             &mut summary.remote_config_status,
             Some(convert::remote_config_status(status)),
-            "remote_config_status",
+            EventKind::RemoteConfigStatus,
             event_payload,
             &mut outcome,
         );
@@ -190,7 +181,7 @@ pub fn apply_message(
         update(
             &mut summary.custom_capabilities,
             custom.capabilities.clone(),
-            "custom_capabilities",
+            EventKind::CustomCapabilities,
             event_payload,
             &mut outcome,
         );
@@ -200,7 +191,7 @@ pub fn apply_message(
         update(
             &mut details.effective_config,
             Some(files),
-            "effective_config",
+            EventKind::EffectiveConfig,
             |f| event_payload(&json!({"files": f})),
             &mut outcome,
         );
@@ -209,7 +200,7 @@ pub fn apply_message(
         update(
             &mut details.package_statuses,
             Some(convert::package_statuses(packages)),
-            "package_statuses",
+            EventKind::PackageStatuses,
             event_payload,
             &mut outcome,
         );
@@ -227,7 +218,7 @@ pub fn apply_message(
             update(
                 &mut details.available_components,
                 Some(convert::available_components(components)),
-                "available_components",
+                EventKind::AvailableComponents,
                 |c| event_payload(c.as_ref().unwrap_or(&Value::Null)),
                 &mut outcome,
             );
@@ -242,7 +233,7 @@ pub fn apply_message(
     };
     if disconnecting {
         outcome.events.push((
-            "disconnected",
+            EventKind::Disconnected,
             event_payload(&json!({"reason": "agent disconnect"})),
         ));
     }
@@ -338,7 +329,11 @@ mod tests {
     }
 
     fn kinds(outcome: &Outcome) -> Vec<&'static str> {
-        outcome.events.iter().map(|(kind, _)| *kind).collect()
+        outcome
+            .events
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect()
     }
 
     /// Nothing to write, tell or ask: as a heartbeat on the agent's current connection.
