@@ -49,8 +49,11 @@ async fn websocket_agent_state(ampora: Ampora) {
     let mut agent = WsAgent::connect(&ampora.ws_url()).await;
     let uid = agent.uid;
 
-    // Unknown to the server: it answers with its capabilities and asks for the full state.
-    let first = agent.exchange(full_state("checkout", "prod")).await;
+    // Unknown to the server, and its first report leaves out the remote config status it says
+    // it reports: the server answers with its capabilities and asks for the full state.
+    let mut partial = full_state("checkout", "prod");
+    partial.remote_config_status = None;
+    let first = agent.exchange(partial).await;
     assert_eq!(first.instance_uid.as_ref(), uid.as_bytes());
     assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
     assert_ne!(
@@ -176,7 +179,10 @@ async fn websocket_agent_state_on_postgres() {
 async fn http_agent_state(ampora: Ampora) {
     let mut agent = HttpAgent::new(&ampora.http_opamp_url());
     let uid = agent.uid;
-    let first = agent.exchange(full_state("billing", "staging")).await;
+    // Its first report leaves out the health it says it reports.
+    let mut partial = full_state("billing", "staging");
+    partial.health = None;
+    let first = agent.exchange(partial).await;
     assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
     assert_ne!(first.capabilities, 0);
     // HTTP always gets an answer; a complete, in-order report needs no flags.
@@ -232,6 +238,31 @@ async fn http_agent_state_on_postgres() {
     let mut env = FAST_TIMEOUTS.to_vec();
     env.push(("AMPORA_DATABASE_URL", &url));
     http_agent_state(Ampora::start(&env).await).await;
+}
+
+/// An agent the server does not know whose first report carries everything its capabilities
+/// promise is not asked for it again, over either transport.
+#[tokio::test]
+async fn a_complete_first_report_is_not_asked_for_again() {
+    let ampora = Ampora::start(&[]).await;
+    let mut websocket = WsAgent::connect(&ampora.ws_url()).await;
+    let first = websocket.exchange(full_state("whole-ws", "prod")).await;
+    assert_eq!(first.flags & REPORT_FULL_STATE, 0);
+    assert_ne!(
+        first.capabilities & ServerCapabilities::AcceptsStatus as u64,
+        0
+    );
+    let mut http = HttpAgent::new(&ampora.http_opamp_url());
+    assert_eq!(
+        http.exchange(full_state("whole-http", "prod")).await.flags & REPORT_FULL_STATE,
+        0
+    );
+    for uid in [websocket.uid, http.uid] {
+        let snapshot = ampora
+            .wait_agent(uid, "online", |a| a["status"] == "online")
+            .await;
+        assert_eq!(snapshot["remote_config_status"]["status"], "APPLIED");
+    }
 }
 
 // === Lifecycle ===

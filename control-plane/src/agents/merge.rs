@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::capabilities::agent_capability_names;
+use super::capabilities::{agent_capability_names, is_full_state_report};
 use super::convert;
 use super::history::EventKind;
 use super::snapshot::{
@@ -42,7 +42,8 @@ pub struct Outcome {
     pub events: Vec<(EventKind, EventPayload)>,
     /// The stored snapshot must be rewritten (otherwise only liveness changed).
     pub snapshot_changed: bool,
-    /// Ask the agent to report everything: we missed a message or do not know it.
+    /// Ask the agent to report everything: we missed a message, or do not know the agent and
+    /// it left something out.
     pub report_full_state: bool,
     /// The agent reported a components hash we have no components for.
     pub report_available_components: bool,
@@ -111,9 +112,15 @@ pub fn apply_message(
     message: &AgentToServer,
     origin: &Origin,
 ) -> Outcome {
+    // A known agent's message must follow the last one applied; an unknown agent's must tell
+    // everything its capabilities promise, as it does on its first message.
+    let missing_something = if known {
+        message.sequence_num != record.head.sequence_num.wrapping_add(1)
+    } else {
+        !is_full_state_report(message)
+    };
     let mut outcome = Outcome {
-        report_full_state: !known
-            || message.sequence_num != record.head.sequence_num.wrapping_add(1),
+        report_full_state: missing_something,
         ..Outcome::default()
     };
     let head = &mut record.head;
@@ -270,9 +277,9 @@ pub fn apply_connection_closed(
 mod tests {
     use super::*;
     use ampora_shared::pb::opamp::{
-        any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AnyValue,
-        AvailableComponents, ComponentDetails, ComponentHealth, EffectiveConfig, KeyValue,
-        PackageStatuses,
+        any_value, AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription,
+        AgentDisconnect, AnyValue, AvailableComponents, ComponentDetails, ComponentHealth,
+        EffectiveConfig, KeyValue, PackageStatuses,
     };
 
     fn origin(connection_id: u64) -> Origin {
@@ -345,7 +352,10 @@ mod tests {
     fn unknown_agent_is_asked_for_full_state() {
         let uid = Uuid::now_v7();
         let mut record = new_record(uid, &origin(1));
-        let outcome = apply_message(&mut record, false, &full_message(0), &origin(1));
+        // It says it reports its remote config status, and does not.
+        let mut first = full_message(0);
+        first.capabilities |= AgentCapabilities::ReportsRemoteConfig as u64;
+        let outcome = apply_message(&mut record, false, &first, &origin(1));
         assert!(outcome.report_full_state);
         assert!(outcome.snapshot_changed && outcome.new_connection);
         assert_eq!(
@@ -363,6 +373,22 @@ mod tests {
             record.details.effective_config.as_ref().unwrap()[""].body,
             "receivers: {}"
         );
+    }
+
+    #[test]
+    fn an_unknown_agent_that_reports_everything_is_not_asked_again() {
+        let mut record = new_record(Uuid::now_v7(), &origin(1));
+        let outcome = apply_message(&mut record, false, &full_message(5), &origin(1));
+        assert!(!outcome.report_full_state);
+        assert_eq!(outcome.flags(), 0);
+        assert!(outcome.new_connection);
+        // Its next message continues from the first.
+        assert_eq!(
+            apply_message(&mut record, true, &heartbeat(6), &origin(1)).flags(),
+            0
+        );
+        // A gap still asks, complete or not.
+        assert!(apply_message(&mut record, true, &full_message(9), &origin(1)).report_full_state);
     }
 
     #[test]
