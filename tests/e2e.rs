@@ -334,6 +334,53 @@ async fn request_instance_uid_gets_a_new_uid() {
     );
 }
 
+/// An agent is online while a connection it spoke on is open: closing a connection takes every
+/// uid that spoke on it offline, and a uid assigned on it too, used or not.
+#[tokio::test]
+async fn presence_follows_connections() {
+    let ampora = Ampora::start(&[]).await;
+
+    let mut shared = WsAgent::connect(&ampora.ws_url()).await;
+    let first = shared.uid;
+    shared.exchange(full_state("first", "prod")).await;
+    let second = Uuid::now_v7();
+    shared.uid = second;
+    shared.next_seq = 0;
+    shared.exchange(full_state("second", "prod")).await;
+    for uid in [first, second] {
+        ampora
+            .wait_agent(uid, "online", |a| a["status"] == "online")
+            .await;
+    }
+    shared.close().await;
+    for uid in [first, second] {
+        ampora
+            .wait_agent(uid, "offline", |a| a["status"] == "offline")
+            .await;
+    }
+
+    let mut asking = WsAgent::connect(&ampora.ws_url()).await;
+    let mut message = full_state("asking", "prod");
+    message.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let reply = asking.exchange(message).await;
+    let assigned = Uuid::from_slice(
+        &reply
+            .agent_identification
+            .expect("identification")
+            .new_instance_uid,
+    )
+    .expect("16 bytes");
+    ampora
+        .wait_agent(assigned, "online", |a| a["status"] == "online")
+        .await;
+    // Gone before ever speaking as the new uid.
+    asking.close().await;
+    ampora
+        .wait_agent(assigned, "offline", |a| a["status"] == "offline")
+        .await;
+    assert_eq!(event_kinds(&ampora, assigned).await[0], "disconnected");
+}
+
 // === Read API ===
 
 #[tokio::test]

@@ -55,6 +55,10 @@ pub struct Worker {
     /// Digest of the last message applied per cached agent: a redelivered or retried message
     /// (same sequence number, same bytes) is answered but not applied again.
     last_applied: HashMap<Uuid, u64>,
+    /// Uids this worker assigned over WebSocket, by the uid that asked for each. The gateway
+    /// reports the closed connection for the uids that spoke on it, so a new uid its agent never
+    /// used is closed with the uid that asked for it. Kept while the new uid is cached.
+    assigned: HashMap<Uuid, Uuid>,
     /// Heartbeat-only liveness not yet written.
     pending_seen: HashMap<Uuid, SeenUpdate>,
     applied_changes: Counter,
@@ -116,6 +120,7 @@ impl Worker {
             ownership,
             cache: HashMap::new(),
             last_applied: HashMap::new(),
+            assigned: HashMap::new(),
             pending_seen: HashMap::new(),
             applied_changes: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "change"),
             applied_heartbeats: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "heartbeat"),
@@ -134,6 +139,9 @@ impl Worker {
                 },
                 _ = flush.tick() => {
                     self.flush_seen().await;
+                    // An assignment matters while its uid is online (cached) on the connection
+                    // that asked; one whose uid left the cache is done.
+                    self.assigned.retain(|_, assigned| self.cache.contains_key(assigned));
                     continue;
                 }
             };
@@ -198,6 +206,7 @@ impl Worker {
                 }
                 self.cache.retain(|uid, _| !released(uid));
                 self.last_applied.retain(|uid, _| !released(uid));
+                self.assigned.retain(|asker, _| !released(asker));
                 self.pending_seen.retain(|uid, _| !released(uid));
             }
         }
@@ -248,8 +257,13 @@ impl Worker {
                 }
             }
             Some(Event::ConnectionClosed(closed)) => {
-                self.close_connection(uid, &closed.reason, &origin, round)
-                    .await;
+                // A uid assigned on this connection closes with the uid that asked for it: its
+                // agent may have left before speaking as the new one.
+                let assigned = self.assigned.remove(&uid);
+                for uid in std::iter::once(uid).chain(assigned) {
+                    self.close_connection(uid, &closed.reason, &origin, round)
+                        .await;
+                }
             }
             None => tracing::warn!(instance_uid = %uid, "envelope without an event"),
         }
@@ -303,7 +317,7 @@ impl Worker {
         let requested_uid = message.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
         // An agent asking for a uid becomes the new uid right away: nothing is kept under the old one.
         let (target, stored) = if requested_uid {
-            (uid::new_instance_uid(), Ok(None))
+            (self.config.subjects.new_instance_uid_beside(&uid), Ok(None))
         } else {
             (uid, self.cached_or_stored(uid, round).await)
         };
@@ -380,9 +394,11 @@ impl Worker {
             || requested_uid;
         if requested_uid {
             tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
-            // The new uid's partition may be another worker's: its snapshot is written, not cached.
-            round.agents.insert(target, Staged::Held(record));
-        } else if outcome.snapshot_changed {
+            if origin.transport == Transport::Websocket {
+                self.assigned.insert(uid, target);
+            }
+        }
+        if outcome.snapshot_changed {
             self.stage(round, target, record);
         } else {
             self.keep_if_online(target, record);
