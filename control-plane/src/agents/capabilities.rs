@@ -59,10 +59,13 @@ pub fn agent_capability_names(bits: u64) -> Vec<&'static str> {
         .collect()
 }
 
+/// Whether a message carries one particular sub-message.
+type Carries = fn(&AgentToServer) -> bool;
+
 /// The sub-messages an agent may leave out while they are unchanged (the specification's
 /// "agent status compression"), each with the capability that says the agent reports it.
 /// Custom capabilities have no bit, so nothing says an agent has any to report.
-const REPORTED_STATE: &[(AgentCapabilities, fn(&AgentToServer) -> bool)] = &[
+const REPORTED_STATE: &[(AgentCapabilities, Carries)] = &[
     (AgentCapabilities::ReportsStatus, |m| {
         m.agent_description.is_some()
     }),
@@ -135,7 +138,8 @@ mod tests {
 
     #[test]
     fn a_report_is_full_when_it_carries_what_each_capability_promises() {
-        let cases: [(AgentCapabilities, fn(&mut AgentToServer)); 7] = [
+        type Fill = fn(&mut AgentToServer);
+        let cases: [(AgentCapabilities, Fill); 7] = [
             (AgentCapabilities::ReportsStatus, |m| {
                 m.agent_description = Some(AgentDescription::default())
             }),
