@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use agent::{full_state, heartbeat, HttpAgent, WsAgent};
 use ampora_shared::pb::opamp::{
-    AgentDisconnect, AgentToServerFlags, ComponentHealth, ServerCapabilities, ServerToAgentFlags,
+    AgentDisconnect, AgentToServerFlags, ComponentHealth, ServerCapabilities, ServerToAgent,
+    ServerToAgentFlags,
 };
 use serde_json::Value;
 use support::Ampora;
@@ -360,16 +361,29 @@ async fn presence_follows_connections() {
     }
 
     let mut asking = WsAgent::connect(&ampora.ws_url()).await;
-    let mut message = full_state("asking", "prod");
-    message.flags = AgentToServerFlags::RequestInstanceUid as u64;
-    let reply = asking.exchange(message).await;
-    let assigned = Uuid::from_slice(
-        &reply
-            .agent_identification
-            .expect("identification")
-            .new_instance_uid,
-    )
-    .expect("16 bytes");
+    let ask = || {
+        let mut message = full_state("asking", "prod");
+        message.flags = AgentToServerFlags::RequestInstanceUid as u64;
+        message
+    };
+    let assigned_uid = |reply: ServerToAgent| {
+        Uuid::from_slice(
+            &reply
+                .agent_identification
+                .expect("identification")
+                .new_instance_uid,
+        )
+        .expect("16 bytes")
+    };
+    let unused = assigned_uid(asking.exchange(ask()).await);
+    ampora
+        .wait_agent(unused, "online", |a| a["status"] == "online")
+        .await;
+    // Asking again leaves the first uid it was given unused.
+    let assigned = assigned_uid(asking.exchange(ask()).await);
+    ampora
+        .wait_agent(unused, "offline", |a| a["status"] == "offline")
+        .await;
     ampora
         .wait_agent(assigned, "online", |a| a["status"] == "online")
         .await;

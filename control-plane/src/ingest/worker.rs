@@ -395,7 +395,11 @@ impl Worker {
         if requested_uid {
             tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
             if origin.transport == Transport::Websocket {
-                self.assigned.insert(uid, target);
+                // Asking again means the agent never took the uid it was given before.
+                if let Some(unused) = self.assigned.insert(uid, target) {
+                    self.close_connection(unused, "another uid was assigned", origin, round)
+                        .await;
+                }
             }
         }
         if outcome.snapshot_changed {
