@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use agent::{full_state, heartbeat, HttpAgent, WsAgent};
 use ampora_shared::pb::opamp::{
-    AgentDisconnect, AgentToServerFlags, ComponentHealth, ServerCapabilities, ServerToAgentFlags,
+    AgentDisconnect, AgentToServerFlags, ComponentHealth, ServerCapabilities, ServerToAgent,
+    ServerToAgentFlags,
 };
 use serde_json::Value;
 use support::Ampora;
@@ -49,8 +50,11 @@ async fn websocket_agent_state(ampora: Ampora) {
     let mut agent = WsAgent::connect(&ampora.ws_url()).await;
     let uid = agent.uid;
 
-    // Unknown to the server: it answers with its capabilities and asks for the full state.
-    let first = agent.exchange(full_state("checkout", "prod")).await;
+    // Unknown to the server, and its first report leaves out the remote config status it says
+    // it reports: the server answers with its capabilities and asks for the full state.
+    let mut partial = full_state("checkout", "prod");
+    partial.remote_config_status = None;
+    let first = agent.exchange(partial).await;
     assert_eq!(first.instance_uid.as_ref(), uid.as_bytes());
     assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
     assert_ne!(
@@ -176,7 +180,10 @@ async fn websocket_agent_state_on_postgres() {
 async fn http_agent_state(ampora: Ampora) {
     let mut agent = HttpAgent::new(&ampora.http_opamp_url());
     let uid = agent.uid;
-    let first = agent.exchange(full_state("billing", "staging")).await;
+    // Its first report leaves out the health it says it reports.
+    let mut partial = full_state("billing", "staging");
+    partial.health = None;
+    let first = agent.exchange(partial).await;
     assert_eq!(first.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
     assert_ne!(first.capabilities, 0);
     // HTTP always gets an answer; a complete, in-order report needs no flags.
@@ -232,6 +239,31 @@ async fn http_agent_state_on_postgres() {
     let mut env = FAST_TIMEOUTS.to_vec();
     env.push(("AMPORA_DATABASE_URL", &url));
     http_agent_state(Ampora::start(&env).await).await;
+}
+
+/// An agent the server does not know whose first report carries everything its capabilities
+/// promise is not asked for it again, over either transport.
+#[tokio::test]
+async fn a_complete_first_report_is_not_asked_for_again() {
+    let ampora = Ampora::start(&[]).await;
+    let mut websocket = WsAgent::connect(&ampora.ws_url()).await;
+    let first = websocket.exchange(full_state("whole-ws", "prod")).await;
+    assert_eq!(first.flags & REPORT_FULL_STATE, 0);
+    assert_ne!(
+        first.capabilities & ServerCapabilities::AcceptsStatus as u64,
+        0
+    );
+    let mut http = HttpAgent::new(&ampora.http_opamp_url());
+    assert_eq!(
+        http.exchange(full_state("whole-http", "prod")).await.flags & REPORT_FULL_STATE,
+        0
+    );
+    for uid in [websocket.uid, http.uid] {
+        let snapshot = ampora
+            .wait_agent(uid, "online", |a| a["status"] == "online")
+            .await;
+        assert_eq!(snapshot["remote_config_status"]["status"], "APPLIED");
+    }
 }
 
 // === Lifecycle ===
@@ -301,6 +333,66 @@ async fn request_instance_uid_gets_a_new_uid() {
         ampora.agent_json(old).await.is_none(),
         "nothing is kept under the old uid"
     );
+}
+
+/// An agent is online while a connection it spoke on is open: closing a connection takes every
+/// uid that spoke on it offline, and a uid assigned on it too, used or not.
+#[tokio::test]
+async fn presence_follows_connections() {
+    let ampora = Ampora::start(&[]).await;
+
+    let mut shared = WsAgent::connect(&ampora.ws_url()).await;
+    let first = shared.uid;
+    shared.exchange(full_state("first", "prod")).await;
+    let second = Uuid::now_v7();
+    shared.uid = second;
+    shared.next_seq = 0;
+    shared.exchange(full_state("second", "prod")).await;
+    for uid in [first, second] {
+        ampora
+            .wait_agent(uid, "online", |a| a["status"] == "online")
+            .await;
+    }
+    shared.close().await;
+    for uid in [first, second] {
+        ampora
+            .wait_agent(uid, "offline", |a| a["status"] == "offline")
+            .await;
+    }
+
+    let mut asking = WsAgent::connect(&ampora.ws_url()).await;
+    let ask = || {
+        let mut message = full_state("asking", "prod");
+        message.flags = AgentToServerFlags::RequestInstanceUid as u64;
+        message
+    };
+    let assigned_uid = |reply: ServerToAgent| {
+        Uuid::from_slice(
+            &reply
+                .agent_identification
+                .expect("identification")
+                .new_instance_uid,
+        )
+        .expect("16 bytes")
+    };
+    let unused = assigned_uid(asking.exchange(ask()).await);
+    ampora
+        .wait_agent(unused, "online", |a| a["status"] == "online")
+        .await;
+    // Asking again leaves the first uid it was given unused.
+    let assigned = assigned_uid(asking.exchange(ask()).await);
+    ampora
+        .wait_agent(unused, "offline", |a| a["status"] == "offline")
+        .await;
+    ampora
+        .wait_agent(assigned, "online", |a| a["status"] == "online")
+        .await;
+    // Gone before ever speaking as the new uid.
+    asking.close().await;
+    ampora
+        .wait_agent(assigned, "offline", |a| a["status"] == "offline")
+        .await;
+    assert_eq!(event_kinds(&ampora, assigned).await[0], "disconnected");
 }
 
 // === Read API ===

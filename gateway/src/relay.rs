@@ -267,7 +267,6 @@ impl Relay {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             remote_addr: peer.remote_addr.clone(),
-            peer_identity: String::new(),
             event: Some(event),
         };
         let result = self

@@ -50,6 +50,9 @@ pub mod close {
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A close frame's reason must fit in 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
+/// How many instance uids one connection may speak for. An agent speaks for one, and for a
+/// second after asking for a new uid; a proxy multiplexing agents would need more.
+const MAX_UIDS_PER_CONNECTION: usize = 8;
 
 /// Why a session ended.
 #[derive(Debug, PartialEq)]
@@ -111,8 +114,35 @@ fn socket_config(config: &GatewayConfig) -> WebSocketConfig {
         .max_frame_size(Some(config.max_message_size))
 }
 
-/// Runs one session until either side ends it; then, unless the agent said goodbye with
-/// `agent_disconnect`, tells the control-plane the connection closed.
+/// The instance uids that spoke on a connection and did not say goodbye (`agent_disconnect`)
+/// since: the control-plane holds each online on this connection until told it closed.
+#[derive(Default)]
+struct Speakers(Vec<Uuid>);
+
+impl Speakers {
+    /// Whether a message from `uid` may be relayed: it spoke here before, or there is room.
+    fn admits(&self, uid: &Uuid) -> bool {
+        self.0.contains(uid) || self.0.len() < MAX_UIDS_PER_CONNECTION
+    }
+
+    /// `uid` spoke here; after a goodbye the control-plane has it offline already.
+    fn spoke(&mut self, uid: Uuid, goodbye: bool) {
+        let known = self.0.iter().position(|speaker| *speaker == uid);
+        match (known, goodbye) {
+            (None, false) => {
+                tracing::Span::current().record("instance_uid", tracing::field::display(uid));
+                self.0.push(uid);
+            }
+            (Some(index), true) => {
+                self.0.remove(index);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs one session until either side ends it; then tells the control-plane the connection
+/// closed for every uid that spoke on it and did not say goodbye.
 pub async fn session<W, R>(
     mut sink: W,
     mut stream: R,
@@ -138,8 +168,7 @@ pub async fn session<W, R>(
     let first_message_deadline = Instant::now() + config.first_message_timeout;
     let mut idle_deadline = Instant::now() + config.ws_idle_timeout;
     let mut heard_opamp = false;
-    let mut agent: Option<Uuid> = None;
-    let mut said_goodbye = false;
+    let mut speakers = Speakers::default();
 
     // The awaits below that are not the idle wait are boxed: a future is as big as its largest
     // await point, and an idle connection should pay only for the select it sits in.
@@ -183,19 +212,17 @@ pub async fn session<W, R>(
                     Some(Err(error)) => break End::Gone(format!("read failed: {error}")),
                     Some(Ok(Message::Binary(data))) => {
                         relay.traffic().bytes_in.increment(data.len() as u64);
-                        match Box::pin(inbound(&data, &peer, &relay, &config)).await {
+                        match Box::pin(inbound(&data, &peer, &speakers, &relay, &config)).await {
                             Inbound::Relayed { uid, goodbye } => {
                                 heard_opamp = true;
-                                note_agent(&mut agent, uid);
-                                said_goodbye = goodbye;
+                                speakers.spoke(uid, goodbye);
                                 Ok(())
                             }
                             Inbound::Answer { uid, answer } => {
                                 heard_opamp = true;
                                 if let Some(uid) = uid {
-                                    note_agent(&mut agent, uid);
                                     // Not relayed, so the control-plane heard no goodbye either.
-                                    said_goodbye = false;
+                                    speakers.spoke(uid, false);
                                 }
                                 let frame = codec::encode_ws_server_message(&answer);
                                 Box::pin(send_or_stop(&mut sink, Message::Binary(frame.into()), write_timeout, &shutdown)).await
@@ -245,7 +272,7 @@ pub async fn session<W, R>(
         }
     }
     drop(open);
-    if let (Some(uid), false) = (agent, said_goodbye) {
+    for uid in speakers.0 {
         if let Err(error) = Box::pin(relay.publish_closed(&peer, &uid, end.reason())).await {
             tracing::warn!(
                 connection_id = peer.connection_id,
@@ -255,13 +282,6 @@ pub async fn session<W, R>(
                 "cannot report the closed connection"
             );
         }
-    }
-}
-
-fn note_agent(agent: &mut Option<Uuid>, uid: Uuid) {
-    if *agent != Some(uid) {
-        tracing::Span::current().record("instance_uid", tracing::field::display(uid));
-        *agent = Some(uid);
     }
 }
 
@@ -318,7 +338,13 @@ enum Inbound {
     Invalid(End),
 }
 
-async fn inbound(data: &Bytes, peer: &Peer, relay: &Relay, config: &GatewayConfig) -> Inbound {
+async fn inbound(
+    data: &Bytes,
+    peer: &Peer,
+    speakers: &Speakers,
+    relay: &Relay,
+    config: &GatewayConfig,
+) -> Inbound {
     let (message, payload) = match codec::decode_ws_agent_message(data) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -363,6 +389,14 @@ async fn inbound(data: &Bytes, peer: &Peer, relay: &Relay, config: &GatewayConfi
             )),
         };
     };
+    if !speakers.admits(&uid) {
+        metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "too_many_uids")
+            .increment(1);
+        return Inbound::Invalid(End::close(
+            close::POLICY,
+            format!("one connection may speak for at most {MAX_UIDS_PER_CONNECTION} instance uids"),
+        ));
+    }
     match relay.publish_message(peer, &uid, payload).await {
         Ok(()) => Inbound::Relayed {
             uid,

@@ -274,7 +274,6 @@ async fn websocket_round_trip_and_closed_event() {
     assert_eq!(&envelope.instance_uid[..], &[9; 16]);
     assert!(envelope.remote_addr.starts_with("127.0.0.1:"));
     assert!(envelope.received_unix_nano > 0);
-    assert!(envelope.peer_identity.is_empty());
     let second = gateway.envelope().await.unwrap();
     assert_eq!(second.connection_id, envelope.connection_id);
 
@@ -293,6 +292,62 @@ async fn abrupt_disconnect_is_reported_too() {
     drop(socket); // no closing handshake: the TCP connection just goes
     let closed = gateway.closed_event().await;
     assert_eq!(closed.transport, Transport::Websocket as i32);
+}
+
+#[tokio::test]
+async fn every_uid_that_spoke_on_a_connection_is_reported_closed() {
+    let mut gateway = start(GatewayConfig::for_test(), ANSWERING).await;
+    let mut socket = gateway.websocket().await;
+    let (polite, first, second) = ([3; 16], [1; 16], [2; 16]);
+    let mut goodbye = agent_message(1);
+    goodbye.instance_uid = polite.to_vec().into();
+    goodbye.agent_disconnect = Some(Default::default());
+    socket.send(frame(&goodbye)).await.unwrap();
+    next_reply(&mut socket).await;
+    for uid in [first, second] {
+        let mut message = agent_message(1);
+        message.instance_uid = uid.to_vec().into();
+        socket.send(frame(&message)).await.unwrap();
+        next_reply(&mut socket).await;
+    }
+    socket.close(None).await.unwrap();
+
+    // Reported in the order they spoke, from one task: had the goodbye not counted, the uid
+    // that said it would come first.
+    let mut closed = Vec::new();
+    for _ in 0..2 {
+        let envelope = gateway.closed_event().await;
+        closed.push(envelope.instance_uid.to_vec());
+    }
+    assert_eq!(closed, [first.to_vec(), second.to_vec()]);
+}
+
+#[tokio::test]
+async fn a_connection_speaking_for_too_many_uids_is_closed() {
+    let mut gateway = start(GatewayConfig::for_test(), ANSWERING).await;
+    let mut socket = gateway.websocket().await;
+    for byte in 1..=8u8 {
+        let mut message = agent_message(1);
+        message.instance_uid = vec![byte; 16].into();
+        socket.send(frame(&message)).await.unwrap();
+        next_reply(&mut socket).await;
+    }
+    let mut ninth = agent_message(1);
+    ninth.instance_uid = vec![9; 16].into();
+    socket.send(frame(&ninth)).await.unwrap();
+    assert_eq!(
+        close_frame(&mut socket).await,
+        Some((
+            CloseCode::Policy,
+            "one connection may speak for at most 8 instance uids".to_owned()
+        ))
+    );
+    let mut closed = Vec::new();
+    for _ in 1..=8 {
+        closed.push(gateway.closed_event().await.instance_uid[0]);
+    }
+    closed.sort();
+    assert_eq!(closed, (1..=8).collect::<Vec<u8>>());
 }
 
 #[tokio::test]

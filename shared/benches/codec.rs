@@ -105,7 +105,6 @@ fn envelope(c: &mut Criterion) {
                 transport: Transport::Websocket as i32,
                 received_unix_nano: 1_700_000_000_000_000_000,
                 remote_addr: "127.0.0.1:40000".into(),
-                peer_identity: String::new(),
                 event: Some(Event::AgentToServer(black_box(payload.clone()).into())),
             }
             .encode_to_vec()

@@ -10,6 +10,8 @@
 
 use uuid::Uuid;
 
+use crate::uid;
+
 pub const DEFAULT_PREFIX: &str = "ampora";
 pub const DEFAULT_PARTITIONS: u16 = 64;
 
@@ -41,6 +43,19 @@ impl Subjects {
                 (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
             });
         (hash % u64::from(self.partitions)) as u16
+    }
+
+    /// A fresh instance uid (for an agent that asked for one) whose messages travel on the same
+    /// partition as `uid`'s, so the agent stays with the worker, and the lease, that assigned
+    /// it. One candidate in `partitions` fits, so this takes `partitions` tries on average.
+    pub fn new_instance_uid_beside(&self, uid: &Uuid) -> Uuid {
+        let partition = self.partition_of(uid);
+        loop {
+            let candidate = uid::new_instance_uid();
+            if self.partition_of(&candidate) == partition {
+                return candidate;
+            }
+        }
     }
 
     pub fn agent_inbound(&self, uid: &Uuid) -> String {
@@ -96,6 +111,18 @@ mod tests {
             subjects.agent_partition(subjects.partition_of(&uid)),
             subjects.agent_inbound(&uid)
         );
+    }
+
+    #[test]
+    fn a_new_uid_stays_in_its_predecessors_partition() {
+        let subjects = Subjects::default();
+        for _ in 0..100 {
+            let old = Uuid::new_v4();
+            let new = subjects.new_instance_uid_beside(&old);
+            assert_ne!(new, old);
+            assert_eq!(new.get_version_num(), 7);
+            assert_eq!(subjects.partition_of(&new), subjects.partition_of(&old));
+        }
     }
 
     #[test]

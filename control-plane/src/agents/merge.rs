@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::capabilities::agent_capability_names;
+use super::capabilities::{agent_capability_names, is_full_state_report};
 use super::convert;
+use super::history::EventKind;
 use super::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, Attributes, Transport,
 };
@@ -38,10 +39,11 @@ pub fn event_payload<T: Serialize + ?Sized>(value: &T) -> EventPayload {
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// History rows: (kind, payload).
-    pub events: Vec<(&'static str, EventPayload)>,
+    pub events: Vec<(EventKind, EventPayload)>,
     /// The stored snapshot must be rewritten (otherwise only liveness changed).
     pub snapshot_changed: bool,
-    /// Ask the agent to report everything: we missed a message or do not know it.
+    /// Ask the agent to report everything: we missed a message, or do not know the agent and
+    /// it left something out.
     pub report_full_state: bool,
     /// The agent reported a components hash we have no components for.
     pub report_available_components: bool,
@@ -49,20 +51,10 @@ pub struct Outcome {
     pub new_connection: bool,
 }
 
-/// Events that change [`AgentDetails`](crate::agents::snapshot::AgentDetails), the large part
-/// of a snapshot.
-const DETAILS_EVENTS: [&str; 3] = [
-    "effective_config",
-    "package_statuses",
-    "available_components",
-];
-
 impl Outcome {
     /// Whether the snapshot's details changed, or only its head.
     pub fn details_changed(&self) -> bool {
-        self.events
-            .iter()
-            .any(|(kind, _)| DETAILS_EVENTS.contains(kind))
+        self.events.iter().any(|(kind, _)| kind.changes_details())
     }
 
     /// ServerToAgent flags this outcome asks for.
@@ -102,7 +94,7 @@ pub fn new_record(instance_uid: Uuid, origin: &Origin) -> AgentRecord {
 fn update<T: PartialEq>(
     slot: &mut T,
     new: T,
-    kind: &'static str,
+    kind: EventKind,
     payload: impl FnOnce(&T) -> EventPayload,
     outcome: &mut Outcome,
 ) {
@@ -120,9 +112,15 @@ pub fn apply_message(
     message: &AgentToServer,
     origin: &Origin,
 ) -> Outcome {
+    // A known agent's message must follow the last one applied; an unknown agent's must tell
+    // everything its capabilities promise, as it does on its first message.
+    let missing_something = if known {
+        message.sequence_num != record.head.sequence_num.wrapping_add(1)
+    } else {
+        !is_full_state_report(message)
+    };
     let mut outcome = Outcome {
-        report_full_state: !known
-            || message.sequence_num != record.head.sequence_num.wrapping_add(1),
+        report_full_state: missing_something,
         ..Outcome::default()
     };
     let head = &mut record.head;
@@ -138,7 +136,7 @@ pub fn apply_message(
     outcome.new_connection = head.status == AgentStatus::Offline || moved;
     if head.status == AgentStatus::Offline {
         outcome.events.push((
-            "connected",
+            EventKind::Connected,
             event_payload(&json!({"transport": origin.transport.as_str(), "gateway_id": origin.gateway_id, "remote_addr": origin.remote_addr})),
         ));
     }
@@ -146,7 +144,7 @@ pub fn apply_message(
     update(
         &mut head.capabilities,
         message.capabilities,
-        "capabilities",
+        EventKind::Capabilities,
         |bits| event_payload(&json!({"bits": bits, "names": agent_capability_names(*bits)})),
         &mut outcome,
     );
@@ -161,7 +159,7 @@ pub fn apply_message(
             || summary.non_identifying_attributes != non_identifying
         {
             outcome.events.push((
-                "description",
+                EventKind::Description,
                 event_payload(&json!({"identifying_attributes": identifying, "non_identifying_attributes": non_identifying})),
             ));
             summary.identifying_attributes = identifying;
@@ -172,7 +170,7 @@ pub fn apply_message(
         update(
             &mut summary.health,
             Some(convert::health(health)),
-            "health",
+            EventKind::Health,
             event_payload,
             &mut outcome,
         );
@@ -181,7 +179,7 @@ pub fn apply_message(
         update(
             &mut summary.remote_config_status,
             Some(convert::remote_config_status(status)),
-            "remote_config_status",
+            EventKind::RemoteConfigStatus,
             event_payload,
             &mut outcome,
         );
@@ -190,7 +188,7 @@ pub fn apply_message(
         update(
             &mut summary.custom_capabilities,
             custom.capabilities.clone(),
-            "custom_capabilities",
+            EventKind::CustomCapabilities,
             event_payload,
             &mut outcome,
         );
@@ -200,7 +198,7 @@ pub fn apply_message(
         update(
             &mut details.effective_config,
             Some(files),
-            "effective_config",
+            EventKind::EffectiveConfig,
             |f| event_payload(&json!({"files": f})),
             &mut outcome,
         );
@@ -209,7 +207,7 @@ pub fn apply_message(
         update(
             &mut details.package_statuses,
             Some(convert::package_statuses(packages)),
-            "package_statuses",
+            EventKind::PackageStatuses,
             event_payload,
             &mut outcome,
         );
@@ -227,7 +225,7 @@ pub fn apply_message(
             update(
                 &mut details.available_components,
                 Some(convert::available_components(components)),
-                "available_components",
+                EventKind::AvailableComponents,
                 |c| event_payload(c.as_ref().unwrap_or(&Value::Null)),
                 &mut outcome,
             );
@@ -242,7 +240,7 @@ pub fn apply_message(
     };
     if disconnecting {
         outcome.events.push((
-            "disconnected",
+            EventKind::Disconnected,
             event_payload(&json!({"reason": "agent disconnect"})),
         ));
     }
@@ -279,9 +277,9 @@ pub fn apply_connection_closed(
 mod tests {
     use super::*;
     use ampora_shared::pb::opamp::{
-        any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AnyValue,
-        AvailableComponents, ComponentDetails, ComponentHealth, EffectiveConfig, KeyValue,
-        PackageStatuses,
+        any_value, AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription,
+        AgentDisconnect, AnyValue, AvailableComponents, ComponentDetails, ComponentHealth,
+        EffectiveConfig, KeyValue, PackageStatuses,
     };
 
     fn origin(connection_id: u64) -> Origin {
@@ -338,7 +336,11 @@ mod tests {
     }
 
     fn kinds(outcome: &Outcome) -> Vec<&'static str> {
-        outcome.events.iter().map(|(kind, _)| *kind).collect()
+        outcome
+            .events
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect()
     }
 
     /// Nothing to write, tell or ask: as a heartbeat on the agent's current connection.
@@ -350,7 +352,10 @@ mod tests {
     fn unknown_agent_is_asked_for_full_state() {
         let uid = Uuid::now_v7();
         let mut record = new_record(uid, &origin(1));
-        let outcome = apply_message(&mut record, false, &full_message(0), &origin(1));
+        // It says it reports its remote config status, and does not.
+        let mut first = full_message(0);
+        first.capabilities |= AgentCapabilities::ReportsRemoteConfig as u64;
+        let outcome = apply_message(&mut record, false, &first, &origin(1));
         assert!(outcome.report_full_state);
         assert!(outcome.snapshot_changed && outcome.new_connection);
         assert_eq!(
@@ -368,6 +373,22 @@ mod tests {
             record.details.effective_config.as_ref().unwrap()[""].body,
             "receivers: {}"
         );
+    }
+
+    #[test]
+    fn an_unknown_agent_that_reports_everything_is_not_asked_again() {
+        let mut record = new_record(Uuid::now_v7(), &origin(1));
+        let outcome = apply_message(&mut record, false, &full_message(5), &origin(1));
+        assert!(!outcome.report_full_state);
+        assert_eq!(outcome.flags(), 0);
+        assert!(outcome.new_connection);
+        // Its next message continues from the first.
+        assert_eq!(
+            apply_message(&mut record, true, &heartbeat(6), &origin(1)).flags(),
+            0
+        );
+        // A gap still asks, complete or not.
+        assert!(apply_message(&mut record, true, &full_message(9), &origin(1)).report_full_state);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The agent domain: what an agent is ([`snapshot`]), how its OpAMP messages change it
-//! ([`merge`]), and how wire values read as JSON ([`convert`], [`capabilities`]).
+//! ([`merge`]) and what its history records of that ([`history`]), and how wire values read as
+//! JSON ([`convert`], [`capabilities`]).
 
 pub mod capabilities;
 pub mod convert;
+pub mod history;
 pub mod merge;
 pub mod snapshot;

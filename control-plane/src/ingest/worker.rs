@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
+use crate::agents::history::EventKind;
 use crate::agents::merge::{
     apply_connection_closed, apply_message, event_payload, new_record, EventPayload, Origin,
 };
@@ -54,21 +55,23 @@ pub struct Worker {
     /// Digest of the last message applied per cached agent: a redelivered or retried message
     /// (same sequence number, same bytes) is answered but not applied again.
     last_applied: HashMap<Uuid, u64>,
+    /// Uids this worker assigned over WebSocket, by the uid that asked for each. The gateway
+    /// reports the closed connection for the uids that spoke on it, so a new uid its agent never
+    /// used is closed with the uid that asked for it. Kept while the new uid is cached.
+    assigned: HashMap<Uuid, Uuid>,
     /// Heartbeat-only liveness not yet written.
     pending_seen: HashMap<Uuid, SeenUpdate>,
     applied_changes: Counter,
     applied_heartbeats: Counter,
 }
 
-/// What one round of messages produces.
+/// What one round of messages leaves to commit, and the replies to send once it is stored.
 #[derive(Default)]
-struct Round {
+struct Uncommitted {
     /// Partitions whose agents this round writes: the commit is fenced by their leases.
     partitions: HashSet<u16>,
-    /// Agents whose snapshot this round rewrites. `None`: the cache holds the latest snapshot
-    /// (an online agent), so messages do not copy it; otherwise the snapshot itself, which the
-    /// cache does not keep (an agent gone offline, or given a new uid).
-    agents: HashMap<Uuid, Option<Box<AgentRecord>>>,
+    /// Agents whose snapshot this round rewrites, and where that snapshot waits.
+    agents: HashMap<Uuid, Staged>,
     /// Agents whose attribute rows must be (re)written: new ones, and changed descriptions.
     described: HashSet<Uuid>,
     /// Agents whose details must be (re)written: new ones, and changed configs, packages or
@@ -76,9 +79,23 @@ struct Round {
     detailed: HashSet<Uuid>,
     events: Vec<NewEvent>,
     replies: Vec<Reply>,
-    /// Agents of the round the cache did not hold, as stored when the round began (`None`:
-    /// not stored at all), read in one query rather than one per agent.
-    loaded: HashMap<Uuid, Option<Box<AgentRecord>>>,
+    /// Agents of the round the cache did not hold, as stored when the round began, read in one
+    /// query rather than one per agent. An agent missing here was not read (the query failed).
+    loaded: HashMap<Uuid, Preloaded>,
+}
+
+/// Where the snapshot an agent's row is written from waits for the commit.
+enum Staged {
+    /// In the worker's cache (an online agent): messages do not copy it.
+    Cached,
+    /// Here, as the cache does not keep it (an agent gone offline).
+    Held(Box<AgentRecord>),
+}
+
+/// What the round's up-front read found for an agent.
+enum Preloaded {
+    Stored(Box<AgentRecord>),
+    NotStored,
 }
 
 struct Reply {
@@ -103,6 +120,7 @@ impl Worker {
             ownership,
             cache: HashMap::new(),
             last_applied: HashMap::new(),
+            assigned: HashMap::new(),
             pending_seen: HashMap::new(),
             applied_changes: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "change"),
             applied_heartbeats: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "heartbeat"),
@@ -121,6 +139,9 @@ impl Worker {
                 },
                 _ = flush.tick() => {
                     self.flush_seen().await;
+                    // An assignment matters while its uid is online (cached) on the connection
+                    // that asked; one whose uid left the cache is done.
+                    self.assigned.retain(|_, assigned| self.cache.contains_key(assigned));
                     continue;
                 }
             };
@@ -128,9 +149,9 @@ impl Worker {
             gather(&mut receiver, &mut items, self.config.batch_max, next_round).await;
             next_round = tokio::time::Instant::now() + self.config.round_interval;
             metrics::histogram!("ampora_control_plane_round_messages").record(items.len() as f64);
-            let mut round = Round {
+            let mut round = Uncommitted {
                 loaded: self.load_uncached(&items).await,
-                ..Round::default()
+                ..Uncommitted::default()
             };
             for item in items {
                 self.handle(item, &mut round).await;
@@ -150,7 +171,7 @@ impl Worker {
         self.flush_seen().await;
     }
 
-    async fn handle(&mut self, item: WorkItem, round: &mut Round) {
+    async fn handle(&mut self, item: WorkItem, round: &mut Uncommitted) {
         match item {
             WorkItem::Envelope(uid, envelope) => self.handle_envelope(uid, envelope, round).await,
             WorkItem::MarkedOffline { uid, cutoff } => {
@@ -166,7 +187,7 @@ impl Worker {
                     round.events.push(event(
                         uid,
                         record.head.last_seen,
-                        "connected",
+                        EventKind::Connected,
                         event_payload(&serde_json::json!({"reason": "seen after the sweep"})),
                     ));
                     self.stage(round, uid, record);
@@ -177,18 +198,26 @@ impl Worker {
                 let released = |uid: &Uuid| subjects.partition_of(uid) == partition;
                 // Snapshots this round has yet to write leave the cache for the round.
                 for (uid, staged) in &mut round.agents {
-                    if staged.is_none() && released(uid) {
-                        *staged = self.cache.remove(uid);
+                    if matches!(staged, Staged::Cached) && released(uid) {
+                        if let Some(record) = self.cache.remove(uid) {
+                            *staged = Staged::Held(record);
+                        }
                     }
                 }
                 self.cache.retain(|uid, _| !released(uid));
                 self.last_applied.retain(|uid, _| !released(uid));
+                self.assigned.retain(|asker, _| !released(asker));
                 self.pending_seen.retain(|uid, _| !released(uid));
             }
         }
     }
 
-    async fn handle_envelope(&mut self, uid: Uuid, envelope: AgentEnvelope, round: &mut Round) {
+    async fn handle_envelope(
+        &mut self,
+        uid: Uuid,
+        envelope: AgentEnvelope,
+        round: &mut Uncommitted,
+    ) {
         let origin = Origin {
             gateway_id: envelope.gateway_id.clone(),
             connection_id: envelope.connection_id,
@@ -228,29 +257,50 @@ impl Worker {
                 }
             }
             Some(Event::ConnectionClosed(closed)) => {
-                let Ok(Some(mut record)) = self.cached_or_stored(uid, round).await else {
-                    return;
-                };
-                if let Some(payload) = apply_connection_closed(
-                    &mut record,
-                    &envelope.gateway_id,
-                    envelope.connection_id,
-                    &closed.reason,
-                ) {
-                    tracing::info!(instance_uid = %uid, reason = %closed.reason, "agent offline: connection closed");
-                    round
-                        .partitions
-                        .insert(self.config.subjects.partition_of(&uid));
-                    round
-                        .events
-                        .push(event(uid, origin.received_at, "disconnected", payload));
-                    self.pending_seen.remove(&uid);
-                    self.stage(round, uid, record);
-                } else {
-                    self.keep_if_online(uid, record);
+                // A uid assigned on this connection closes with the uid that asked for it: its
+                // agent may have left before speaking as the new one.
+                let assigned = self.assigned.remove(&uid);
+                for uid in std::iter::once(uid).chain(assigned) {
+                    self.close_connection(uid, &closed.reason, &origin, round)
+                        .await;
                 }
             }
             None => tracing::warn!(instance_uid = %uid, "envelope without an event"),
+        }
+    }
+
+    /// The connection `origin` names closed: `uid` goes offline if that is still its
+    /// connection.
+    async fn close_connection(
+        &mut self,
+        uid: Uuid,
+        reason: &str,
+        origin: &Origin,
+        round: &mut Uncommitted,
+    ) {
+        let Ok(Some(mut record)) = self.cached_or_stored(uid, round).await else {
+            return;
+        };
+        if let Some(payload) = apply_connection_closed(
+            &mut record,
+            &origin.gateway_id,
+            origin.connection_id,
+            reason,
+        ) {
+            tracing::info!(instance_uid = %uid, %reason, "agent offline: connection closed");
+            round
+                .partitions
+                .insert(self.config.subjects.partition_of(&uid));
+            round.events.push(event(
+                uid,
+                origin.received_at,
+                EventKind::Disconnected,
+                payload,
+            ));
+            self.pending_seen.remove(&uid);
+            self.stage(round, uid, record);
+        } else {
+            self.keep_if_online(uid, record);
         }
     }
 
@@ -262,12 +312,12 @@ impl Worker {
         message: &AgentToServer,
         digest: u64,
         origin: &Origin,
-        round: &mut Round,
+        round: &mut Uncommitted,
     ) -> Option<ServerToAgent> {
         let requested_uid = message.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
         // An agent asking for a uid becomes the new uid right away: nothing is kept under the old one.
         let (target, stored) = if requested_uid {
-            (uid::new_instance_uid(), Ok(None))
+            (self.config.subjects.new_instance_uid_beside(&uid), Ok(None))
         } else {
             (uid, self.cached_or_stored(uid, round).await)
         };
@@ -314,7 +364,7 @@ impl Worker {
             || outcome
                 .events
                 .iter()
-                .any(|(kind, _)| *kind == "description")
+                .any(|(kind, _)| *kind == EventKind::Description)
         {
             round.described.insert(target);
         }
@@ -344,9 +394,15 @@ impl Worker {
             || requested_uid;
         if requested_uid {
             tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
-            // The new uid's partition may be another worker's: its snapshot is written, not cached.
-            round.agents.insert(target, Some(record));
-        } else if outcome.snapshot_changed {
+            if origin.transport == Transport::Websocket {
+                // Asking again means the agent never took the uid it was given before.
+                if let Some(unused) = self.assigned.insert(uid, target) {
+                    self.close_connection(unused, "another uid was assigned", origin, round)
+                        .await;
+                }
+            }
+        }
+        if outcome.snapshot_changed {
             self.stage(round, target, record);
         } else {
             self.keep_if_online(target, record);
@@ -365,13 +421,14 @@ impl Worker {
     async fn cached_or_stored(
         &mut self,
         uid: Uuid,
-        round: &mut Round,
+        round: &mut Uncommitted,
     ) -> crate::storage::Result<Option<Box<AgentRecord>>> {
         if let Some(record) = self.cache.remove(&uid) {
             return Ok(Some(record));
         }
         match round.loaded.remove(&uid) {
-            Some(loaded) => Ok(loaded),
+            Some(Preloaded::Stored(record)) => Ok(Some(record)),
+            Some(Preloaded::NotStored) => Ok(None),
             None => Ok(self.store.get_agent(uid).await?.map(Box::new)),
         }
     }
@@ -380,7 +437,7 @@ impl Worker {
     /// reconnect storm or a control-plane restart, every agent of a round is one of those.
     /// If the read fails, each agent is read on its own when its turn comes (and fails there
     /// with the usual answer).
-    async fn load_uncached(&self, items: &[WorkItem]) -> HashMap<Uuid, Option<Box<AgentRecord>>> {
+    async fn load_uncached(&self, items: &[WorkItem]) -> HashMap<Uuid, Preloaded> {
         let uncached: HashSet<Uuid> = items
             .iter()
             .filter_map(|item| match item {
@@ -394,10 +451,15 @@ impl Worker {
         let uids: Vec<Uuid> = uncached.into_iter().collect();
         match self.store.get_agents(&uids).await {
             Ok(records) => {
-                let mut loaded: HashMap<Uuid, Option<Box<AgentRecord>>> =
-                    uids.into_iter().map(|uid| (uid, None)).collect();
+                let mut loaded: HashMap<Uuid, Preloaded> = uids
+                    .into_iter()
+                    .map(|uid| (uid, Preloaded::NotStored))
+                    .collect();
                 for record in records {
-                    loaded.insert(record.head.instance_uid, Some(Box::new(record)));
+                    loaded.insert(
+                        record.head.instance_uid,
+                        Preloaded::Stored(Box::new(record)),
+                    );
                 }
                 loaded
             }
@@ -410,13 +472,13 @@ impl Worker {
 
     /// Keeps a changed snapshot for the round's commit: an online agent's in the cache, the
     /// others' in the round.
-    fn stage(&mut self, round: &mut Round, uid: Uuid, record: Box<AgentRecord>) {
+    fn stage(&mut self, round: &mut Uncommitted, uid: Uuid, record: Box<AgentRecord>) {
         if record.head.status == AgentStatus::Online {
-            round.agents.insert(uid, None);
+            round.agents.insert(uid, Staged::Cached);
             self.cache.insert(uid, record);
         } else {
             self.last_applied.remove(&uid);
-            round.agents.insert(uid, Some(record));
+            round.agents.insert(uid, Staged::Held(record));
         }
     }
 
@@ -436,8 +498,8 @@ impl Worker {
         }
     }
 
-    async fn commit(&mut self, round: Round) {
-        let Round {
+    async fn commit(&mut self, round: Uncommitted) {
+        let Uncommitted {
             partitions,
             agents,
             described,
@@ -457,10 +519,9 @@ impl Worker {
         };
         let records = agents
             .iter()
-            .filter_map(|(uid, staged)| {
-                staged
-                    .as_deref()
-                    .or_else(|| self.cache.get(uid).map(|record| &**record))
+            .filter_map(|(uid, staged)| match staged {
+                Staged::Held(record) => Some(&**record),
+                Staged::Cached => self.cache.get(uid).map(|record| &**record),
             })
             .collect();
         let batch = WriteBatch {
@@ -581,13 +642,13 @@ fn payload_digest(payload: &[u8]) -> u64 {
 fn event(
     instance_uid: Uuid,
     at: OffsetDateTime,
-    kind: &'static str,
+    kind: EventKind,
     payload: EventPayload,
 ) -> NewEvent {
     NewEvent {
         instance_uid,
         at,
-        kind,
+        kind: kind.as_str(),
         payload,
     }
 }

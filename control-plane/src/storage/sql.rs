@@ -42,6 +42,7 @@ macro_rules! sql_store {
         use time::OffsetDateTime;
         use uuid::Uuid;
 
+        use crate::agents::history::EventKind;
         use crate::agents::merge::event_payload;
         use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
         use crate::storage::encoding::{self, unavailable};
@@ -109,7 +110,7 @@ macro_rules! sql_store {
                     .map(|uid| NewEvent {
                         instance_uid: *uid,
                         at: now,
-                        kind: "offline",
+                        kind: EventKind::Offline.as_str(),
                         payload: event_payload(&serde_json::json!({ "reason": reason })),
                     })
                     .collect();

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use super::subject::{matches, validate_pattern, validate_publish};
+use super::pattern::{matches, validate_pattern, validate_subject};
 use super::{Bus, BusError, BusMessage, Result, Subscription};
 
 /// Default per-subscription queue length.
@@ -109,7 +109,7 @@ impl Default for InProcessBus {
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
-        validate_publish(subject)?;
+        validate_subject(subject)?;
         if payload.len() > self.inner.max_payload {
             return Err(BusError::TooLarge {
                 size: payload.len(),

@@ -6,7 +6,7 @@
 
 mod in_process;
 mod nats;
-pub mod subject;
+mod pattern;
 
 use std::pin::Pin;
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::subject::{validate_pattern, validate_publish};
+use super::pattern::{validate_pattern, validate_subject};
 use super::{Bus, BusError, BusMessage, Result, Subscription};
 
 /// How to reach NATS. The URL may list several servers separated by commas and carry
@@ -105,7 +105,7 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
-        validate_publish(subject)?;
+        validate_subject(subject)?;
         // The negotiated limit, read without copying the server's INFO (which `server_info`
         // clones whole, strings and all, on every call).
         let limit = self.client.max_payload();

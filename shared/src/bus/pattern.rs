@@ -1,9 +1,10 @@
-//! NATS subject syntax: dot-separated tokens; `*` matches one token, a final `>` one or more.
+//! Subject patterns as NATS reads them: dot-separated tokens; `*` matches one token, a final `>`
+//! one or more. (Which subjects Ampora uses is [`crate::subjects`].)
 
 use super::BusError;
 
 /// A subject to publish on: non-empty tokens, no wildcards, no white space.
-pub fn validate_publish(subject: &str) -> Result<(), BusError> {
+pub fn validate_subject(subject: &str) -> Result<(), BusError> {
     let ok = !subject.is_empty()
         && subject.split('.').all(|token| {
             !token.is_empty()
@@ -59,10 +60,10 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(validate_publish("a.b").is_ok());
-        assert!(validate_publish("a.*").is_err());
-        assert!(validate_publish("a..b").is_err());
-        assert!(validate_publish("").is_err());
+        assert!(validate_subject("a.b").is_ok());
+        assert!(validate_subject("a.*").is_err());
+        assert!(validate_subject("a..b").is_err());
+        assert!(validate_subject("").is_err());
         assert!(validate_pattern("a.>").is_ok());
         assert!(validate_pattern("a.>.b").is_err());
         assert!(validate_pattern("a. b").is_err());
