@@ -5,8 +5,9 @@ mod error;
 
 use std::sync::Arc;
 
+use ampora_shared::telemetry;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,7 +34,7 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(telemetry::metrics_get))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -57,11 +58,4 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
-}
-
-async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ampora_shared::telemetry::prometheus().render(),
-    )
 }
