@@ -9,9 +9,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ampora_shared::http1;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,10 +27,6 @@ use crate::relay::Relay;
 use crate::routes::{self, AppState, ConnectionPermit};
 use crate::traffic::Counted;
 use crate::GatewayConfig;
-
-/// Largest HTTP/1 read buffer per connection (request head and body chunks); hyper's own
-/// default is 400 KiB. Request heads above it are refused.
-const HTTP_MAX_BUFFER: usize = 64 << 10;
 
 pub async fn serve(
     listener: TcpListener,
@@ -158,7 +155,13 @@ async fn serve_connection<S>(
         }
     }
     let Some(handshakes) = tls else {
-        return http(TokioIo::new(stream), service, &config, cancel).await;
+        return http1::serve_connection(
+            TokioIo::new(stream),
+            service,
+            config.first_message_timeout,
+            cancel.cancelled(),
+        )
+        .await;
     };
     let waiting = Counted::new(&handshakes.waiting);
     let slot = tokio::select! {
@@ -180,7 +183,13 @@ async fn serve_connection<S>(
                 _ => "full",
             };
             metrics::counter!("ampora_gateway_tls_handshakes_total", "kind" => kind).increment(1);
-            http(TokioIo::new(tls_stream), service, &config, cancel).await
+            http1::serve_connection(
+                TokioIo::new(tls_stream),
+                service,
+                config.first_message_timeout,
+                cancel.cancelled(),
+            )
+            .await
         }
         Ok(Err(error)) => {
             metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake").increment(1);
@@ -189,40 +198,6 @@ async fn serve_connection<S>(
         Err(_) => {
             metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake_timeout").increment(1);
             tracing::debug!(remote_addr = %remote, "TLS handshake timed out");
-        }
-    }
-}
-
-/// Serves HTTP/1.1 with upgrades. HTTP/1.1 only (and ALPN says so): WebSocket upgrades need
-/// it, and OpAMP needs nothing newer. The header read timeout also applies between requests
-/// of a kept-alive connection, so idle keep-alive sockets go after `first_message_timeout`.
-async fn http<I, S>(io: I, service: S, config: &GatewayConfig, cancel: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.first_message_timeout)
-        .max_buf_size(HTTP_MAX_BUFFER)
-        .keep_alive(true)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
-        }
-        _ = cancel.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         }
     }
 }

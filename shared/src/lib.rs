@@ -8,6 +8,7 @@
 //! - [`subjects`]: the bus subjects, so both sides name them the same way.
 //! - [`bus`]: the [`bus::Bus`] trait (publish, subscribe, queue-subscribe: shaped on NATS) and the
 //!   in-process implementation used by `ampora serve`, and the NATS one for production.
+//! - [`http1`]: serving one HTTP/1.1 connection with bounded request heads, for every listener.
 //! - [`server_error`]: the OpAMP error reply (`ServerErrorResponse`, optional `RetryInfo`) both
 //!   sides send.
 //! - [`telemetry`]: tracing and Prometheus set-up for every binary role, and its `/metrics`.
@@ -19,6 +20,7 @@
 
 pub mod bus;
 pub mod codec;
+pub mod http1;
 pub mod pb;
 pub mod server_error;
 pub mod subjects;
