@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use ampora_shared::http1;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use axum::http::Extensions;
+use axum::Router;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::relay::Relay;
 use crate::routes::{self, AppState, ConnectionPermit};
@@ -73,21 +72,18 @@ pub async fn serve(
         };
         metrics::counter!("ampora_gateway_connections_total").increment(1);
         let _ = stream.set_nodelay(true);
-        // The `into_make_service_with_connect_info` of a hand-written loop: every request of this
-        // connection carries the peer address and the connection's permit.
-        let permit = ConnectionPermit(Arc::new(permit));
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(remote));
-                request.extensions_mut().insert(permit.clone());
-                request
-            },
-        ));
+        // Every request of this connection carries the peer address and the connection's permit.
+        let mut extensions = Extensions::new();
+        extensions.insert(ConnectInfo(remote));
+        extensions.insert(ConnectionPermit(Arc::new(permit)));
         connections.spawn(serve_connection(
             stream,
             remote,
             tls.clone(),
-            service,
+            Served {
+                router: router.clone(),
+                extensions,
+            },
             config.clone(),
             cancel.clone(),
         ));
@@ -110,6 +106,13 @@ pub async fn serve(
     }
 }
 
+/// What a connection is served with once it speaks HTTP.
+struct Served {
+    router: Router,
+    /// Attached to each of its requests.
+    extensions: Extensions,
+}
+
 /// What a TLS connection goes through before HTTP: a handshake slot, then the handshake.
 #[derive(Clone)]
 struct Handshakes {
@@ -119,21 +122,14 @@ struct Handshakes {
     in_progress: Gauge,
 }
 
-async fn serve_connection<S>(
+async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<Handshakes>,
-    service: S,
+    served: Served,
     config: Arc<GatewayConfig>,
     cancel: CancellationToken,
-) where
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     // A peer that connects and never speaks holds a socket and a permit. It has the
     // first-message timeout to send its first byte and, from the moment its handshake starts,
     // as long again to finish it; hyper's header read timeout then bounds the request head.
@@ -157,7 +153,8 @@ async fn serve_connection<S>(
     let Some(handshakes) = tls else {
         return http1::serve_connection(
             TokioIo::new(stream),
-            service,
+            served.router,
+            served.extensions,
             config.first_message_timeout,
             cancel.cancelled(),
         )
@@ -185,7 +182,8 @@ async fn serve_connection<S>(
             metrics::counter!("ampora_gateway_tls_handshakes_total", "kind" => kind).increment(1);
             http1::serve_connection(
                 TokioIo::new(tls_stream),
-                service,
+                served.router,
+                served.extensions,
                 config.first_message_timeout,
                 cancel.cancelled(),
             )

@@ -4,33 +4,41 @@
 use std::future::Future;
 use std::time::Duration;
 
+use axum::http::Extensions;
+use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioTimer;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt;
 
 /// Largest HTTP/1 read buffer per connection (request head and body chunks); hyper's own
 /// default is 400 KiB. Request heads above it are refused.
 const MAX_BUFFER: usize = 64 << 10;
 
-/// Serves `io` until the peer is done or `shutdown` resolves; then the request in progress
-/// may finish. HTTP/1.1 only: WebSocket upgrades need it, and nothing here needs newer.
+/// Serves `io` with `router` until the peer is done or `shutdown` resolves; then the request
+/// in progress may finish. HTTP/1.1 only: WebSocket upgrades need it, and nothing here needs
+/// newer. Every request carries a copy of `extensions`: what the listener knows of the
+/// connection (the peer's address, its slot), as axum's `into_make_service_with_connect_info`
+/// would attach.
 ///
 /// Each request head must arrive within `head_timeout`. The clock also runs between the
 /// requests of a kept-alive connection, so an idle one is closed after as long. What comes
 /// after the head (the body) is for the service to time.
-pub async fn serve_connection<I, S>(
+pub async fn serve_connection<I>(
     io: I,
-    service: S,
+    router: Router,
+    extensions: Extensions,
     head_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().extend(extensions.clone());
+            request
+        },
+    ));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ampora_shared::{http1, telemetry};
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{Extensions, HeaderName, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -110,10 +110,10 @@ pub async fn serve(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         connections.spawn(http1::serve_connection(
             hyper_util::rt::TokioIo::new(stream),
-            service,
+            router.clone(),
+            Extensions::new(),
             request_timeout,
             stop.clone().cancelled_owned(),
         ));
