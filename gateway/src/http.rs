@@ -125,11 +125,7 @@ pub async fn opamp_post(
     };
     state.relay.traffic().http.messages_in.increment(1);
 
-    let peer = Peer {
-        connection_id: state.relay.next_connection_id(),
-        transport: Transport::Http,
-        remote_addr: remote.to_string(),
-    };
+    let peer = state.new_peer(Transport::Http, remote);
     let span = tracing::info_span!(
         "http",
         gateway_id = %config.gateway_id,
