@@ -51,14 +51,21 @@ pub struct ApiState {
 pub fn app(state: ApiState, request_timeout: Duration) -> Router {
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let request_id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|id| id.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("api", method = %request.method(), path = request.uri().path(), request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or_default();
+                    let method = request.method();
+                    let path = request.uri().path();
+                    tracing::info_span!("api", %method, path, request_id)
+                })
+                // Server errors are logged once, by `ApiError`; a not-ready `/readyz` is no failure.
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .map_response(error::json_error_body)
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
