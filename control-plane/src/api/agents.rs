@@ -83,10 +83,22 @@ where
         .map_err(|_| D::Error::custom("bad page_token"))
 }
 
+/// `status`: `online` or `offline`; present but empty is a mistake, not "any".
+fn status<'de, D>(deserializer: D) -> Result<Option<AgentStatus>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    AgentStatus::parse(&text)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("status must be online or offline, not {text:?}")))
+}
+
 /// `GET /api/v1/agents?status=online&attr=key=value&attr=…&limit=100&page_token=…`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsListQuery {
+    #[serde(default, deserialize_with = "status")]
     status: Option<AgentStatus>,
     #[serde(default)]
     attr: Vec<AttributeFilter>,

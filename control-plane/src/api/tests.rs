@@ -227,8 +227,14 @@ async fn bad_paths_and_queries_are_400_with_a_json_error() {
     let state = state().await;
     let uid = Uuid::now_v7();
     for (uri, says) in [
-        ("/api/v1/agents?status=sleeping".to_owned(), "status"),
+        (
+            "/api/v1/agents?status=sleeping".to_owned(),
+            "status must be",
+        ),
+        ("/api/v1/agents?status=".to_owned(), "status must be"),
         ("/api/v1/agents?limit=0".to_owned(), "limit must be"),
+        ("/api/v1/agents?limit=".to_owned(), "limit must be"),
+        ("/api/v1/agents?attr=".to_owned(), "attr must be key=value"),
         ("/api/v1/agents?limit=lots".to_owned(), "limit must be"),
         ("/api/v1/agents?limit=1001".to_owned(), "limit must be"),
         (
