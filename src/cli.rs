@@ -209,6 +209,9 @@ pub struct ControlPlaneOptions {
     pub gateway_timeout: Duration,
     #[arg(long, env = "AMPORA_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub control_plane_heartbeat_interval: Duration,
+    /// An API request (head, body and answer) not complete within this is cut.
+    #[arg(long, env = "AMPORA_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub api_request_timeout: Duration,
 }
 
 /// Reads `AMPORA_CONFIG` (a file of `KEY=value` lines) into the environment without overriding

@@ -192,6 +192,7 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         lease_renew_interval: (options.lease_ttl / 5).max(Duration::from_millis(100)),
         heartbeat_interval: options.control_plane_heartbeat_interval,
         gateway_timeout: options.gateway_timeout,
+        api_request_timeout: options.api_request_timeout,
         ..defaults
     }
 }

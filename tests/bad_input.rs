@@ -20,8 +20,28 @@ async fn start() -> Ampora {
     Ampora::start(&[
         ("AMPORA_MAX_MESSAGE_SIZE", "262144"),
         ("AMPORA_FIRST_MESSAGE_TIMEOUT", "1s"),
+        ("AMPORA_API_REQUEST_TIMEOUT", "1s"),
     ])
     .await
+}
+
+/// `host:port` of a `scheme://host:port/…` URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it (a reset counts);
+/// `None` if it is still open after 10 s.
+async fn answer_then_close(addr: &str, bytes: &[u8]) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
 }
 
 /// A well-behaved agent must still get through.
@@ -119,56 +139,48 @@ async fn bad_http_requests_get_clear_statuses() {
         .unwrap();
     assert_eq!(response.status(), 405);
 
-    let response = client
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .body(valid.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 415);
-    assert!(!response.text().await.unwrap().is_empty());
-
-    let response = client
-        .post(&url)
-        .header("Content-Type", "application/x-protobuf")
-        .body(vec![0xff, 0xff, 0xff])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(!response.text().await.unwrap().is_empty());
-
-    let response = client
-        .post(&url)
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "gzip")
-        .body(bomb)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 413);
-
-    // A body over the limit without compression.
-    let response = client
-        .post(&url)
-        .header("Content-Type", "application/x-protobuf")
-        .body(vec![0u8; LIMIT + 1])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 413);
-
+    let post = |content_type: &str, gzip: bool, body: Vec<u8>| {
+        let request = client
+            .post(&url)
+            .header("Content-Type", content_type)
+            .body(body);
+        let request = if gzip {
+            request.header("Content-Encoding", "gzip")
+        } else {
+            request
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let protobuf = "application/x-protobuf";
+    for (what, content_type, gzip, body, expected) in [
+        ("a JSON body", "application/json", false, valid.clone(), 415),
+        (
+            "a broken protobuf",
+            protobuf,
+            false,
+            vec![0xff, 0xff, 0xff],
+            400,
+        ),
+        ("a gzip bomb", protobuf, true, bomb, 413),
+        (
+            "a body over the limit",
+            protobuf,
+            false,
+            vec![0u8; LIMIT + 1],
+            413,
+        ),
+    ] {
+        let (status, reason) = post(content_type, gzip, body).await;
+        assert_eq!(status, expected, "{what}: {reason}");
+        assert!(!reason.is_empty(), "{what}: no reason given");
+    }
     // A gzip'd valid body is fine.
-    let response = client
-        .post(&url)
-        .header("Content-Type", "application/x-protobuf")
-        .header("Content-Encoding", "gzip")
-        .body(codec::gzip(&valid))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, _) = post(protobuf, true, codec::gzip(&valid)).await;
+    assert_eq!(status, 200);
 
     assert_serving(&ampora).await;
 }
@@ -176,18 +188,11 @@ async fn bad_http_requests_get_clear_statuses() {
 #[tokio::test]
 async fn a_flood_of_silent_connections_is_dropped_while_agents_are_served() {
     let ampora = start().await;
-    let addr = ampora
-        .ws_url()
-        .trim_start_matches("ws://")
-        .trim_end_matches("/v1/opamp")
-        .to_owned();
+    let ws_url = ampora.ws_url();
+    let addr = authority(&ws_url);
     let mut silent = Vec::new();
     for _ in 0..300 {
-        silent.push(
-            tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect"),
-        );
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     }
     // While they hang around, a real agent works.
     assert_serving(&ampora).await;
@@ -199,4 +204,66 @@ async fn a_flood_of_silent_connections_is_dropped_while_agents_are_served() {
         assert!(read.is_ok(), "silent connection still open after 10 s");
     }
     assert_serving(&ampora).await;
+}
+
+#[tokio::test]
+async fn requests_that_stall_are_dropped_on_both_listeners() {
+    let ampora = start().await;
+    let opamp_url = ampora.http_opamp_url();
+    let api_base = ampora.api_base();
+    let half_a_body = |head: &str| {
+        format!("{head}Host: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\n0123456789")
+    };
+    let stalled = [
+        (
+            authority(&opamp_url),
+            half_a_body("POST /v1/opamp HTTP/1.1\r\n"),
+        ),
+        (
+            authority(&opamp_url),
+            "POST /v1/opamp HTTP/1.1\r\nHost: x\r\n".to_owned(),
+        ),
+        (authority(&api_base), String::new()),
+        (
+            authority(&api_base),
+            "GET /api/v1/agents HTTP/1.1\r\nHost: x\r\n".to_owned(),
+        ),
+        (
+            authority(&api_base),
+            half_a_body("GET /api/v1/agents HTTP/1.1\r\n"),
+        ),
+    ];
+    for (addr, request) in stalled {
+        assert!(
+            answer_then_close(addr, request.as_bytes()).await.is_some(),
+            "{addr}: still open after {request:?}"
+        );
+    }
+    assert_serving(&ampora).await;
+}
+
+#[tokio::test]
+async fn api_errors_are_json_even_from_the_framework() {
+    let ampora = start().await;
+    let client = reqwest::Client::new();
+    let agents = format!("{}/api/v1/agents", ampora.api_base());
+    for (request, expected) in [
+        (client.delete(&agents), 405),
+        (client.get(format!("{agents}/%FF")), 400),
+        (client.get(format!("{agents}?limit=many")), 400),
+        (client.get(format!("{}/nowhere", ampora.api_base())), 404),
+    ] {
+        let response = request.send().await.unwrap();
+        let url = response.url().to_string();
+        assert_eq!(response.status(), expected, "{url}");
+        if expected == 405 {
+            assert_eq!(response.headers()["allow"], "GET,HEAD");
+        }
+        assert!(response.headers().contains_key("x-request-id"), "{url}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{url}: {body}"
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub struct ControlPlaneConfig {
     pub heartbeat_interval: Duration,
     /// A gateway silent this long is dead: its WebSocket agents go offline.
     pub gateway_timeout: Duration,
+    /// An API request (head, body and answer) not complete within this is cut.
+    pub api_request_timeout: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -55,6 +57,7 @@ impl Default for ControlPlaneConfig {
             lease_renew_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(1),
             gateway_timeout: Duration::from_secs(10),
+            api_request_timeout: Duration::from_secs(30),
         }
     }
 }

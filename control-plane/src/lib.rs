@@ -39,6 +39,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    let request_timeout = config.api_request_timeout;
     let ingest = tokio::spawn(ingest::run(
         bus,
         store.clone(),
@@ -46,17 +47,16 @@ pub async fn run(
         readiness.clone(),
         cancel.clone(),
     ));
-    let router = api::app(api::ApiState { store, readiness });
+    let router = api::app(api::ApiState { store, readiness }, request_timeout);
     let serve_cancel = cancel.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    api::serve(listener, router, request_timeout, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = serve_cancel.cancelled() => {}
         }
-    });
-    let served = server.await;
+    })
+    .await;
     cancel.cancel();
     ingest.await??;
-    served?;
     Ok(())
 }

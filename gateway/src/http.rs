@@ -77,15 +77,27 @@ pub async fn opamp_post(
             )
         }
     };
-    let raw = match read_bounded(body, config.max_message_size).await {
-        Ok(raw) => raw,
-        Err(BodyError::TooLarge) => {
+    // The body is part of the first message: a client that stalls half-way through it must not
+    // keep its connection (and slot) longer than one that never sends its head.
+    let read = tokio::time::timeout(
+        config.first_message_timeout,
+        read_bounded(body, config.max_message_size),
+    );
+    let raw = match read.await {
+        Err(_) => {
+            return reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not complete in time",
+            )
+        }
+        Ok(Ok(raw)) => raw,
+        Ok(Err(BodyError::TooLarge)) => {
             return reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body exceeds {} bytes", config.max_message_size),
             )
         }
-        Err(BodyError::Broken) => {
+        Ok(Err(BodyError::Broken)) => {
             return reject(StatusCode::BAD_REQUEST, "request body could not be read")
         }
     };
@@ -113,11 +125,7 @@ pub async fn opamp_post(
     };
     state.relay.traffic().http.messages_in.increment(1);
 
-    let peer = Peer {
-        connection_id: state.relay.next_connection_id(),
-        transport: Transport::Http,
-        remote_addr: remote.to_string(),
-    };
+    let peer = state.new_peer(Transport::Http, remote);
     let span = tracing::info_span!(
         "http",
         gateway_id = %config.gateway_id,

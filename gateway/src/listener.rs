@@ -9,10 +9,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ampora_shared::http1;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use axum::http::Extensions;
+use axum::Router;
+use hyper_util::rt::TokioIo;
 use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -20,16 +21,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::relay::Relay;
 use crate::routes::{self, AppState, ConnectionPermit};
 use crate::traffic::Counted;
 use crate::GatewayConfig;
-
-/// Largest HTTP/1 read buffer per connection (request head and body chunks); hyper's own
-/// default is 400 KiB. Request heads above it are refused.
-const HTTP_MAX_BUFFER: usize = 64 << 10;
 
 pub async fn serve(
     listener: TcpListener,
@@ -76,21 +72,18 @@ pub async fn serve(
         };
         metrics::counter!("ampora_gateway_connections_total").increment(1);
         let _ = stream.set_nodelay(true);
-        // The `into_make_service_with_connect_info` of a hand-written loop: every request of this
-        // connection carries the peer address and the connection's permit.
-        let permit = ConnectionPermit(Arc::new(permit));
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(remote));
-                request.extensions_mut().insert(permit.clone());
-                request
-            },
-        ));
+        // Every request of this connection carries the peer address and the connection's permit.
+        let mut extensions = Extensions::new();
+        extensions.insert(ConnectInfo(remote));
+        extensions.insert(ConnectionPermit(Arc::new(permit)));
         connections.spawn(serve_connection(
             stream,
             remote,
             tls.clone(),
-            service,
+            Served {
+                router: router.clone(),
+                extensions,
+            },
             config.clone(),
             cancel.clone(),
         ));
@@ -113,6 +106,13 @@ pub async fn serve(
     }
 }
 
+/// What a connection is served with once it speaks HTTP.
+struct Served {
+    router: Router,
+    /// Attached to each of its requests.
+    extensions: Extensions,
+}
+
 /// What a TLS connection goes through before HTTP: a handshake slot, then the handshake.
 #[derive(Clone)]
 struct Handshakes {
@@ -122,21 +122,14 @@ struct Handshakes {
     in_progress: Gauge,
 }
 
-async fn serve_connection<S>(
+async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<Handshakes>,
-    service: S,
+    served: Served,
     config: Arc<GatewayConfig>,
     cancel: CancellationToken,
-) where
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     // A peer that connects and never speaks holds a socket and a permit. It has the
     // first-message timeout to send its first byte and, from the moment its handshake starts,
     // as long again to finish it; hyper's header read timeout then bounds the request head.
@@ -158,7 +151,14 @@ async fn serve_connection<S>(
         }
     }
     let Some(handshakes) = tls else {
-        return http(TokioIo::new(stream), service, &config, cancel).await;
+        return http1::serve_connection(
+            TokioIo::new(stream),
+            served.router,
+            served.extensions,
+            config.first_message_timeout,
+            cancel.cancelled(),
+        )
+        .await;
     };
     let waiting = Counted::new(&handshakes.waiting);
     let slot = tokio::select! {
@@ -180,7 +180,14 @@ async fn serve_connection<S>(
                 _ => "full",
             };
             metrics::counter!("ampora_gateway_tls_handshakes_total", "kind" => kind).increment(1);
-            http(TokioIo::new(tls_stream), service, &config, cancel).await
+            http1::serve_connection(
+                TokioIo::new(tls_stream),
+                served.router,
+                served.extensions,
+                config.first_message_timeout,
+                cancel.cancelled(),
+            )
+            .await
         }
         Ok(Err(error)) => {
             metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake").increment(1);
@@ -189,40 +196,6 @@ async fn serve_connection<S>(
         Err(_) => {
             metrics::counter!("ampora_gateway_connections_rejected_total", "reason" => "tls_handshake_timeout").increment(1);
             tracing::debug!(remote_addr = %remote, "TLS handshake timed out");
-        }
-    }
-}
-
-/// Serves HTTP/1.1 with upgrades. HTTP/1.1 only (and ALPN says so): WebSocket upgrades need
-/// it, and OpAMP needs nothing newer. The header read timeout also applies between requests
-/// of a kept-alive connection, so idle keep-alive sockets go after `first_message_timeout`.
-async fn http<I, S>(io: I, service: S, config: &GatewayConfig, cancel: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.first_message_timeout)
-        .max_buf_size(HTTP_MAX_BUFFER)
-        .keep_alive(true)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
-        }
-        _ = cancel.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         }
     }
 }

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ampora_shared::pb::bus::Transport;
+use ampora_shared::telemetry;
 use axum::extract::{ConnectInfo, Extension, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -28,6 +29,17 @@ pub struct AppState {
     pub sessions: TaskTracker,
 }
 
+impl AppState {
+    /// A new connection (a WebSocket session, or one HTTP exchange) from `remote`.
+    pub fn new_peer(&self, transport: Transport, remote: SocketAddr) -> Peer {
+        Peer {
+            connection_id: self.relay.next_connection_id(),
+            transport,
+            remote_addr: remote.to_string(),
+        }
+    }
+}
+
 /// The connection's slot under `max_connections`, attached to each of its requests by the
 /// listener; a WebSocket session holds a clone until it ends.
 #[derive(Clone)]
@@ -43,7 +55,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(telemetry::metrics_get))
         .with_state(state)
 }
 
@@ -68,11 +80,7 @@ async fn opamp_upgrade(
         return http::unavailable(&state, "gateway shutting down; reconnect");
     }
     let config = state.config.clone();
-    let peer = Peer {
-        connection_id: state.relay.next_connection_id(),
-        transport: Transport::Websocket,
-        remote_addr: remote.to_string(),
-    };
+    let peer = state.new_peer(Transport::Websocket, remote);
     // Debug level: a span lives as long as its connection and costs ~600 bytes in the
     // subscriber, so at the default level the session's warnings carry these fields instead.
     let span = tracing::debug_span!(
@@ -115,12 +123,4 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
-}
-
-async fn metrics() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ampora_shared::telemetry::prometheus().render(),
-    )
-        .into_response()
 }

@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ampora_shared::codec::{self, CodecError};
-use ampora_shared::pb::opamp::{
-    server_error_response::Details, RetryInfo, ServerErrorResponse, ServerErrorResponseType,
-    ServerToAgent,
-};
+use ampora_shared::pb::opamp::{ServerErrorResponseType, ServerToAgent};
+use ampora_shared::server_error;
 use ampora_shared::uid;
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -381,8 +379,8 @@ async fn inbound(
         metrics::counter!("ampora_gateway_frame_errors_total", "reason" => "bad_uid").increment(1);
         return Inbound::Answer {
             uid: None,
-            answer: Box::new(error_answer(
-                &message.instance_uid,
+            answer: Box::new(server_error::reply(
+                message.instance_uid.clone(),
                 ServerErrorResponseType::BadRequest,
                 "instance_uid must be 16 bytes",
                 None,
@@ -412,36 +410,14 @@ async fn inbound(
             );
             Inbound::Answer {
                 uid: Some(uid),
-                answer: Box::new(error_answer(
-                    &message.instance_uid,
+                answer: Box::new(server_error::reply(
+                    message.instance_uid.clone(),
                     ServerErrorResponseType::Unavailable,
                     "server temporarily unavailable",
                     Some(config.retry_after),
                 )),
             }
         }
-    }
-}
-
-/// A ServerToAgent carrying only an error, for messages the gateway answers itself.
-pub fn error_answer(
-    instance_uid: &Bytes,
-    kind: ServerErrorResponseType,
-    text: &str,
-    retry_after: Option<Duration>,
-) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: instance_uid.clone(),
-        error_response: Some(ServerErrorResponse {
-            r#type: kind as i32,
-            error_message: text.to_owned(),
-            details: retry_after.map(|after| {
-                Details::RetryInfo(RetryInfo {
-                    retry_after_nanoseconds: after.as_nanos() as u64,
-                })
-            }),
-        }),
-        ..Default::default()
     }
 }
 

@@ -852,6 +852,49 @@ async fn silent_connections_are_dropped_while_agents_keep_working() {
 }
 
 #[tokio::test]
+async fn an_http_body_that_stalls_is_cut_and_its_slot_freed() {
+    let gateway = start(
+        GatewayConfig {
+            max_connections: 1,
+            first_message_timeout: Duration::from_millis(300),
+            ..GatewayConfig::for_test()
+        },
+        ANSWERING,
+    )
+    .await;
+    // A whole head, half a body, then nothing: the one slot is this client's.
+    let mut stalled = TcpStream::connect(gateway.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+              Content-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a stalled body kept its connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The slot is free again: an agent gets through.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sent = post(&gateway.url("/v1/opamp"))
+            .body(agent_message(4).encode_to_vec())
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            assert_eq!(response.status(), 200);
+            let reply = ServerToAgent::decode(response.bytes().await.unwrap()).unwrap();
+            assert_eq!(reply.flags, 4);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn connections_beyond_the_limit_are_closed_at_once() {
     let gateway = start(
         GatewayConfig {

@@ -8,7 +8,10 @@
 //! - [`subjects`]: the bus subjects, so both sides name them the same way.
 //! - [`bus`]: the [`bus::Bus`] trait (publish, subscribe, queue-subscribe: shaped on NATS) and the
 //!   in-process implementation used by `ampora serve`, and the NATS one for production.
-//! - [`telemetry`]: tracing and Prometheus set-up for every binary role.
+//! - [`http1`]: serving one HTTP/1.1 connection with bounded request heads, for every listener.
+//! - [`server_error`]: the OpAMP error reply (`ServerErrorResponse`, optional `RetryInfo`) both
+//!   sides send.
+//! - [`telemetry`]: tracing and Prometheus set-up for every binary role, and its `/metrics`.
 //! - `testing` (feature `testing`): a throwaway `nats-server` for tests.
 //!
 //! Data moves: gateway decodes a frame with [`codec`], wraps it in a [`pb::bus::AgentEnvelope`],
@@ -17,7 +20,9 @@
 
 pub mod bus;
 pub mod codec;
+pub mod http1;
 pub mod pb;
+pub mod server_error;
 pub mod subjects;
 pub mod telemetry;
 #[cfg(feature = "testing")]

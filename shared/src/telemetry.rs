@@ -1,5 +1,7 @@
 //! Logging and metrics set-up shared by every role.
 
+use axum::http::header;
+use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -26,4 +28,13 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+/// `GET /metrics`, the same on every role's HTTP listener: the global recorder in Prometheus'
+/// text format.
+pub async fn metrics_get() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
 }

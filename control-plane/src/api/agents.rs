@@ -1,178 +1,310 @@
 //! `/api/v1/agents`: the fleet, one agent, and its history.
 
-use axum::extract::{Path, RawQuery, State};
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::str::FromStr;
+
+use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::agents::capabilities::agent_capability_names;
-use crate::agents::snapshot::{AgentHead, AgentStatus};
+use crate::agents::snapshot::{
+    AgentHead, AgentRecord, AgentStatus, Attributes, ConfigFile, Health, PackageStatuses,
+    RemoteConfigStatus, Transport,
+};
 use crate::storage::{AgentEvent, AgentQuery, EventQuery};
 
-const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_default()
-}
+// === query parameters ===
 
-fn parse_pairs(query: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
-        .map_err(|e| ApiError::Invalid(format!("bad query string: {e}")))
-}
+/// `limit`: a page's size, 1 to [`MAX_LIMIT`], 100 when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Limit(u32);
 
-fn parse_limit(text: &str) -> Result<u32, ApiError> {
-    match text.parse::<u32>() {
-        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
-        _ => Err(ApiError::Invalid(format!(
-            "limit must be a number from 1 to {MAX_LIMIT}"
-        ))),
+impl Default for Limit {
+    fn default() -> Self {
+        Limit(100)
     }
 }
 
-fn parse_uid(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::Invalid(format!("{text:?} is not a UUID")))
-}
+impl TryFrom<String> for Limit {
+    type Error = String;
 
-fn head_json(head: &AgentHead) -> Value {
-    let summary = &head.summary;
-    json!({
-        "instance_uid": head.instance_uid.to_string(),
-        "status": head.status.as_str(),
-        "transport": head.transport.as_str(),
-        "identifying_attributes": summary.identifying_attributes,
-        "non_identifying_attributes": summary.non_identifying_attributes,
-        "capabilities": agent_capability_names(head.capabilities),
-        "capabilities_bits": head.capabilities,
-        "custom_capabilities": summary.custom_capabilities,
-        "health": summary.health,
-        "remote_config_status": summary.remote_config_status,
-        "sequence_num": head.sequence_num,
-        "gateway_id": head.gateway_id,
-        "remote_addr": head.remote_addr,
-        "first_seen": rfc3339(head.first_seen),
-        "last_seen": rfc3339(head.last_seen),
-    })
-}
-
-fn event_json(event: &AgentEvent) -> Value {
-    json!({
-        "id": event.id,
-        "at": rfc3339(event.at),
-        "kind": event.kind,
-        "payload": event.payload,
-    })
-}
-
-/// `GET /api/v1/agents?status=online&attr=key=value&limit=100&page_token=…`
-pub async fn agents_list(
-    State(state): State<ApiState>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    let mut filter = AgentQuery {
-        limit: DEFAULT_LIMIT,
-        ..AgentQuery::default()
-    };
-    for (key, value) in parse_pairs(query)? {
-        match key.as_str() {
-            "status" => {
-                filter.status = Some(AgentStatus::parse(&value).ok_or_else(|| {
-                    ApiError::Invalid(format!("status must be online or offline, not {value:?}"))
-                })?)
-            }
-            "attr" => {
-                let (name, wanted) = value.split_once('=').ok_or_else(|| {
-                    ApiError::Invalid(format!("attr must be key=value, not {value:?}"))
-                })?;
-                filter.attributes.push((name.to_owned(), wanted.to_owned()));
-            }
-            "limit" => filter.limit = parse_limit(&value)?,
-            "page_token" if !value.is_empty() => {
-                filter.after = Some(
-                    parse_uid(&value).map_err(|_| ApiError::Invalid("bad page_token".into()))?,
-                )
-            }
-            "page_token" => {}
-            other => {
-                return Err(ApiError::Invalid(format!(
-                    "unknown query parameter {other:?}"
-                )))
-            }
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.parse::<u32>() {
+            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(Limit(limit)),
+            _ => Err(format!("limit must be a number from 1 to {MAX_LIMIT}")),
         }
     }
+}
+
+/// `attr=key=value`: the agent has attribute `key` (identifying or not) with this value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AttributeFilter {
+    name: String,
+    value: String,
+}
+
+impl TryFrom<String> for AttributeFilter {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("attr must be key=value, not {text:?}"))?;
+        Ok(AttributeFilter {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// `page_token`: where the previous page ended; empty or absent for the first page.
+fn page_token<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+{
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| D::Error::custom("bad page_token"))
+}
+
+/// `status`: `online` or `offline`; present but empty is a mistake, not "any".
+fn status<'de, D>(deserializer: D) -> Result<Option<AgentStatus>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    AgentStatus::parse(&text)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("status must be online or offline, not {text:?}")))
+}
+
+/// `GET /api/v1/agents?status=online&attr=key=value&attr=…&limit=100&page_token=…`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsListQuery {
+    #[serde(default, deserialize_with = "status")]
+    status: Option<AgentStatus>,
+    #[serde(default)]
+    attr: Vec<AttributeFilter>,
+    #[serde(default)]
+    limit: Limit,
+    #[serde(default, deserialize_with = "page_token")]
+    page_token: Option<Uuid>,
+}
+
+impl From<AgentsListQuery> for AgentQuery {
+    fn from(query: AgentsListQuery) -> Self {
+        AgentQuery {
+            status: query.status,
+            attributes: query
+                .attr
+                .into_iter()
+                .map(|filter| (filter.name, filter.value))
+                .collect(),
+            limit: query.limit.0,
+            after: query.page_token,
+        }
+    }
+}
+
+/// `GET /api/v1/agents/{instance_uid}/events?limit=…&page_token=…`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsListQuery {
+    #[serde(default)]
+    limit: Limit,
+    #[serde(default, deserialize_with = "page_token")]
+    page_token: Option<i64>,
+}
+
+impl From<EventsListQuery> for EventQuery {
+    fn from(query: EventsListQuery) -> Self {
+        EventQuery {
+            limit: query.limit.0,
+            before: query.page_token,
+        }
+    }
+}
+
+// === responses ===
+
+/// One agent as the fleet listing shows it.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    instance_uid: Uuid,
+    status: AgentStatus,
+    transport: Transport,
+    identifying_attributes: Attributes,
+    non_identifying_attributes: Attributes,
+    /// The capability names the specification gives the bits below.
+    capabilities: Vec<&'static str>,
+    capabilities_bits: u64,
+    custom_capabilities: Vec<String>,
+    health: Option<Health>,
+    remote_config_status: Option<RemoteConfigStatus>,
+    sequence_num: u64,
+    gateway_id: String,
+    remote_addr: String,
+    #[serde(with = "time::serde::rfc3339")]
+    first_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    last_seen: OffsetDateTime,
+}
+
+impl From<AgentHead> for AgentView {
+    fn from(head: AgentHead) -> Self {
+        let summary = head.summary;
+        AgentView {
+            instance_uid: head.instance_uid,
+            status: head.status,
+            transport: head.transport,
+            identifying_attributes: summary.identifying_attributes,
+            non_identifying_attributes: summary.non_identifying_attributes,
+            capabilities: agent_capability_names(head.capabilities),
+            capabilities_bits: head.capabilities,
+            custom_capabilities: summary.custom_capabilities,
+            health: summary.health,
+            remote_config_status: summary.remote_config_status,
+            sequence_num: head.sequence_num,
+            gateway_id: head.gateway_id,
+            remote_addr: head.remote_addr,
+            first_seen: head.first_seen,
+            last_seen: head.last_seen,
+        }
+    }
+}
+
+/// One agent in full: its listing row and what it reported at length.
+#[derive(Debug, Serialize)]
+pub struct AgentDetailView {
+    #[serde(flatten)]
+    agent: AgentView,
+    effective_config: Option<EffectiveConfigView>,
+    package_statuses: Option<PackageStatuses>,
+    available_components: Option<serde_json::Value>,
+}
+
+/// The config the agent runs, file name → file.
+#[derive(Debug, Serialize)]
+pub struct EffectiveConfigView {
+    files: BTreeMap<String, ConfigFile>,
+}
+
+impl From<AgentRecord> for AgentDetailView {
+    fn from(record: AgentRecord) -> Self {
+        let details = record.details;
+        AgentDetailView {
+            agent: record.head.into(),
+            effective_config: details
+                .effective_config
+                .map(|files| EffectiveConfigView { files }),
+            package_statuses: details.package_statuses,
+            available_components: details.available_components,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    kind: String,
+    payload: serde_json::Value,
+}
+
+impl From<AgentEvent> for EventView {
+    fn from(event: AgentEvent) -> Self {
+        EventView {
+            id: event.id,
+            at: event.at,
+            kind: event.kind,
+            payload: event.payload,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentsPage {
+    agents: Vec<AgentView>,
+    next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventsPage {
+    events: Vec<EventView>,
+    next_page_token: Option<String>,
+}
+
+/// A full page may have a next one, which starts after its last item.
+fn next_page_token<T, K: Display>(page: &[T], limit: u32, key: impl Fn(&T) -> K) -> Option<String> {
+    (page.len() == limit as usize)
+        .then(|| page.last().map(|last| key(last).to_string()))
+        .flatten()
+}
+
+// === handlers ===
+
+pub async fn agents_list(
+    State(state): State<ApiState>,
+    Query(query): Query<AgentsListQuery>,
+) -> Result<Json<AgentsPage>, ApiError> {
+    let filter = AgentQuery::from(query);
     let agents = state.store.list_agents(&filter).await?;
-    let next_page_token = (agents.len() == filter.limit as usize)
-        .then(|| agents.last().map(|a| a.instance_uid.to_string()))
-        .flatten();
-    Ok(Json(json!({
-        "agents": agents.iter().map(head_json).collect::<Vec<_>>(),
-        "next_page_token": next_page_token,
-    })))
+    let next_page_token = next_page_token(&agents, filter.limit, |agent| agent.instance_uid);
+    Ok(Json(AgentsPage {
+        agents: agents.into_iter().map(AgentView::from).collect(),
+        next_page_token,
+    }))
 }
 
 /// `GET /api/v1/agents/{instance_uid}`: the full snapshot, configs as text.
 pub async fn agent_get(
     State(state): State<ApiState>,
-    Path(instance_uid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let uid = parse_uid(&instance_uid)?;
+    Path(instance_uid): Path<Uuid>,
+) -> Result<Json<AgentDetailView>, ApiError> {
     let record = state
         .store
-        .get_agent(uid)
+        .get_agent(instance_uid)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no agent {uid}")))?;
-    let mut body = head_json(&record.head);
-    let details = &record.details;
-    body["effective_config"] = details
-        .effective_config
-        .as_ref()
-        .map_or(Value::Null, |files| json!({ "files": files }));
-    body["package_statuses"] = json!(details.package_statuses);
-    body["available_components"] = details.available_components.clone().unwrap_or(Value::Null);
-    Ok(Json(body))
+        .ok_or_else(|| no_agent(instance_uid))?;
+    Ok(Json(record.into()))
 }
 
-/// `GET /api/v1/agents/{instance_uid}/events?limit=…&page_token=…`: history, newest first.
+/// History, newest first.
 pub async fn agent_events_list(
     State(state): State<ApiState>,
-    Path(instance_uid): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    let uid = parse_uid(&instance_uid)?;
-    let mut filter = EventQuery {
-        limit: DEFAULT_LIMIT,
-        before: None,
-    };
-    for (key, value) in parse_pairs(query)? {
-        match key.as_str() {
-            "limit" => filter.limit = parse_limit(&value)?,
-            "page_token" if !value.is_empty() => {
-                filter.before = Some(
-                    value
-                        .parse()
-                        .map_err(|_| ApiError::Invalid("bad page_token".into()))?,
-                )
-            }
-            "page_token" => {}
-            other => {
-                return Err(ApiError::Invalid(format!(
-                    "unknown query parameter {other:?}"
-                )))
-            }
-        }
+    Path(instance_uid): Path<Uuid>,
+    Query(query): Query<EventsListQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let filter = EventQuery::from(query);
+    if state.store.get_agent(instance_uid).await?.is_none() {
+        return Err(no_agent(instance_uid));
     }
-    if state.store.get_agent(uid).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no agent {uid}")));
-    }
-    let events = state.store.list_events(uid, &filter).await?;
-    let next_page_token = (events.len() == filter.limit as usize)
-        .then(|| events.last().map(|e| e.id.to_string()))
-        .flatten();
-    Ok(Json(json!({
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next_page_token": next_page_token,
-    })))
+    let events = state.store.list_events(instance_uid, &filter).await?;
+    let next_page_token = next_page_token(&events, filter.limit, |event| event.id);
+    Ok(Json(EventsPage {
+        events: events.into_iter().map(EventView::from).collect(),
+        next_page_token,
+    }))
+}
+
+fn no_agent(instance_uid: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no agent {instance_uid}"))
 }

@@ -1,21 +1,44 @@
 //! The operator REST API (JSON) and the health endpoints, served on the HTTP listener.
+//!
+//! Every request goes through one stack of layers ([`app`]): a request id (`x-request-id`,
+//! kept when the client sends one, echoed in the response), a tracing span, a whole-request
+//! timeout and a body limit. Every error is `{"error": ...}` ([`ApiError`]), including the
+//! framework's own refusals.
 
 mod agents;
 mod error;
+mod extract;
+#[cfg(test)]
+mod tests;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use ampora_shared::{http1, telemetry};
+use axum::extract::{Request, State};
+use axum::http::{Extensions, HeaderName, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::ingest::Readiness;
 use crate::storage::Store;
 
 pub use error::ApiError;
+
+/// Largest request body; the API takes its input in paths and query strings.
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -23,7 +46,33 @@ pub struct ApiState {
     pub readiness: Readiness,
 }
 
-pub fn app(state: ApiState) -> Router {
+/// The API's routes and layers. A request not complete (head, body and answer) within
+/// `request_timeout` is answered 408 and its connection closed.
+pub fn app(state: ApiState, request_timeout: Duration) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or_default();
+                    let method = request.method();
+                    let path = request.uri().path();
+                    tracing::info_span!("api", %method, path, request_id)
+                })
+                // Server errors are logged once, by `ApiError`; a not-ready `/readyz` is no failure.
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .map_response(error::json_error_body)
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
     Router::new()
         .route("/api/v1/agents", get(agents::agents_list))
         .route("/api/v1/agents/{instance_uid}", get(agents::agent_get))
@@ -33,35 +82,84 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(telemetry::metrics_get))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        // axum adds the `Allow` header to this answer.
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+        })
+        .layer(layers)
         .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in progress
+/// finish. A connection must send each request head within `request_timeout`, or is closed;
+/// the rest of the request is timed by [`app`]'s layers.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    request_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(%error, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(http1::serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            router.clone(),
+            Extensions::new(),
+            request_timeout,
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
-    let consuming = state.readiness.is_ready();
+#[derive(Debug, Serialize)]
+struct Readyz {
+    ready: bool,
+    /// Agent traffic is being consumed.
+    ingest: bool,
+    /// `ok`, or why the database cannot be reached.
+    database: String,
+}
+
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readyz>) {
+    let ingest = state.readiness.is_ready();
     let database = state.store.ping().await;
-    let ready = consuming && database.is_ok();
-    let body = json!({
-        "ready": ready,
-        "ingest": consuming,
-        "database": database.map(|()| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
-    });
+    let ready = ingest && database.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body))
-}
-
-async fn metrics() -> impl IntoResponse {
+    let database = database.map_or_else(|error| error.to_string(), |()| "ok".to_owned());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ampora_shared::telemetry::prometheus().render(),
+        status,
+        Json(Readyz {
+            ready,
+            ingest,
+            database,
+        }),
     )
 }

@@ -11,10 +11,9 @@ use ampora_shared::pb::bus::{
     agent_envelope::Event, AgentEnvelope, GatewayDelivery, Transport as WireTransport,
 };
 use ampora_shared::pb::opamp::{
-    server_error_response::Details, AgentIdentification, AgentToServer, AgentToServerFlags,
-    RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
+    AgentIdentification, AgentToServer, AgentToServerFlags, ServerErrorResponseType, ServerToAgent,
 };
-use ampora_shared::uid;
+use ampora_shared::{server_error, uid};
 use bytes::Bytes;
 use metrics::Counter;
 use prost::Message;
@@ -242,8 +241,8 @@ impl Worker {
                 let message = match AgentToServer::decode(payload) {
                     Ok(message) => message,
                     Err(error) => {
-                        round.replies.push(reply_to(error_message(
-                            uid,
+                        round.replies.push(reply_to(server_error::reply(
+                            Bytes::copy_from_slice(uid.as_bytes()),
                             ServerErrorResponseType::BadRequest,
                             &format!("undecodable AgentToServer: {error}"),
                             None,
@@ -342,8 +341,8 @@ impl Worker {
             Ok(None) => (Box::new(new_record(target, origin)), false),
             Err(error) => {
                 tracing::warn!(instance_uid = %uid, %error, "cannot load agent");
-                return Some(error_message(
-                    uid,
+                return Some(server_error::reply(
+                    Bytes::copy_from_slice(uid.as_bytes()),
                     ServerErrorResponseType::Unavailable,
                     "state storage unavailable",
                     Some(self.config.retry_after),
@@ -551,8 +550,8 @@ impl Worker {
                 self.forget(touched);
                 for reply in &mut replies {
                     let uid = uid::from_wire(&reply.message.instance_uid).unwrap_or_default();
-                    reply.message = error_message(
-                        uid,
+                    reply.message = server_error::reply(
+                        Bytes::copy_from_slice(uid.as_bytes()),
                         ServerErrorResponseType::Unavailable,
                         "state storage unavailable",
                         Some(self.config.retry_after),
@@ -650,27 +649,6 @@ fn event(
         at,
         kind: kind.as_str(),
         payload,
-    }
-}
-
-fn error_message(
-    uid: Uuid,
-    kind: ServerErrorResponseType,
-    text: &str,
-    retry_after: Option<std::time::Duration>,
-) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
-        error_response: Some(ServerErrorResponse {
-            r#type: kind as i32,
-            error_message: text.to_owned(),
-            details: retry_after.map(|after| {
-                Details::RetryInfo(RetryInfo {
-                    retry_after_nanoseconds: after.as_nanos().min(u128::from(u64::MAX)) as u64,
-                })
-            }),
-        }),
-        ..Default::default()
     }
 }
 

@@ -305,9 +305,9 @@ pub fn backoff(attempt: u32, jitter: Duration) -> Duration {
 mod tests {
     use super::*;
     use ampora_shared::pb::opamp::{
-        AgentConfigFile, AgentConfigMap, AgentIdentification, AgentRemoteConfig, RetryInfo,
-        ServerErrorResponse,
+        AgentConfigFile, AgentConfigMap, AgentIdentification, AgentRemoteConfig,
     };
+    use ampora_shared::server_error;
 
     fn agent(failure_ratio: f64) -> Agent {
         Agent::new(Arc::new(Behaviour {
@@ -426,16 +426,12 @@ mod tests {
             new_uid.as_bytes().to_vec()
         );
 
-        let unavailable = ServerToAgent {
-            error_response: Some(ServerErrorResponse {
-                r#type: ServerErrorResponseType::Unavailable as i32,
-                error_message: "no control-plane".into(),
-                details: Some(Details::RetryInfo(RetryInfo {
-                    retry_after_nanoseconds: 3_000_000_000,
-                })),
-            }),
-            ..Default::default()
-        };
+        let unavailable = server_error::reply(
+            Bytes::new(),
+            ServerErrorResponseType::Unavailable,
+            "no control-plane",
+            Some(Duration::from_secs(3)),
+        );
         assert_eq!(
             agent.handle(unavailable, &stats),
             Next::RetryAfter(Duration::from_secs(3))

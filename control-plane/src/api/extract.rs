@@ -1,0 +1,17 @@
+//! axum's extractors with their rejections turned into [`ApiError`], so a request the
+//! framework refuses gets the same `{"error": ...}` as one the handler refuses.
+
+use axum::extract::FromRequestParts;
+
+use super::ApiError;
+
+/// A path parameter; one that does not parse (or is not UTF-8) is a 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// Query parameters; repeated keys fill a `Vec` field (`attr=a=1&attr=b=2`), and a struct
+/// with `deny_unknown_fields` refuses parameters it does not name.
+#[derive(FromRequestParts)]
+#[from_request(via(axum_extra::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
