@@ -216,29 +216,6 @@ async fn hears_a_control_plane(gateway: &str) -> bool {
         .any(|line| line == "ampora_gateway_control_plane_available 1")
 }
 
-/// The allocator a role process reports on its metrics page.
-async fn allocator_of(metrics_url: &str) -> String {
-    metrics_text(metrics_url)
-        .await
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("ampora_allocator{allocator=\"")?
-                .strip_suffix("\"} 1")
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("{metrics_url} names no allocator"))
-}
-
-#[tokio::test]
-async fn the_control_plane_runs_on_mimalloc_and_the_gateway_on_the_system_allocator() {
-    let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(one_of_each()).await;
-    let gateway_metrics = gateway_metrics_url(&cluster.gateways[0].address);
-    let control_plane_metrics = format!("{}/metrics", cluster.api());
-    assert_eq!(allocator_of(&control_plane_metrics).await, "mimalloc");
-    assert_eq!(allocator_of(&gateway_metrics).await, "system");
-}
-
 #[tokio::test]
 async fn a_control_plane_waiting_on_its_database_is_still_heard() {
     let _serial = SERIAL.lock().await;
