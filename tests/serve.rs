@@ -13,10 +13,13 @@ const AGENTS: usize = 50;
 #[tokio::test]
 async fn sigterm_records_every_websocket_agent_offline_before_exiting() {
     let data_dir = tempfile::tempdir().unwrap();
-    // Nothing times out within the test: only the drain can take these agents offline.
+    // Nothing times out within the test: only the drain can take these agents offline. One
+    // worker with a queue of one: the drain's envelopes wait on the bus for their turn.
     let env = [
         ("AMPORA_GATEWAY_TIMEOUT", "1h"),
         ("AMPORA_HEARTBEAT_TIMEOUT", "1h"),
+        ("AMPORA_INGEST_WORKERS", "1"),
+        ("AMPORA_INGEST_QUEUE", "1"),
     ];
     let mut ampora = Ampora::start_in(data_dir.path(), &env).await;
     let mut agents = Vec::new();
