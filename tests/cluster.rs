@@ -257,11 +257,30 @@ async fn a_control_plane_waiting_on_its_database_is_still_heard() {
         .execute(&mut blocker)
         .await
         .unwrap();
-    let held_until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < held_until {
+    // Until the database itself reports a statement waiting on those rows for longer than the
+    // gateway's control-plane timeout (and a heartbeat interval), the gateway hears it.
+    let mut observer = sqlx::PgConnection::connect(&cluster.database)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waited_long: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND now() - query_start > interval '4 seconds'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
         assert!(
             hears_a_control_plane(&gateway).await,
             "the gateway took a control-plane waiting on its database for a missing one"
+        );
+        if waited_long > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease renewal never waited on the held rows"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
