@@ -6,6 +6,7 @@
 #     (pinned in tests/interop/python-agent/requirements.txt)
 #   - the opamp-go interop agent, built through the Go module proxy into
 #     $REPO/target/interop/go-agent
+#   - cargo-machete (pinned), the unused-dependency check of scripts/test.sh
 # Runs as root (or with sudo) on Debian; exits non-zero on any failure.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ installed() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------
-packages=(postgresql nats-server haproxy systemd)
+packages=(postgresql nats-server haproxy systemd procps)
 # The venv needs a python3 with venv and ensurepip; Debian's python3 has them in python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     packages+=(python3 python3-venv)
@@ -85,4 +86,12 @@ mkdir -p "$(dirname "$agent_bin")"
     "$go" mod download
     "$go" build -buildvcs=false -o "$agent_bin" .
 )
+# --- cargo-machete -------------------------------------------------------------------------
+machete_version=0.9.2
+if [[ $(cargo machete --version 2>/dev/null) == "$machete_version" ]]; then
+    say "cargo-machete $machete_version present"
+else
+    say "cargo install cargo-machete $machete_version"
+    cargo install --quiet --locked cargo-machete --version "$machete_version"
+fi
 say "ready"

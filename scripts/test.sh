@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the tests need (Debian packages, the Python venv, Go modules),
-# then the whole Rust workspace — unit tests, the storage suite on SQLite and PostgreSQL, the
-# end-to-end and interop tests (which start their own PostgreSQL and `ampora serve` processes).
+# Runs every test: installs what the tests need (Debian packages, the Python venv, Go modules,
+# cargo-machete), checks formatting, lints and unused dependencies (failing fast, before any
+# test), then the whole Rust workspace — unit tests, the storage suite on SQLite and PostgreSQL,
+# the end-to-end and interop tests (which start their own PostgreSQL and `ampora serve`
+# processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo machete
 cargo build --workspace --all-targets
 cargo test --workspace --all-targets "$@"

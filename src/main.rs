@@ -1,23 +1,15 @@
 //! `ampora`: parse the configuration, start the chosen roles, run until a signal, drain.
 
-mod allocator;
 mod cli;
 mod roles;
 
 use clap::Parser;
-
-#[global_allocator]
-static ALLOCATOR: allocator::PerProcess = allocator::PerProcess;
 
 /// Exit status for configuration mistakes (sysexits' EX_USAGE).
 const EXIT_BAD_CONFIG: i32 = 64;
 
 fn main() {
     cli::load_config_file();
-    if let Err(message) = allocator::check_variable() {
-        eprintln!("ampora: {message}");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
     let command = cli::Cli::try_parse().unwrap_or_else(|error| {
         let code = if error.use_stderr() {
             EXIT_BAD_CONFIG
@@ -30,9 +22,7 @@ fn main() {
     ampora_shared::telemetry::init_tracing();
     // Installed before anything records, so no early measurement is lost.
     ampora_shared::telemetry::prometheus();
-    let allocator = allocator::current().name();
-    metrics::gauge!("ampora_allocator", "allocator" => allocator).set(1.0);
-    tracing::info!(allocator, "starting");
+    tracing::info!("starting");
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     if let Err(error) = runtime.block_on(roles::run(command.command)) {
         eprintln!("ampora: {error:#}");

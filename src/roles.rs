@@ -65,7 +65,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::with_queue_capacity(bus_queue.get()));
+    let in_process_bus = InProcessBus::with_queue_capacity(bus_queue.get());
+    let bus: Arc<dyn Bus> = Arc::new(in_process_bus.clone());
     let opamp_listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let http_listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
     let opamp_addr = opamp_listener.local_addr()?;
@@ -75,7 +76,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     // disconnects while draining.
     let control_plane_stop = CancellationToken::new();
     let readiness = Readiness::default();
-    let control_plane = tokio::spawn(ampora_control_plane::run(
+    let mut control_plane = tokio::spawn(ampora_control_plane::run(
         http_listener,
         control_plane_config(&control_plane, subjects.clone()),
         store,
@@ -83,13 +84,11 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         readiness.clone(),
         control_plane_stop.clone().cancelled_owned(),
     ));
-    while !readiness.is_ready() {
-        if control_plane.is_finished() {
-            return control_plane
-                .await?
-                .context("control-plane failed to start");
+    tokio::select! {
+        () = readiness.ready() => {}
+        stopped = &mut control_plane => {
+            return stopped?.context("control-plane failed to start");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let tls = gateway.tls_cert.is_some();
     let gateway =
@@ -114,8 +113,9 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
     let gateway_result = gateway.await;
-    // Let the last envelopes of the drain reach the control-plane before it stops.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The drained gateway has published its last envelopes; the control-plane stops once it
+    // has taken them.
+    in_process_bus.flushed().await;
     control_plane_stop.cancel();
     let control_plane_result = control_plane.await;
     gateway_result.context("gateway failed")?;

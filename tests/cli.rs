@@ -92,20 +92,3 @@ fn unusable_tls_files_are_refused_before_ready() {
     assert!(stderr.contains("cert.pem"), "{stderr}");
     assert!(!stdout.contains("ready"), "said ready first: {stdout}");
 }
-
-#[test]
-fn an_unknown_allocator_is_a_usage_error() {
-    let (code, stderr) = ampora(&["serve"], &[("AMPORA_ALLOCATOR", "jemalloc")]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("AMPORA_ALLOCATOR"), "{stderr}");
-}
-
-#[test]
-fn an_allocator_named_only_in_the_config_file_is_refused_not_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ampora.env");
-    std::fs::write(&file, "AMPORA_ALLOCATOR=mimalloc\n").unwrap();
-    let (code, stderr) = ampora(&["serve"], &[("AMPORA_CONFIG", file.to_str().unwrap())]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("set it in the environment"), "{stderr}");
-}

@@ -13,7 +13,7 @@ use sqlx::Connection;
 use agent::{full_state, heartbeat, WsAgent};
 use ampora_shared::pb::opamp::ServerErrorResponseType;
 
-use support::cluster::{Cluster, ClusterOptions};
+use support::cluster::{BackendServer, Cluster, ClusterOptions};
 use support::fleet::Fleet;
 use support::ExternalAgent;
 
@@ -28,6 +28,7 @@ fn options() -> ClusterOptions {
         gateways: 3,
         control_planes: 2,
         nats_servers: 1,
+        gateway_tls: false,
     }
 }
 
@@ -37,6 +38,7 @@ fn one_of_each() -> ClusterOptions {
         gateways: 1,
         control_planes: 1,
         nats_servers: 1,
+        gateway_tls: false,
     }
 }
 
@@ -90,10 +92,10 @@ async fn go_agents_online(cluster: &mut Cluster, agents: &[ExternalAgent]) {
     }
 }
 
-/// After a disruption: agents keep changing for a while, then freeze; every one must end
-/// current and in order.
+/// After a disruption: agents keep changing for a while (every one reports ten more changes,
+/// reconnecting if it must), then freeze; every one must end current and in order.
 async fn recovers(cluster: &mut Cluster, fleet: Fleet, go: Vec<ExternalAgent>) {
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.wait_progress(10, Duration::from_secs(60)).await;
     fleet.freeze();
     let api = cluster.api();
     let behind = fleet.wait_current(&api, Duration::from_secs(60)).await;
@@ -152,8 +154,8 @@ async fn without_control_planes_agents_are_told_unavailable_at_once() {
     let mut agent = WsAgent::connect(&cluster.ws_url()).await;
     agent.exchange(full_state("patient", "prod")).await;
     cluster.control_planes[0].kill9();
-    // Past the gateway's control-plane timeout (3 s here), answers come from the gateway itself.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Once the gateway no longer hears a control-plane, answers come from the gateway itself.
+    gateways_hear_no_control_plane(&cluster).await;
     let reply = agent.exchange(heartbeat()).await;
     let error = reply.error_response.expect("an error response");
     assert_eq!(error.r#type, ServerErrorResponseType::Unavailable as i32);
@@ -216,27 +218,19 @@ async fn hears_a_control_plane(gateway: &str) -> bool {
         .any(|line| line == "ampora_gateway_control_plane_available 1")
 }
 
-/// The allocator a role process reports on its metrics page.
-async fn allocator_of(metrics_url: &str) -> String {
-    metrics_text(metrics_url)
-        .await
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("ampora_allocator{allocator=\"")?
-                .strip_suffix("\"} 1")
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("{metrics_url} names no allocator"))
-}
-
-#[tokio::test]
-async fn the_control_plane_runs_on_mimalloc_and_the_gateway_on_the_system_allocator() {
-    let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(one_of_each()).await;
-    let gateway_metrics = gateway_metrics_url(&cluster.gateways[0].address);
-    let control_plane_metrics = format!("{}/metrics", cluster.api());
-    assert_eq!(allocator_of(&control_plane_metrics).await, "mimalloc");
-    assert_eq!(allocator_of(&gateway_metrics).await, "system");
+/// Waits until every running gateway's metrics say it hears no control-plane.
+async fn gateways_hear_no_control_plane(cluster: &Cluster) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for gateway in &cluster.gateways {
+        while hears_a_control_plane(&gateway.address).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} still hears a control-plane",
+                gateway.address
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -263,11 +257,30 @@ async fn a_control_plane_waiting_on_its_database_is_still_heard() {
         .execute(&mut blocker)
         .await
         .unwrap();
-    let held_until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < held_until {
+    // Until the database itself reports a statement waiting on those rows for longer than the
+    // gateway's control-plane timeout (and a heartbeat interval), the gateway hears it.
+    let mut observer = sqlx::PgConnection::connect(&cluster.database)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waited_long: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND now() - query_start > interval '4 seconds'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
         assert!(
             hears_a_control_plane(&gateway).await,
             "the gateway took a control-plane waiting on its database for a missing one"
+        );
+        if waited_long > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease renewal never waited on the held rows"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -289,6 +302,8 @@ async fn restarted_nats_everyone_resyncs() {
     let mut cluster = Cluster::start(options()).await;
     let (fleet, go) = steady(&mut cluster).await;
     cluster.nats[0].stop();
+    // The outage's length is the scenario, not a wait for anything: shorter than the gateway
+    // timeout (3 s here), so agents resync without their gateways being declared lost.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nats[0].restart();
     recovers(&mut cluster, fleet, go).await;
@@ -300,6 +315,7 @@ async fn postgres_down_for_ten_seconds_then_state_is_correct() {
     let mut cluster = Cluster::start(options()).await;
     let (fleet, go) = steady(&mut cluster).await;
     cluster.postgres.kill();
+    // The outage's length is the scenario, not a wait for anything.
     tokio::time::sleep(Duration::from_secs(10)).await;
     for role in cluster
         .control_planes
@@ -334,8 +350,7 @@ async fn sigterm_drains_a_gateway() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOptions {
         gateways: 2,
-        control_planes: 1,
-        nats_servers: 1,
+        ..one_of_each()
     })
     .await;
     let mut agent = WsAgent::connect(&cluster.gateways[0].address).await;
@@ -379,4 +394,56 @@ async fn sigterm_drains_a_gateway() {
             .await
             .unwrap();
     assert_eq!(body["agents"].as_array().unwrap().len(), 1);
+}
+
+/// Waits until what HAProxy reports of the gateways satisfies `holds`.
+async fn haproxy_reports(cluster: &Cluster, what: &str, holds: impl Fn(&[BackendServer]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let servers = cluster.backend_servers().await;
+        if holds(&servers) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HAProxy never reported {what}: {servers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The state HAProxy reports for the gateway it calls `name`, if it lists it.
+fn state_of<'a>(servers: &'a [BackendServer], name: &str) -> Option<(&'a str, &'a str)> {
+    servers
+        .iter()
+        .find(|server| server.name == name)
+        .map(|server| (server.status.as_str(), server.check.as_str()))
+}
+
+#[tokio::test]
+async fn haproxy_checks_tls_gateways_over_tls() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        gateways: 2,
+        gateway_tls: true,
+        ..one_of_each()
+    })
+    .await;
+    assert!(cluster.gateways[0].address.starts_with("wss://"));
+    // Servers start UP before any check; a passed layer-7 check (`L7OK`) shows that /healthz
+    // answered over TLS. (gateway3 repeats gateway2.)
+    let passed = Some(("UP", "L7OK"));
+    haproxy_reports(&cluster, "every check passed", |servers| {
+        ["gateway1", "gateway2", "gateway3"]
+            .iter()
+            .all(|name| state_of(servers, name) == passed)
+    })
+    .await;
+
+    cluster.gateways[0].kill9();
+    haproxy_reports(&cluster, "gateway1 down, gateway2 up", |servers| {
+        state_of(servers, "gateway1").is_some_and(|(status, _)| status == "DOWN")
+            && state_of(servers, "gateway2") == passed
+    })
+    .await;
 }

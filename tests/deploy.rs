@@ -37,20 +37,24 @@ fn systemd_units_verify() {
 
 #[test]
 fn haproxy_config_checks() {
-    let output = Command::new("haproxy")
-        .args(["-c", "-f"])
-        .arg(deploy().join("haproxy/haproxy.cfg"))
-        .env("AMPORA_LB_LISTEN", "127.0.0.1:4320")
-        .env("AMPORA_LB_STATS", "127.0.0.1:8404")
-        .env("AMPORA_LB_MAXCONN", "1000")
-        .env("AMPORA_GATEWAY_1", "127.0.0.1:4321")
-        .env("AMPORA_GATEWAY_2", "127.0.0.1:4322")
-        .env("AMPORA_GATEWAY_3", "127.0.0.1:4323")
-        .output()
-        .expect("haproxy: run scripts/install-test-deps.sh");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // Plain gateways, and TLS gateways whose health checks speak TLS.
+    for check_tls in [String::new(), "check-ssl verify none".to_owned()] {
+        let output = Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(deploy().join("haproxy/haproxy.cfg"))
+            .env("AMPORA_LB_LISTEN", "127.0.0.1:4320")
+            .env("AMPORA_LB_STATS", "127.0.0.1:8404")
+            .env("AMPORA_LB_MAXCONN", "1000")
+            .env("AMPORA_GATEWAY_1", "127.0.0.1:4321")
+            .env("AMPORA_GATEWAY_2", "127.0.0.1:4322")
+            .env("AMPORA_GATEWAY_3", "127.0.0.1:4323")
+            .env("AMPORA_LB_CHECK_TLS", &check_tls)
+            .output()
+            .expect("haproxy: run scripts/install-test-deps.sh");
+        assert!(
+            output.status.success(),
+            "AMPORA_LB_CHECK_TLS={check_tls:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -5,10 +5,12 @@
 //! Needs the Go toolchain and `$REPO/.venv`: `scripts/install-test-deps.sh` sets them up, and
 //! these tests fail (never skip) when they are missing.
 
+mod agent;
 mod support;
 
 use std::time::Duration;
 
+use agent::{full_state, HttpAgent};
 use serde_json::Value;
 use support::{listed_agent, Ampora, ExternalAgent, GoAgent, PythonAgent};
 use uuid::Uuid;
@@ -221,8 +223,15 @@ async fn opamp_go_over_http() {
     let body = effective_config_body(&ampora, agent.uid).await;
     assert!(body.starts_with("# go-agent go-http\n"), "{body}");
 
-    // Polling every 500 ms keeps it online well past the 3 s heartbeat timeout.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Polling every 500 ms keeps it online past the 3 s heartbeat timeout: an agent that
+    // spoke once after it and then went silent is swept offline first.
+    let mut silent = HttpAgent::new(&ampora.http_opamp_url());
+    silent.exchange(full_state("silent", "interop")).await;
+    ampora
+        .wait_agent(silent.uid, "offline once silent", |a| {
+            a["status"] == "offline"
+        })
+        .await;
     let later = ampora.agent(agent.uid).await.expect("still known");
     assert_eq!(
         later["status"], "online",

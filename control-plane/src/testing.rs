@@ -299,12 +299,33 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
-    /// Kills the server (as a crash would) — for failure tests.
+    /// Takes the server down as a crash would for its clients (every connection ends at once,
+    /// nothing is checkpointed: the next start recovers), for failure tests. Returns once the
+    /// postmaster and all its backends are gone, so a server started next on the same data
+    /// never finds the old one's shared memory still in use.
     pub fn kill(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.shut_down(child);
         }
+    }
+
+    /// PostgreSQL's immediate shutdown through `pg_ctl -w`, which returns once the postmaster
+    /// has removed its pid file: it does that last, after every backend has exited.
+    fn shut_down(&self, mut child: Child) {
+        let stopped = command(&bin_dir().join("pg_ctl"), run_as())
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "-t", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped {
+            // Not even pg_ctl could stop it: the process at least must not outlive the test.
+            let _ = child.kill();
+        }
+        let _ = child.wait();
     }
 
     /// Starts it again on the same port and data.
@@ -315,19 +336,9 @@ impl TestPostgres {
         }
     }
 
-    /// Stops the server for good (immediate shutdown: backends end with it) and removes its data.
+    /// Stops the server for good and removes its data.
     fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // SIGQUIT: PostgreSQL's immediate shutdown, which also ends every backend at once.
-            // SAFETY: signals our own child, not yet reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGQUIT) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         if let Some(temp) = self.temp.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = temp.close();
         }
@@ -337,5 +348,37 @@ impl TestPostgres {
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestPostgres;
+    use sqlx::Connection;
+
+    /// A restart right after a kill, with backends still busy, finds the old server gone.
+    #[tokio::test]
+    async fn restarts_with_busy_backends_start_every_time() {
+        let server = TestPostgres::start();
+        for _ in 0..3 {
+            let mut connections = Vec::new();
+            for _ in 0..4 {
+                connections.push(server.admin_connection().await);
+            }
+            let mut busy = server.admin_connection().await;
+            let sleeping = tokio::spawn(async move {
+                let _ = sqlx::query("SELECT pg_sleep(60)").execute(&mut busy).await;
+            });
+            server.restart();
+            let mut connection = server.admin_connection().await;
+            let (one,): (i32,) = sqlx::query_as("SELECT 1")
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+            let _ = connection.close().await;
+            sleeping.await.unwrap();
+            drop(connections);
+        }
     }
 }

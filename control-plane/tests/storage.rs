@@ -1041,6 +1041,25 @@ storage_suite!(
     pings,
 );
 
+/// Waits until `sessions` sessions of this database wait on a lock.
+async fn sessions_waiting_on_locks(observer: &mut sqlx::PgConnection, sessions: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *observer)
+        .await
+        .unwrap();
+        if waiting >= sessions {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A write holds its leases until it commits: the owner may still renew them meanwhile, but a
 /// takeover waits, and the write, once done, is stored.
 #[tokio::test]
@@ -1081,24 +1100,7 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
         }
     });
     let mut observer = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the write never reached the table lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sessions_waiting_on_locks(&mut observer, 1, "the write waiting on the row lock").await;
 
     let renewed = tokio::time::timeout(
         Duration::from_secs(3),
@@ -1118,7 +1120,7 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sessions_waiting_on_locks(&mut observer, 2, "the takeover waiting behind the write").await;
     assert!(
         !takeover.is_finished(),
         "a takeover must wait for the old owner's write in flight"

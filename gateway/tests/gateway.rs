@@ -564,7 +564,7 @@ async fn a_control_plane_answering_agents_counts_as_heard() {
 
 #[tokio::test]
 async fn idle_websocket_is_closed_after_the_heartbeat_timeout() {
-    let gateway = start(
+    let mut gateway = start(
         GatewayConfig {
             ws_idle_timeout: Duration::from_millis(600),
             ..GatewayConfig::for_test()
@@ -575,9 +575,10 @@ async fn idle_websocket_is_closed_after_the_heartbeat_timeout() {
     let mut socket = gateway.websocket().await;
     socket.send(frame(&agent_message(1))).await.unwrap();
     next_reply(&mut socket).await;
-    // Not reading means not answering pings: the server hears nothing and gives up. (Our pongs
-    // to the queued pings may then hit a closed socket, so the close frame itself may be lost.)
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not reading means not answering pings: the server hears nothing and gives up, and tells
+    // the control-plane. (Our pongs to the queued pings may then hit a closed socket, so the
+    // close frame itself may be lost.)
+    gateway.closed_event().await;
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(message)) = socket.next().await {
             if let Message::Close(frame) = message {
@@ -968,7 +969,7 @@ async fn shutdown_closes_websockets_with_going_away() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_http_exchanges_finish() {
-    let gateway = start(
+    let mut gateway = start(
         GatewayConfig::for_test(),
         ControlPlane {
             delay: Duration::from_millis(700),
@@ -981,7 +982,8 @@ async fn shutdown_lets_in_flight_http_exchanges_finish() {
             .body(agent_message(4).encode_to_vec())
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In flight: the control-plane has it and has not answered yet.
+    gateway.envelope().await.expect("the request relayed");
     gateway.shutdown.cancel();
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);

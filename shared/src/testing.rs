@@ -1,8 +1,10 @@
 //! Test helpers: a throwaway `nats-server` on a free loopback port (Debian's `nats-server`).
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -134,21 +136,28 @@ impl TestNats {
                 .arg("--tlskey")
                 .arg(key);
         }
-        let child = command
+        let mut child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("nats-server not found: run scripts/install-test-deps.sh");
+        let log = child.stderr.take().expect("piped stderr");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The server logs to stderr; it takes clients once it says it is ready. The reader
+        // keeps draining the log, so the server never blocks on a full pipe.
+        let (ready, is_ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(log).lines().map_while(Result::ok) {
+                if line.contains("Server is ready") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        assert!(
+            is_ready.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "nats-server did not start on port {}",
+            self.port
+        );
     }
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -115,8 +115,10 @@ impl ExternalAgent {
             .unwrap_or_else(|error| panic!("cannot start {label} ({command:?}): {error}"));
         let output = Output::new(2_000);
         let (first_line_tx, first_line_rx) = mpsc::channel();
-        output.capture("stdout", child.stdout.take().unwrap(), Some(first_line_tx));
-        output.capture("stderr", child.stderr.take().unwrap(), None);
+        output.capture("stdout", child.stdout.take().unwrap(), move |line| {
+            let _ = first_line_tx.send(line);
+        });
+        output.capture("stderr", child.stderr.take().unwrap(), |_| {});
         let line = match first_line_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
             Err(error) => {
@@ -186,35 +188,20 @@ impl ExternalAgent {
     /// Sends SIGTERM (the agent says goodbye if its library does) and waits up to 10 s for it
     /// to exit; panics unless it exits 0.
     pub fn stop(mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped child.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(
-            sent,
-            0,
-            "kill -TERM {pid}: {}",
-            std::io::Error::last_os_error()
+        let Some(status) = super::terminate(&mut self.child, Duration::from_secs(10)) else {
+            panic!(
+                "{} did not exit within 10 s of SIGTERM\n{}",
+                self.label,
+                self.output.text()
+            )
+        };
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM\n{}",
+            self.label,
+            self.output.text()
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.child.try_wait().expect("wait for the agent") {
-                Some(status) => {
-                    assert!(
-                        status.success(),
-                        "{} exited with {status} after SIGTERM\n{}",
-                        self.label,
-                        self.output.text()
-                    );
-                    return status;
-                }
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                None => panic!(
-                    "{} did not exit within 10 s of SIGTERM\n{}",
-                    self.label,
-                    self.output.text()
-                ),
-            }
-        }
+        status
     }
 }
 

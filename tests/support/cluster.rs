@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -88,20 +88,7 @@ impl Role {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        super::terminate(&mut child, within).is_some_and(|status| status.success())
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -121,6 +108,20 @@ pub struct ClusterOptions {
     pub gateways: usize,
     pub control_planes: usize,
     pub nats_servers: usize,
+    /// Gateways serve TLS (a self-signed certificate for `localhost` and `127.0.0.1`) and
+    /// HAProxy checks their health over TLS, trusting that certificate.
+    pub gateway_tls: bool,
+}
+
+/// A gateway's state as HAProxy's statistics report it.
+#[derive(Debug)]
+pub struct BackendServer {
+    /// `gateway1`, `gateway2`, `gateway3`, as named in `deploy/haproxy/haproxy.cfg`.
+    pub name: String,
+    /// `UP`, `DOWN`, or a transition such as `UP 1/2`.
+    pub status: String,
+    /// The last health check's outcome: `L7OK` once `/healthz` answered 200.
+    pub check: String,
 }
 
 pub struct Cluster {
@@ -132,7 +133,23 @@ pub struct Cluster {
     pub control_planes: Vec<Role>,
     haproxy: Child,
     lb_port: u16,
+    stats_port: u16,
+    /// HAProxy's working directory; also holds the gateways' certificate and key.
     _haproxy_dir: tempfile::TempDir,
+}
+
+/// A self-signed certificate for the gateways, written into `dir`: (certificate, key) paths.
+fn gateway_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.join("gateway-cert.pem");
+    let key_path = dir.join("gateway-key.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 impl Cluster {
@@ -176,28 +193,41 @@ impl Cluster {
                 Role::start(&["control-plane"], env, "API:")
             })
             .collect();
+        let haproxy_dir = tempfile::tempdir().unwrap();
+        let certificate = options
+            .gateway_tls
+            .then(|| gateway_certificate(haproxy_dir.path()));
         let gateways: Vec<Role> = (0..options.gateways)
             .map(|i| {
-                let env = common(&[
+                let mut env = common(&[
                     ("AMPORA_OPAMP_LISTEN", format!("127.0.0.1:{}", free_port())),
                     (
                         "AMPORA_GATEWAY_ID",
                         format!("gw-{i}-{}", uuid::Uuid::new_v4().simple()),
                     ),
                 ]);
+                if let Some((cert, key)) = &certificate {
+                    env.push(("AMPORA_TLS_CERT".into(), cert.display().to_string()));
+                    env.push(("AMPORA_TLS_KEY".into(), key.display().to_string()));
+                }
                 Role::start(&["gateway"], env, "OpAMP:")
             })
             .collect();
 
         let lb_port = free_port();
-        let haproxy_dir = tempfile::tempdir().unwrap();
+        let stats_port = free_port();
+        let check_tls = match &certificate {
+            Some((cert, _)) => format!("check-ssl verify required ca-file {}", cert.display()),
+            None => String::new(),
+        };
         let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg");
         let mut haproxy = Command::new("haproxy");
         haproxy
             .args(["-db", "-f"])
             .arg(&config)
             .env("AMPORA_LB_LISTEN", format!("127.0.0.1:{lb_port}"))
-            .env("AMPORA_LB_STATS", format!("127.0.0.1:{}", free_port()))
+            .env("AMPORA_LB_STATS", format!("127.0.0.1:{stats_port}"))
+            .env("AMPORA_LB_CHECK_TLS", check_tls)
             .env("AMPORA_LB_MAXCONN", "4000")
             .current_dir(haproxy_dir.path())
             .stdin(Stdio::null())
@@ -208,6 +238,7 @@ impl Cluster {
             let gateway = &gateways[i.min(gateways.len() - 1)];
             let host_port = gateway
                 .address
+                .trim_start_matches("wss://")
                 .trim_start_matches("ws://")
                 .trim_end_matches("/v1/opamp")
                 .to_owned();
@@ -224,7 +255,7 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Cluster {
+        let cluster = Cluster {
             nats,
             postgres,
             database,
@@ -232,8 +263,89 @@ impl Cluster {
             control_planes,
             haproxy,
             lb_port,
+            stats_port,
             _haproxy_dir: haproxy_dir,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits until every control-plane consumes agent traffic (its `/readyz`) and every gateway
+    /// hears a control-plane (its metrics): a control-plane announces itself only after it has
+    /// subscribed, so from then on no agent's first message goes unheard.
+    async fn wait_ready(&self) {
+        // The gateways' certificate is the self-signed one made above.
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let ready = |url: String, what: &'static str| {
+            let http = &http;
+            async move {
+                loop {
+                    let answer = match http.get(&url).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            response.text().await.unwrap_or_default()
+                        }
+                        _ => String::new(),
+                    };
+                    if answer.lines().any(|line| line.contains(what)) {
+                        return;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{url} never showed {what:?}: {answer}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        for control_plane in &self.control_planes {
+            let api = control_plane.address.trim_end_matches("/api/v1/agents");
+            // 200 only when ready.
+            ready(format!("{api}/readyz"), "ready").await;
         }
+        for gateway in &self.gateways {
+            let metrics = gateway
+                .address
+                .replacen("ws", "http", 1)
+                .replace("/v1/opamp", "/metrics");
+            ready(metrics, "ampora_gateway_control_plane_available 1").await;
+        }
+    }
+
+    /// The gateways as HAProxy sees them now (its statistics page, as CSV).
+    pub async fn backend_servers(&self) -> Vec<BackendServer> {
+        let csv = reqwest::get(format!("http://127.0.0.1:{}/stats;csv", self.stats_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .expect("a CSV header")
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| header.iter().position(|c| *c == name).unwrap();
+        let (proxy, server, status, check) = (
+            column("pxname"),
+            column("svname"),
+            column("status"),
+            column("check_status"),
+        );
+        lines
+            .map(|line| line.split(',').collect::<Vec<&str>>())
+            .filter(|fields| fields[proxy] == "gateways" && fields[server] != "BACKEND")
+            .map(|fields| BackendServer {
+                name: fields[server].to_owned(),
+                status: fields[status].to_owned(),
+                check: fields[check].to_owned(),
+            })
+            .collect()
     }
 
     pub fn ws_url(&self) -> String {

@@ -121,6 +121,33 @@ impl Fleet {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Waits until every agent has sent `changes` more changes than it had when called;
+    /// panics after `within`.
+    pub async fn wait_progress(&self, changes: u64, within: Duration) {
+        let targets: Vec<u64> = self
+            .agents
+            .iter()
+            .map(|agent| agent.last_tick.load(Ordering::SeqCst) + changes)
+            .collect();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let behind = self
+                .agents
+                .iter()
+                .zip(&targets)
+                .filter(|(agent, target)| agent.last_tick.load(Ordering::SeqCst) < **target)
+                .count();
+            if behind == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{behind} agents did not send {changes} more changes within {within:?}"
+            );
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
     /// Waits until the API shows every agent online with the status it last reported; returns
     /// the agents still behind (empty on success).
     pub async fn wait_current(&self, api: &str, within: Duration) -> Vec<String> {

@@ -10,16 +10,20 @@ mod clients;
 pub mod cluster;
 pub mod fleet;
 mod output;
+mod process;
 
 #[allow(unused_imports)]
 pub use clients::{go_agent_binary, python_venv, ExternalAgent, GoAgent, PythonAgent};
+#[allow(unused_imports)]
+pub use process::terminate;
 
 use std::fmt::Display;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use output::Output;
 
@@ -35,7 +39,8 @@ pub struct Ampora {
     api_base: String,
     output: Output,
     http: reqwest::Client,
-    _data_dir: tempfile::TempDir,
+    /// The data directory, when it is this server's own.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Ampora {
@@ -44,10 +49,18 @@ impl Ampora {
     /// wins), and waits up to 30 s for the ready lines.
     pub async fn start(extra_env: &[(&str, &str)]) -> Ampora {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut ampora = Ampora::start_in(data_dir.path(), extra_env).await;
+        ampora._data_dir = Some(data_dir);
+        ampora
+    }
+
+    /// [`Ampora::start`] on the data directory given, which outlives the server (so another
+    /// may start on it after this one).
+    pub async fn start_in(data_dir: &Path, extra_env: &[(&str, &str)]) -> Ampora {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ampora"));
         command
             .arg("serve")
-            .env("AMPORA_DATA_DIR", data_dir.path())
+            .env("AMPORA_DATA_DIR", data_dir)
             .env("AMPORA_OPAMP_LISTEN", "127.0.0.1:0")
             .env("AMPORA_HTTP_LISTEN", "127.0.0.1:0")
             .env(
@@ -61,32 +74,31 @@ impl Ampora {
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start ampora serve");
         let output = Output::new(5_000);
-        let (lines_tx, lines_rx) = mpsc::channel();
-        output.capture("stdout", child.stdout.take().unwrap(), Some(lines_tx));
-        output.capture("stderr", child.stderr.take().unwrap(), None);
+        let (lines_tx, mut lines_rx) = mpsc::channel(64);
+        output.capture("stdout", child.stdout.take().unwrap(), move |line| {
+            // Once the ready lines are read nobody listens: the rest is only kept.
+            let _ = lines_tx.blocking_send(line);
+        });
+        let stderr = output.capture("stderr", child.stderr.take().unwrap(), |_| {});
 
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let mut banner = false;
         let (mut ws_url, mut http_opamp_url, mut api) = (None, None, None);
         while ws_url.is_none() || http_opamp_url.is_none() || api.is_none() {
-            let line = match lines_rx.try_recv() {
-                Ok(line) => line,
-                Err(mpsc::TryRecvError::Empty) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        panic!(
-                            "ampora serve printed no ready lines within {READY_TIMEOUT:?}\n{}",
-                            output.text()
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+            let line = match tokio::time::timeout_at(deadline, lines_rx.recv()).await {
+                Ok(Some(line)) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "ampora serve printed no ready lines within {READY_TIMEOUT:?}\n{}",
+                        output.text()
+                    );
                 }
-                Err(mpsc::TryRecvError::Disconnected) => {
+                Ok(None) => {
                     let status = child.wait();
-                    // Let the stderr thread catch up before showing what was printed.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Everything it printed on stderr, to the end, before showing it.
+                    let _ = stderr.join();
                     panic!(
                         "ampora serve closed its stdout before it was ready (exit: {status:?})\n{}",
                         output.text()
@@ -126,8 +138,14 @@ impl Ampora {
             api_base,
             output,
             http: reqwest::Client::new(),
-            _data_dir: data_dir,
+            _data_dir: None,
         }
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit: its status, or `None` if it had to be
+    /// killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        terminate(&mut self.child, within)
     }
 
     /// `ws://127.0.0.1:PORT/v1/opamp`.

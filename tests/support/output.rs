@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 #[derive(Clone)]
 pub struct Output {
@@ -28,13 +29,13 @@ impl Output {
     }
 
     /// Reads `stream` to its end on a thread, keeping each line as `"{name}| {line}"` and also
-    /// sending it, as read, to `lines` while someone listens.
+    /// handing it, as read, to `each_line`. The thread ends with the stream.
     pub fn capture(
         &self,
         name: &'static str,
         stream: impl Read + Send + 'static,
-        lines: Option<mpsc::Sender<String>>,
-    ) {
+        mut each_line: impl FnMut(String) + Send + 'static,
+    ) -> JoinHandle<()> {
         let output = self.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
@@ -47,11 +48,9 @@ impl Output {
                 }
                 let line = strip_ansi(String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']));
                 output.push(format!("{name}| {line}"));
-                if let Some(sender) = &lines {
-                    let _ = sender.send(line);
-                }
+                each_line(line);
             }
-        });
+        })
     }
 
     fn push(&self, line: String) {

@@ -13,11 +13,10 @@ mod ownership;
 mod presence;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ampora_shared::bus::Bus;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,17 +26,30 @@ use crate::storage::Store;
 use ownership::Ownership;
 use worker::{WorkItem, Worker};
 
-/// Says whether ingest is consuming; read by `/readyz`.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Says whether ingest is consuming; read by `/readyz`, awaited by whoever starts ingest.
+#[derive(Clone)]
+pub struct Readiness(Arc<watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(watch::Sender::new(false)))
+    }
+}
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        *self.0.borrow()
+    }
+
+    /// Resolves once ingest is consuming.
+    pub async fn ready(&self) {
+        // The sender lives in `self`, so the wait cannot end with the channel closed.
+        let _ = self.0.subscribe().wait_for(|ready| *ready).await;
     }
 
     fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.0
+            .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 }
 

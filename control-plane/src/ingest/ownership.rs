@@ -16,6 +16,7 @@ use futures::StreamExt;
 use prost::Message;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::worker::WorkItem;
 use super::Router;
@@ -27,6 +28,8 @@ pub struct Ownership {
     /// Held partitions and their epochs; read by workers to fence their writes.
     epochs: RwLock<HashMap<u16, i64>>,
     forwarders: tokio::sync::Mutex<HashMap<u16, (i64, JoinHandle<()>)>>,
+    /// Tells the forwarders to take no more messages (shutdown).
+    stop: CancellationToken,
 }
 
 impl Ownership {
@@ -35,6 +38,7 @@ impl Ownership {
             config,
             epochs: RwLock::new(HashMap::new()),
             forwarders: tokio::sync::Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -113,7 +117,12 @@ impl Ownership {
                 .await
             {
                 Ok(subscription) => {
-                    let forwarder = tokio::spawn(forward(subscription, partition, router.clone()));
+                    let forwarder = tokio::spawn(forward(
+                        subscription,
+                        partition,
+                        router.clone(),
+                        self.stop.clone(),
+                    ));
                     forwarders.insert(partition, (epoch, forwarder));
                     tracing::debug!(partition, epoch, "partition acquired");
                 }
@@ -130,16 +139,23 @@ impl Ownership {
     /// Stops consuming every partition (shutdown). The leases stay held, so the workers can
     /// still commit what they have before the replica gives them up.
     pub async fn stop_consuming(&self) {
+        self.stop.cancel();
         for (_, (_, forwarder)) in self.forwarders.lock().await.drain() {
-            forwarder.abort();
+            let _ = forwarder.await;
         }
     }
 }
 
-/// Feeds one partition's envelopes to its worker, in arrival order.
-async fn forward(mut subscription: Subscription, partition: u16, router: Router) {
+/// Feeds one partition's envelopes to its worker, in arrival order, until `stop`. Stopping
+/// ends the wait for the next message, never a hand-over: what was taken reaches the worker.
+async fn forward(
+    mut subscription: Subscription,
+    partition: u16,
+    router: Router,
+    stop: CancellationToken,
+) {
     let envelopes = metrics::counter!("ampora_control_plane_envelopes_total");
-    while let Some(message) = subscription.next().await {
+    while let Some(Some(message)) = stop.run_until_cancelled(subscription.next()).await {
         envelopes.increment(1);
         let envelope = match AgentEnvelope::decode(message.payload) {
             Ok(envelope) => envelope,

@@ -424,9 +424,31 @@ mod tests {
         let watched = from_file(&path, Duration::from_millis(10), stop.clone()).unwrap();
         let old_ticket = watched.encrypt_at(b"old", NOW).unwrap();
 
+        let metrics = ampora_shared::telemetry::prometheus();
+        let refused = || {
+            metrics
+                .render()
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(
+                        "ampora_gateway_tls_ticket_key_reloads_total{outcome=\"error\"} ",
+                    )?
+                    .parse::<u64>()
+                    .ok()
+                })
+                .unwrap_or(0)
+        };
+        let refused_before = refused();
         std::fs::write(&path, "not a key\n").unwrap();
-        // Nothing should happen, so there is no event to wait for: give it ten checks.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The watcher counts the version it refused; by then it has kept the keys it had.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while refused() == refused_before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bad version was read within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(
             watched.decrypt_at(&old_ticket, NOW).is_some(),
             "the previous keys stay in use"

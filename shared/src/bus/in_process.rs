@@ -1,8 +1,7 @@
 //! The bus inside one process, for `ampora serve` and tests: same semantics as NATS core, except
 //! that a full subscriber queue makes the publisher wait instead of dropping the message.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -28,7 +27,6 @@ pub struct InProcessBus {
 struct Inner {
     subscribers: RwLock<Vec<Subscriber>>,
     next_id: AtomicU64,
-    round_robin: AtomicUsize,
     queue_capacity: usize,
     max_payload: usize,
 }
@@ -36,7 +34,6 @@ struct Inner {
 struct Subscriber {
     id: u64,
     pattern: String,
-    queue_group: Option<String>,
     sender: mpsc::Sender<BusMessage>,
 }
 
@@ -46,7 +43,6 @@ impl InProcessBus {
             inner: Arc::new(Inner {
                 subscribers: RwLock::new(Vec::new()),
                 next_id: AtomicU64::new(1),
-                round_robin: AtomicUsize::new(0),
                 queue_capacity: queue_capacity.max(1),
                 max_payload,
             }),
@@ -58,7 +54,7 @@ impl InProcessBus {
         Self::new(queue_capacity, DEFAULT_MAX_PAYLOAD)
     }
 
-    fn add(&self, pattern: &str, queue_group: Option<&str>) -> Result<Subscription> {
+    fn add(&self, pattern: &str) -> Result<Subscription> {
         validate_pattern(pattern)?;
         let (sender, receiver) = mpsc::channel(self.inner.queue_capacity);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -69,7 +65,6 @@ impl InProcessBus {
             .push(Subscriber {
                 id,
                 pattern: pattern.to_owned(),
-                queue_group: queue_group.map(str::to_owned),
                 sender,
             });
         Ok(Box::pin(InProcessSubscription {
@@ -79,24 +74,33 @@ impl InProcessBus {
         }))
     }
 
-    /// The senders a message on `subject` goes to: all plain subscribers, one per queue group.
+    /// The senders of the subscriptions a message on `subject` goes to.
     fn targets(&self, subject: &str) -> Vec<mpsc::Sender<BusMessage>> {
         let subscribers = self.inner.subscribers.read().expect("bus lock poisoned");
-        let mut targets = Vec::new();
-        let mut groups: BTreeMap<&str, Vec<&mpsc::Sender<BusMessage>>> = BTreeMap::new();
-        for subscriber in subscribers.iter().filter(|s| matches(&s.pattern, subject)) {
-            match &subscriber.queue_group {
-                None => targets.push(subscriber.sender.clone()),
-                Some(group) => groups.entry(group).or_default().push(&subscriber.sender),
-            }
+        subscribers
+            .iter()
+            .filter(|s| matches(&s.pattern, subject))
+            .map(|s| s.sender.clone())
+            .collect()
+    }
+
+    /// Resolves once every subscription has taken every message published before the call
+    /// (its queue is empty), so a shutdown can stop the consumers without losing what was
+    /// already published.
+    pub async fn flushed(&self) {
+        let senders: Vec<mpsc::Sender<BusMessage>> = self
+            .inner
+            .subscribers
+            .read()
+            .expect("bus lock poisoned")
+            .iter()
+            .map(|s| s.sender.clone())
+            .collect();
+        for sender in senders {
+            // All of a queue's slots are free again only once its receiver has taken every
+            // message; a dropped subscription's error means there is nothing left to take.
+            let _ = sender.reserve_many(sender.max_capacity()).await;
         }
-        if !groups.is_empty() {
-            let turn = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
-            for members in groups.values() {
-                targets.push(members[turn % members.len()].clone());
-            }
-        }
-        targets
     }
 }
 
@@ -128,11 +132,7 @@ impl Bus for InProcessBus {
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription> {
-        self.add(subject, None)
-    }
-
-    async fn queue_subscribe(&self, subject: &str, queue_group: &str) -> Result<Subscription> {
-        self.add(subject, Some(queue_group))
+        self.add(subject)
     }
 }
 
@@ -166,7 +166,7 @@ impl Drop for InProcessSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::StreamExt;
+    use futures::{FutureExt, StreamExt};
     use std::time::Duration;
 
     async fn next(sub: &mut Subscription) -> Option<BusMessage> {
@@ -184,26 +184,6 @@ mod tests {
         bus.publish("x.y", Bytes::from_static(b"hi")).await.unwrap();
         assert_eq!(next(&mut a).await.unwrap().payload, "hi");
         assert_eq!(next(&mut b).await.unwrap().subject, "x.y");
-    }
-
-    #[tokio::test]
-    async fn queue_group_delivers_once() {
-        let bus = InProcessBus::default();
-        let mut a = bus.queue_subscribe("q.*", "g").await.unwrap();
-        let mut b = bus.queue_subscribe("q.*", "g").await.unwrap();
-        for i in 0..10u8 {
-            bus.publish("q.1", Bytes::from(vec![i])).await.unwrap();
-        }
-        let mut received = 0;
-        while next(&mut a).await.is_some() {
-            received += 1;
-        }
-        let from_a = received;
-        while next(&mut b).await.is_some() {
-            received += 1;
-        }
-        assert_eq!(received, 10);
-        assert!(from_a > 0 && from_a < 10, "round robin spreads: {from_a}");
     }
 
     #[tokio::test]
@@ -225,15 +205,29 @@ mod tests {
         ));
         bus.publish("b", Bytes::from_static(b"1")).await.unwrap();
         // The queue holds one message: the second publish waits until it is drained.
-        let second = tokio::spawn({
-            let bus = bus.clone();
-            async move { bus.publish("b", Bytes::from_static(b"2")).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!second.is_finished());
+        let mut second = Box::pin(bus.publish("b", Bytes::from_static(b"2")));
+        assert!((&mut second).now_or_never().is_none());
         assert_eq!(next(&mut sub).await.unwrap().payload, "1");
-        second.await.unwrap().unwrap();
+        second.await.unwrap();
         assert_eq!(next(&mut sub).await.unwrap().payload, "2");
+    }
+
+    #[tokio::test]
+    async fn flushed_waits_until_every_subscription_has_taken_its_messages() {
+        let bus = InProcessBus::new(8, 4);
+        let mut taker = bus.subscribe("f.*").await.unwrap();
+        let _idle = bus.subscribe("other").await.unwrap();
+        for payload in [&b"1"[..], b"2"] {
+            bus.publish("f.x", Bytes::from_static(payload))
+                .await
+                .unwrap();
+        }
+        let mut flushed = Box::pin(bus.flushed());
+        assert!((&mut flushed).now_or_never().is_none());
+        assert_eq!(next(&mut taker).await.unwrap().payload, "1");
+        assert!((&mut flushed).now_or_never().is_none());
+        assert_eq!(next(&mut taker).await.unwrap().payload, "2");
+        flushed.await;
     }
 
     #[tokio::test]

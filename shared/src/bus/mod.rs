@@ -1,8 +1,8 @@
 //! The message bus between gateways and control-planes.
 //!
-//! Shaped on NATS core: subjects with `*` / `>` wildcards, plain subscriptions (every subscriber
-//! gets a copy) and queue subscriptions (one member of the group gets each message). The in-process
-//! implementation serves `ampora serve`; the NATS one serves production.
+//! Shaped on NATS core: subjects with `*` / `>` wildcards, and subscriptions of which every one
+//! gets a copy of each matching message. The in-process implementation serves `ampora serve`;
+//! the NATS one serves production.
 
 mod in_process;
 mod nats;
@@ -40,11 +40,9 @@ pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes to every plain subscriber and one member of each queue group whose subject
-    /// matches. May wait when a subscriber's bounded queue is full (never grows without bound).
+    /// Publishes to every subscriber whose subject matches. May wait when a subscriber's
+    /// bounded queue is full (never grows without bound).
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<()>;
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription>;
-
-    async fn queue_subscribe(&self, subject: &str, queue_group: &str) -> Result<Subscription>;
 }

@@ -130,14 +130,4 @@ impl Bus for NatsBus {
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         Ok(Self::subscription(subscriber))
     }
-
-    async fn queue_subscribe(&self, subject: &str, queue_group: &str) -> Result<Subscription> {
-        validate_pattern(subject)?;
-        let subscriber = self
-            .client
-            .queue_subscribe(subject.to_owned(), queue_group.to_owned())
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        Ok(Self::subscription(subscriber))
-    }
 }

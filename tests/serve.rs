@@ -1,0 +1,54 @@
+//! `ampora serve` as one process: what its shutdown keeps.
+
+mod agent;
+mod support;
+
+use std::time::Duration;
+
+use agent::{full_state, WsAgent};
+use support::Ampora;
+
+const AGENTS: usize = 50;
+
+#[tokio::test]
+async fn sigterm_records_every_websocket_agent_offline_before_exiting() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Nothing times out within the test: only the drain can take these agents offline. One
+    // worker with a queue of one: the drain's envelopes wait on the bus for their turn.
+    let env = [
+        ("AMPORA_GATEWAY_TIMEOUT", "1h"),
+        ("AMPORA_HEARTBEAT_TIMEOUT", "1h"),
+        ("AMPORA_INGEST_WORKERS", "1"),
+        ("AMPORA_INGEST_QUEUE", "1"),
+    ];
+    let mut ampora = Ampora::start_in(data_dir.path(), &env).await;
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let mut agent = WsAgent::connect(&ampora.ws_url()).await;
+        // The reply comes after the commit: the agent is stored online.
+        agent
+            .exchange(full_state(&format!("drained-{i}"), "prod"))
+            .await;
+        agents.push(agent);
+    }
+    let online = ampora.agents("status=online&limit=1000").await;
+    assert_eq!(online["agents"].as_array().unwrap().len(), AGENTS);
+
+    let status = ampora.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "exit after SIGTERM: {status:?}\n{}",
+        ampora.logs()
+    );
+    drop(ampora);
+
+    let again = Ampora::start_in(data_dir.path(), &env).await;
+    let online = again.agents("status=online&limit=1000").await;
+    assert_eq!(
+        online["agents"].as_array().unwrap().len(),
+        0,
+        "left online by the drain: {online:#}"
+    );
+    let offline = again.agents("status=offline&limit=1000").await;
+    assert_eq!(offline["agents"].as_array().unwrap().len(), AGENTS);
+}
