@@ -788,6 +788,86 @@ async fn dead_gateways_agents_go_offline(db: Db) {
     assert_eq!(store.gateways_with_online_agents().await.unwrap(), ["live"]);
 }
 
+/// Liveness updates bring an agent a sweep took offline back online, with a `connected`
+/// event, only if it was seen at or after the sweep's cutoff; online agents just move on.
+async fn liveness_seen_after_a_sweep_brings_agents_back_online(db: Db) {
+    let store = db.open().await;
+    let mut http = record(Uuid::now_v7(), "prod", 0);
+    http.head.transport = Transport::Http;
+    let mut on_dead_gateway = record(Uuid::now_v7(), "prod", 0);
+    on_dead_gateway.head.gateway_id = "dead".into();
+    let online = record(Uuid::now_v7(), "prod", 0);
+    write(
+        store.as_ref(),
+        vec![http.clone(), on_dead_gateway.clone(), online.clone()],
+        vec![],
+    )
+    .await;
+    let (http, on_dead_gateway, online) = (
+        http.head.instance_uid,
+        on_dead_gateway.head.instance_uid,
+        online.head.instance_uid,
+    );
+    store
+        .mark_stale_offline(Transport::Http, at(50), at(60), "heartbeat timeout")
+        .await
+        .unwrap();
+    store
+        .mark_gateway_offline("dead", at(70), "gateway lost")
+        .await
+        .unwrap();
+    let seen = |uid: Uuid, seconds: i64| SeenUpdate {
+        instance_uid: uid,
+        last_seen: at(seconds),
+        sequence_num: seconds as u64,
+    };
+    let status = |uid: Uuid| {
+        let store = store.clone();
+        async move { store.get_agent(uid).await.unwrap().unwrap().head }
+    };
+
+    // Seen before the sweeps' cutoffs: liveness the sweeps already judged, nothing changes.
+    store
+        .write(&WriteBatch {
+            seen: vec![seen(http, 40), seen(on_dead_gateway, 65)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    for uid in [http, on_dead_gateway] {
+        assert_eq!(status(uid).await.status, AgentStatus::Offline);
+        assert_eq!(latest_events(store.as_ref(), uid).await[0].kind, "offline");
+    }
+
+    store
+        .write(&WriteBatch {
+            seen: vec![seen(http, 50), seen(on_dead_gateway, 71), seen(online, 72)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    for (uid, seconds) in [(http, 50), (on_dead_gateway, 71)] {
+        let head = status(uid).await;
+        assert_eq!(
+            (head.status, head.last_seen, head.sequence_num),
+            (AgentStatus::Online, at(seconds), seconds as u64)
+        );
+        let events = latest_events(store.as_ref(), uid).await;
+        assert_eq!(
+            (
+                events[0].kind.as_str(),
+                events[0].at,
+                events[1].kind.as_str()
+            ),
+            ("connected", at(seconds), "offline")
+        );
+        assert_eq!(events[0].payload["reason"], "seen after the sweep");
+    }
+    let head = status(online).await;
+    assert_eq!((head.status, head.last_seen), (AgentStatus::Online, at(72)));
+    assert!(latest_events(store.as_ref(), online).await.is_empty());
+}
+
 async fn pings(db: Db) {
     let store = db.open().await;
     store.ping().await.unwrap();
@@ -1038,6 +1118,7 @@ storage_suite!(
     large_payloads_are_stored_gzipped,
     leases_split_fairly_and_fence_writes,
     dead_gateways_agents_go_offline,
+    liveness_seen_after_a_sweep_brings_agents_back_online,
     pings,
 );
 
