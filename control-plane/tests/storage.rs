@@ -1214,6 +1214,95 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
     assert_eq!(taken[0].epoch, leases[0].epoch + 1);
 }
 
+/// On SQLite, while a write transaction holds the database, reads still answer, and writes
+/// (ingest rounds, a lease renewal, a liveness flush) wait their turn and then succeed rather
+/// than fail with "database is locked". The store's writers queue for its one writer
+/// connection, not for the connections its reads use.
+#[tokio::test]
+async fn sqlite_reads_pass_a_held_write_and_writes_wait_their_turn() {
+    let db = Db::sqlite().await;
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    let later = now + Duration::from_secs(60);
+    store.heartbeat_replica("a", now, later).await.unwrap();
+    let leases = store.claim_partitions("a", 1, 1, now, later).await.unwrap();
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
+
+    // Another connection takes the write lock and changes something, as a long write would.
+    let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO control_plane_replicas VALUES ('elsewhere', 0)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let renewal = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim_partitions("a", 1, 1, now, later).await }
+    });
+    let flush = tokio::spawn({
+        let store = store.clone();
+        let fence = Fence {
+            owner: "a".into(),
+            leases: leases.clone(),
+        };
+        async move {
+            let batch = WriteBatch {
+                seen: vec![SeenUpdate {
+                    instance_uid: uid,
+                    last_seen: at(5),
+                    sequence_num: 43,
+                }],
+                fence: Some(fence),
+                ..WriteBatch::default()
+            };
+            store.write(&batch).await
+        }
+    });
+    // More ingest rounds than the store has connections.
+    let rounds: Vec<_> = (0..6)
+        .map(|round| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let agents: Vec<AgentRecord> = (0..20)
+                    .map(|i| record(Uuid::now_v7(), "load", round * 100 + i))
+                    .collect();
+                let batch = WriteBatch {
+                    agents: agents.iter().collect(),
+                    ..WriteBatch::default()
+                };
+                store.write(&batch).await
+            })
+        })
+        .collect();
+
+    for _ in 0..5 {
+        assert!(store.get_agent(uid).await.unwrap().is_some());
+        assert_eq!(store.get_agents(&[uid]).await.unwrap().len(), 1);
+        assert!(!store.list_agents(&query(10)).await.unwrap().is_empty());
+        latest_events(store.as_ref(), uid).await;
+        store.ping().await.unwrap();
+    }
+    assert!(
+        !renewal.is_finished() && !flush.is_finished(),
+        "no write gets past a held write lock, nor gives up on it"
+    );
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert_eq!(renewal.await.unwrap().unwrap(), leases);
+    flush.await.unwrap().unwrap();
+    for round in rounds {
+        round.await.unwrap().unwrap();
+    }
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(stored.head.sequence_num, 43);
+    assert_eq!(store.list_agents(&query(1000)).await.unwrap().len(), 121);
+}
+
 #[tokio::test]
 async fn sqlite_in_memory_works() {
     let store = storage::connect("sqlite::memory:", StoreOptions::default())
