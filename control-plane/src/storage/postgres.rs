@@ -187,12 +187,7 @@ impl LeaseStore for PostgresStore {
         now: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<u32> {
-        let mut transaction = self.pool.begin().await?;
-        let live =
-            shared::heartbeat_replica::<Postgres>(&mut *transaction, replica, now, expires_at)
-                .await?;
-        transaction.commit().await?;
-        Ok(live)
+        shared::heartbeat_replica(self.pool.begin().await?, replica, now, expires_at).await
     }
 
     async fn claim_partitions(
@@ -204,25 +199,12 @@ impl LeaseStore for PostgresStore {
         expires_at: OffsetDateTime,
     ) -> Result<Vec<Lease>> {
         let take = include_str!("postgres/queries/leases_take.sql");
-        let mut transaction = self.pool.begin().await?;
-        let leases = shared::claim_partitions::<Postgres>(
-            &mut *transaction,
-            take,
-            replica,
-            total,
-            want,
-            now,
-            expires_at,
-        )
-        .await?;
-        transaction.commit().await?;
-        Ok(leases)
+        let transaction = self.pool.begin().await?;
+        shared::claim_partitions(transaction, take, replica, total, want, now, expires_at).await
     }
 
     async fn release_replica(&self, replica: &str) -> Result<()> {
-        let mut transaction = self.pool.begin().await?;
-        shared::release_replica::<Postgres>(&mut *transaction, replica).await?;
-        Ok(transaction.commit().await?)
+        shared::release_replica(self.pool.begin().await?, replica).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The statements both backends run alike (reads of the API, replicas and partition leases),
 //! generic over the sqlx database: each store calls these with its own pool or transaction.
 
-use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type};
+use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 use time::OffsetDateTime;
 
 use super::encoding;
@@ -116,9 +116,9 @@ where
 }
 
 /// Records that `replica` is alive until `expires_at`, forgets expired replicas, and returns
-/// how many are alive.
+/// how many are alive; commits `transaction`.
 pub async fn heartbeat_replica<DB>(
-    connection: &mut DB::Connection,
+    mut transaction: Transaction<'static, DB>,
     replica: &str,
     now: OffsetDateTime,
     expires_at: OffsetDateTime,
@@ -134,24 +134,25 @@ where
     sqlx::query(include_str!("queries/replica_heartbeat.sql"))
         .bind(replica.to_owned())
         .bind(encoding::micros(expires_at))
-        .execute(&mut *connection)
+        .execute(&mut *transaction)
         .await?;
     sqlx::query(include_str!("queries/replicas_expire.sql"))
         .bind(encoding::micros(now))
-        .execute(&mut *connection)
+        .execute(&mut *transaction)
         .await?;
     let live: i64 = sqlx::query_scalar(include_str!("queries/replicas_count.sql"))
-        .fetch_one(&mut *connection)
+        .fetch_one(&mut *transaction)
         .await?;
+    transaction.commit().await?;
     Ok(live.max(1) as u32)
 }
 
 /// Keeps `replica`'s unexpired leases until `expires_at`, gives up those beyond `want`, and
 /// takes free or expired partitions (of `0..total`) up to `want` with `take` (the dialect's
 /// statement: it locks what it takes), each with a new epoch. Returns every lease it holds
-/// afterwards, by partition.
+/// afterwards, by partition; commits `transaction`.
 pub async fn claim_partitions<DB>(
-    connection: &mut DB::Connection,
+    mut transaction: Transaction<'static, DB>,
     take: &str,
     replica: &str,
     total: u16,
@@ -176,12 +177,12 @@ where
     );
     let known: i64 = sqlx::query_scalar(include_str!("queries/leases_count.sql"))
         .bind(total)
-        .fetch_one(&mut *connection)
+        .fetch_one(&mut *transaction)
         .await?;
     if known < i64::from(total) {
         sqlx::query(include_str!("queries/leases_create.sql"))
             .bind(total)
-            .execute(&mut *connection)
+            .execute(&mut *transaction)
             .await?;
     }
     sqlx::query(include_str!("queries/leases_release_surplus.sql"))
@@ -189,14 +190,14 @@ where
         .bind(now)
         .bind(total)
         .bind(i64::from(want))
-        .execute(&mut *connection)
+        .execute(&mut *transaction)
         .await?;
     let mut leases: Vec<LeaseRow> = sqlx::query_as(include_str!("queries/leases_renew.sql"))
         .bind(expires_at)
         .bind(replica.to_owned())
         .bind(now)
         .bind(total)
-        .fetch_all(&mut *connection)
+        .fetch_all(&mut *transaction)
         .await?;
     let room = usize::from(want).saturating_sub(leases.len());
     if room > 0 {
@@ -206,17 +207,21 @@ where
             .bind(now)
             .bind(total)
             .bind(room as i64)
-            .fetch_all(&mut *connection)
+            .fetch_all(&mut *transaction)
             .await?;
         leases.extend(taken);
     }
+    transaction.commit().await?;
     let mut leases: Vec<Lease> = leases.into_iter().map(Lease::from).collect();
     leases.sort_by_key(|lease| lease.partition);
     Ok(leases)
 }
 
-/// Gives up all of `replica`'s leases and membership.
-pub async fn release_replica<DB>(connection: &mut DB::Connection, replica: &str) -> Result<()>
+/// Gives up all of `replica`'s leases and membership; commits `transaction`.
+pub async fn release_replica<DB>(
+    mut transaction: Transaction<'static, DB>,
+    replica: &str,
+) -> Result<()>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -225,11 +230,11 @@ where
 {
     sqlx::query(include_str!("queries/leases_release_all.sql"))
         .bind(replica.to_owned())
-        .execute(&mut *connection)
+        .execute(&mut *transaction)
         .await?;
     sqlx::query(include_str!("queries/replica_release.sql"))
         .bind(replica.to_owned())
-        .execute(&mut *connection)
+        .execute(&mut *transaction)
         .await?;
-    Ok(())
+    Ok(transaction.commit().await?)
 }

@@ -225,11 +225,7 @@ impl LeaseStore for SqliteStore {
         now: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<u32> {
-        let mut transaction = self.begin_write().await?;
-        let live = shared::heartbeat_replica::<Sqlite>(&mut *transaction, replica, now, expires_at)
-            .await?;
-        transaction.commit().await?;
-        Ok(live)
+        shared::heartbeat_replica(self.begin_write().await?, replica, now, expires_at).await
     }
 
     async fn claim_partitions(
@@ -241,25 +237,12 @@ impl LeaseStore for SqliteStore {
         expires_at: OffsetDateTime,
     ) -> Result<Vec<Lease>> {
         let take = include_str!("sqlite/queries/leases_take.sql");
-        let mut transaction = self.begin_write().await?;
-        let leases = shared::claim_partitions::<Sqlite>(
-            &mut *transaction,
-            take,
-            replica,
-            total,
-            want,
-            now,
-            expires_at,
-        )
-        .await?;
-        transaction.commit().await?;
-        Ok(leases)
+        let transaction = self.begin_write().await?;
+        shared::claim_partitions(transaction, take, replica, total, want, now, expires_at).await
     }
 
     async fn release_replica(&self, replica: &str) -> Result<()> {
-        let mut transaction = self.begin_write().await?;
-        shared::release_replica::<Sqlite>(&mut *transaction, replica).await?;
-        Ok(transaction.commit().await?)
+        shared::release_replica(self.begin_write().await?, replica).await
     }
 }
 
