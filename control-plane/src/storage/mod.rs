@@ -123,6 +123,7 @@ pub struct EventQuery {
 pub struct StoreOptions {
     /// Details and event payloads above this many bytes are stored gzip'd.
     pub gzip_threshold: usize,
+    /// Pooled connections; on SQLite, the read-only ones (at most 4) beside its one writer.
     pub max_connections: u32,
     /// How long to wait for a pooled connection (and, on SQLite, for the write lock).
     pub acquire_timeout: Duration,
