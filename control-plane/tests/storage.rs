@@ -788,6 +788,86 @@ async fn dead_gateways_agents_go_offline(db: Db) {
     assert_eq!(store.gateways_with_online_agents().await.unwrap(), ["live"]);
 }
 
+/// Liveness updates bring an agent a sweep took offline back online, with a `connected`
+/// event, only if it was seen at or after the sweep's cutoff; online agents just move on.
+async fn liveness_seen_after_a_sweep_brings_agents_back_online(db: Db) {
+    let store = db.open().await;
+    let mut http = record(Uuid::now_v7(), "prod", 0);
+    http.head.transport = Transport::Http;
+    let mut on_dead_gateway = record(Uuid::now_v7(), "prod", 0);
+    on_dead_gateway.head.gateway_id = "dead".into();
+    let online = record(Uuid::now_v7(), "prod", 0);
+    write(
+        store.as_ref(),
+        vec![http.clone(), on_dead_gateway.clone(), online.clone()],
+        vec![],
+    )
+    .await;
+    let (http, on_dead_gateway, online) = (
+        http.head.instance_uid,
+        on_dead_gateway.head.instance_uid,
+        online.head.instance_uid,
+    );
+    store
+        .mark_stale_offline(Transport::Http, at(50), at(60), "heartbeat timeout")
+        .await
+        .unwrap();
+    store
+        .mark_gateway_offline("dead", at(70), "gateway lost")
+        .await
+        .unwrap();
+    let seen = |uid: Uuid, seconds: i64| SeenUpdate {
+        instance_uid: uid,
+        last_seen: at(seconds),
+        sequence_num: seconds as u64,
+    };
+    let status = |uid: Uuid| {
+        let store = store.clone();
+        async move { store.get_agent(uid).await.unwrap().unwrap().head }
+    };
+
+    // Seen before the sweeps' cutoffs: liveness the sweeps already judged, nothing changes.
+    store
+        .write(&WriteBatch {
+            seen: vec![seen(http, 40), seen(on_dead_gateway, 65)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    for uid in [http, on_dead_gateway] {
+        assert_eq!(status(uid).await.status, AgentStatus::Offline);
+        assert_eq!(latest_events(store.as_ref(), uid).await[0].kind, "offline");
+    }
+
+    store
+        .write(&WriteBatch {
+            seen: vec![seen(http, 50), seen(on_dead_gateway, 71), seen(online, 72)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    for (uid, seconds) in [(http, 50), (on_dead_gateway, 71)] {
+        let head = status(uid).await;
+        assert_eq!(
+            (head.status, head.last_seen, head.sequence_num),
+            (AgentStatus::Online, at(seconds), seconds as u64)
+        );
+        let events = latest_events(store.as_ref(), uid).await;
+        assert_eq!(
+            (
+                events[0].kind.as_str(),
+                events[0].at,
+                events[1].kind.as_str()
+            ),
+            ("connected", at(seconds), "offline")
+        );
+        assert_eq!(events[0].payload["reason"], "seen after the sweep");
+    }
+    let head = status(online).await;
+    assert_eq!((head.status, head.last_seen), (AgentStatus::Online, at(72)));
+    assert!(latest_events(store.as_ref(), online).await.is_empty());
+}
+
 async fn pings(db: Db) {
     let store = db.open().await;
     store.ping().await.unwrap();
@@ -1038,6 +1118,7 @@ storage_suite!(
     large_payloads_are_stored_gzipped,
     leases_split_fairly_and_fence_writes,
     dead_gateways_agents_go_offline,
+    liveness_seen_after_a_sweep_brings_agents_back_online,
     pings,
 );
 
@@ -1133,6 +1214,95 @@ async fn postgres_renewal_passes_a_write_in_flight_and_a_takeover_waits_for_it()
     let taken = takeover.await.unwrap().unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].epoch, leases[0].epoch + 1);
+}
+
+/// On SQLite, while a write transaction holds the database, reads still answer, and writes
+/// (ingest rounds, a lease renewal, a liveness flush) wait their turn and then succeed rather
+/// than fail with "database is locked". The store's writers queue for its one writer
+/// connection, not for the connections its reads use.
+#[tokio::test]
+async fn sqlite_reads_pass_a_held_write_and_writes_wait_their_turn() {
+    let db = Db::sqlite().await;
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    let later = now + Duration::from_secs(60);
+    store.heartbeat_replica("a", now, later).await.unwrap();
+    let leases = store.claim_partitions("a", 1, 1, now, later).await.unwrap();
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![record(uid, "prod", 0)], vec![]).await;
+
+    // Another connection takes the write lock and changes something, as a long write would.
+    let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO control_plane_replicas VALUES ('elsewhere', 0)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let renewal = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim_partitions("a", 1, 1, now, later).await }
+    });
+    let flush = tokio::spawn({
+        let store = store.clone();
+        let fence = Fence {
+            owner: "a".into(),
+            leases: leases.clone(),
+        };
+        async move {
+            let batch = WriteBatch {
+                seen: vec![SeenUpdate {
+                    instance_uid: uid,
+                    last_seen: at(5),
+                    sequence_num: 43,
+                }],
+                fence: Some(fence),
+                ..WriteBatch::default()
+            };
+            store.write(&batch).await
+        }
+    });
+    // More ingest rounds than the store has connections.
+    let rounds: Vec<_> = (0..6)
+        .map(|round| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let agents: Vec<AgentRecord> = (0..20)
+                    .map(|i| record(Uuid::now_v7(), "load", round * 100 + i))
+                    .collect();
+                let batch = WriteBatch {
+                    agents: agents.iter().collect(),
+                    ..WriteBatch::default()
+                };
+                store.write(&batch).await
+            })
+        })
+        .collect();
+
+    for _ in 0..5 {
+        assert!(store.get_agent(uid).await.unwrap().is_some());
+        assert_eq!(store.get_agents(&[uid]).await.unwrap().len(), 1);
+        assert!(!store.list_agents(&query(10)).await.unwrap().is_empty());
+        latest_events(store.as_ref(), uid).await;
+        store.ping().await.unwrap();
+    }
+    assert!(
+        !renewal.is_finished() && !flush.is_finished(),
+        "no write gets past a held write lock, nor gives up on it"
+    );
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert_eq!(renewal.await.unwrap().unwrap(), leases);
+    flush.await.unwrap().unwrap();
+    for round in rounds {
+        round.await.unwrap().unwrap();
+    }
+    let stored = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(stored.head.sequence_num, 43);
+    assert_eq!(store.list_agents(&query(1000)).await.unwrap().len(), 121);
 }
 
 #[tokio::test]

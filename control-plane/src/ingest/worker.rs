@@ -25,7 +25,7 @@ use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
 use crate::agents::history::EventKind;
 use crate::agents::merge::{
-    apply_connection_closed, apply_message, event_payload, new_record, EventPayload, Origin,
+    apply_connection_closed, apply_message, new_record, EventPayload, Origin,
 };
 use crate::agents::snapshot::{AgentRecord, AgentStatus, Transport};
 use crate::config::ControlPlaneConfig;
@@ -174,22 +174,21 @@ impl Worker {
         match item {
             WorkItem::Envelope(uid, envelope) => self.handle_envelope(uid, envelope, round).await,
             WorkItem::MarkedOffline { uid, cutoff } => {
-                let Some(record) = self.cache.remove(&uid) else {
-                    return;
-                };
-                self.last_applied.remove(&uid);
-                if record.head.last_seen >= cutoff {
-                    // Seen after the cutoff but not yet flushed: it is alive, undo the sweep.
-                    round
-                        .partitions
-                        .insert(self.config.subjects.partition_of(&uid));
-                    round.events.push(event(
-                        uid,
-                        record.head.last_seen,
-                        EventKind::Connected,
-                        event_payload(&serde_json::json!({"reason": "seen after the sweep"})),
-                    ));
-                    self.stage(round, uid, record);
+                // Only trims the cache: the stored status follows liveness flushes, which bring
+                // an agent seen at or after the cutoff back online, eviction delivered or not.
+                match self.cache.get(&uid) {
+                    Some(record) if record.head.last_seen >= cutoff => {
+                        let seen = SeenUpdate {
+                            instance_uid: uid,
+                            last_seen: record.head.last_seen,
+                            sequence_num: record.head.sequence_num,
+                        };
+                        self.pending_seen.entry(uid).or_insert(seen);
+                    }
+                    _ => {
+                        self.forget([uid]);
+                        self.pending_seen.remove(&uid);
+                    }
                 }
             }
             WorkItem::Release(partition) => {

@@ -5,7 +5,6 @@ use ampora_shared::codec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::{Result, StoreError};
 use crate::agents::snapshot::Attributes;
@@ -56,10 +55,6 @@ pub fn from_micros(micros: i64) -> Result<OffsetDateTime> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp {micros}: {e}")))
 }
 
-pub fn uid(text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("instance uid {text:?}: {e}")))
-}
-
 /// The text an `attr=key=value` filter compares with: strings as they are, anything else as JSON.
 pub fn attribute_text(value: &serde_json::Value) -> String {
     match value {
@@ -82,20 +77,6 @@ pub fn attribute_rows(
     rows.sort();
     rows.dedup();
     rows
-}
-
-/// Maps a sqlx error: rows that do not decode are [`StoreError::Corrupt`]; everything else
-/// (connection, I/O, TLS, pool timeouts, statements the server rejected) is
-/// [`StoreError::Unavailable`], which callers treat as "try again later".
-pub fn unavailable(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
-        other => StoreError::Unavailable(other.to_string()),
-    }
 }
 
 #[cfg(test)]

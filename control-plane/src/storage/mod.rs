@@ -1,14 +1,28 @@
-//! Persistence: one [`Store`] trait, implemented for PostgreSQL and SQLite with sqlx.
+//! Persistence: small traits by concern ([`AgentStore`], [`PresenceStore`], [`LeaseStore`],
+//! gathered in [`Store`]), implemented for PostgreSQL and SQLite with sqlx.
+//!
+//! # Layout
+//! - [`postgres`] and [`sqlite`]: one store each, an ordinary module; the statements of each
+//!   dialect sit in its `queries/*.sql`, those both dialects share in `queries/`.
+//! - `model`: rows as read (`sqlx::FromRow`) and how they become domain types.
+//! - `columns`: a [`WriteBatch`] encoded column by column, as both dialects write it.
+//! - `shared`: the statements both run alike, generic over the sqlx database.
+//! - `encoding`: JSON (gzip'd above a threshold), times and counters as stored.
+//! - `error`: [`StoreError`], with `From<sqlx::Error>`.
 //!
 //! Queries are checked at run time (`sqlx::query`, not the `query!` macros) so that building
 //! needs no database and no committed offline query data; the shared suite in `tests/storage.rs`
 //! runs every query on both backends instead.
 
+mod columns;
 mod encoding;
+mod error;
+mod model;
 mod postgres;
-mod rows;
-mod sql;
+mod shared;
 mod sqlite;
+
+pub use error::StoreError;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -105,24 +119,11 @@ pub struct EventQuery {
     pub before: Option<i64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("unsupported database url {0:?}: expected postgres:// or sqlite:")]
-    UnsupportedUrl(String),
-    #[error("database migration failed: {0}")]
-    Migration(String),
-    #[error("partition lease lost: another replica owns these agents now")]
-    Fenced,
-}
-
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Details and event payloads above this many bytes are stored gzip'd.
     pub gzip_threshold: usize,
+    /// Pooled connections; on SQLite, the read-only ones (at most 4) beside its one writer.
     pub max_connections: u32,
     /// How long to wait for a pooled connection (and, on SQLite, for the write lock).
     pub acquire_timeout: Duration,
@@ -153,20 +154,35 @@ pub async fn connect(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>>
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Agents' snapshots and history: what ingest writes and the API reads.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait AgentStore: Send + Sync {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>>;
 
     /// The stored snapshots of those of `uids` that exist, in no particular order: one round
     /// trip for a round's worth of agents.
     async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>>;
 
-    /// Writes the whole batch in one transaction, or nothing.
+    /// Writes the whole batch in one transaction, or nothing. Liveness updates
+    /// ([`WriteBatch::seen`]) of agents stored offline bring them back online, with a
+    /// `connected` event each, when they were seen after the sweep that took them offline:
+    /// the stored status follows the agents' own traffic, whatever a cache believed.
     async fn write(&self, batch: &WriteBatch<'_>) -> Result<()>;
 
+    /// Agents ordered by uid.
+    async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>>;
+
+    /// One agent's history, newest first.
+    async fn list_events(&self, uid: Uuid, query: &EventQuery) -> Result<Vec<AgentEvent>>;
+}
+
+/// Who is still there: sweeps that take silent agents offline.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
     /// Marks agents of `transport` still online but unseen since `cutoff` offline, records an
     /// `offline` event for each (payload `{"reason": ...}`), and returns them. (WebSocket agents go
-    /// offline when their connection closes; polling HTTP agents only by this timeout.)
+    /// offline when their connection closes; polling HTTP agents only by this timeout.) Agents
+    /// seen at or after `cutoff` come back online with their next liveness update.
     async fn mark_stale_offline(
         &self,
         transport: Transport,
@@ -175,15 +191,22 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
     ) -> Result<Vec<Uuid>>;
 
-    /// Agents ordered by uid.
-    async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>>;
+    /// Gateways that hold online WebSocket agents, by the agents' records.
+    async fn gateways_with_online_agents(&self) -> Result<Vec<String>>;
 
-    /// One agent's history, newest first.
-    async fn list_events(&self, uid: Uuid, query: &EventQuery) -> Result<Vec<AgentEvent>>;
+    /// Marks the online WebSocket agents of a dead gateway offline, with an `offline` event each.
+    /// Agents seen at or after `now` come back online with their next liveness update.
+    async fn mark_gateway_offline(
+        &self,
+        gateway_id: &str,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>>;
+}
 
-    /// Cheap round trip for readiness checks.
-    async fn ping(&self) -> Result<()>;
-
+/// Control-plane replicas and their partition leases.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Records that `replica` is alive until `expires_at`; returns how many replicas are alive.
     async fn heartbeat_replica(
         &self,
@@ -206,15 +229,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives up all of `replica`'s leases and membership (clean shutdown).
     async fn release_replica(&self, replica: &str) -> Result<()>;
+}
 
-    /// Gateways that hold online WebSocket agents, by the agents' records.
-    async fn gateways_with_online_agents(&self) -> Result<Vec<String>>;
-
-    /// Marks the online WebSocket agents of a dead gateway offline, with an `offline` event each.
-    async fn mark_gateway_offline(
-        &self,
-        gateway_id: &str,
-        now: OffsetDateTime,
-        reason: &str,
-    ) -> Result<Vec<Uuid>>;
+/// Everything a control-plane needs from its database.
+#[async_trait]
+pub trait Store: AgentStore + PresenceStore + LeaseStore + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<()>;
 }

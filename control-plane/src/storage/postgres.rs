@@ -1,27 +1,34 @@
-//! PostgreSQL: the production store.
+//! PostgreSQL: the production store. Instance uids are `uuid`s. The writes of a round bind every
+//! column as one array, so each statement's text never changes with the batch size: it is
+//! prepared once per connection and planned cheaply, however many rows a batch holds. An
+//! ingest round is one statement.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
-mod bulk;
-
-use super::sql::sql_store;
-use super::StoreOptions;
-
-sql_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    sqlx::postgres::PgRow,
-    " FOR UPDATE",
-    bulk
-);
+use super::columns::{self, AttributeColumns, BatchColumns, EventColumns, SeenColumns};
+use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
+use super::{
+    encoding, shared, AgentEvent, AgentQuery, AgentStore, EventQuery, Lease, LeaseStore,
+    PresenceStore, Result, Store, StoreError, StoreOptions, WriteBatch,
+};
+use crate::agents::history::EventKind;
+use crate::agents::snapshot::{AgentHead, AgentRecord, Transport};
 
 /// How long a pooled connection may sit idle and still be used without a check.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+pub struct PostgresStore {
+    pool: PgPool,
+    gzip_threshold: usize,
+}
 
 pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let connect = PgConnectOptions::from_str(url)
@@ -47,14 +54,256 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
-        .await
-        .map_err(unavailable)?;
-    sqlx::migrate!("../migrations/postgres")
-        .run(&pool)
-        .await
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        .await?;
+    sqlx::migrate!("../migrations/postgres").run(&pool).await?;
     Ok(Arc::new(PostgresStore {
         pool,
         gzip_threshold: options.gzip_threshold,
     }))
+}
+
+impl PostgresStore {
+    /// Runs `update` (an `UPDATE … RETURNING instance_uid` that takes agents offline) and
+    /// records an `offline` event for each, in one transaction.
+    async fn mark_offline(
+        &self,
+        update: &str,
+        selector: &str,
+        at: i64,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>> {
+        let mut transaction = self.pool.begin().await?;
+        let rows: Vec<UidRow<Uuid>> = sqlx::query_as(update)
+            .bind(selector)
+            .bind(at)
+            .fetch_all(&mut *transaction)
+            .await?;
+        let uids = model::sorted_uids(rows);
+        if !uids.is_empty() {
+            let events = EventColumns::offline(&uids, now, reason, self.gzip_threshold);
+            insert_events(&mut transaction, &events).await?;
+        }
+        transaction.commit().await?;
+        Ok(uids)
+    }
+}
+
+#[async_trait]
+impl AgentStore for PostgresStore {
+    async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>> {
+        let row: Option<AgentRow<Uuid>> = sqlx::query_as(include_str!("queries/get_agent.sql"))
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(AgentRecord::try_from).transpose()
+    }
+
+    async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<AgentRow<Uuid>> =
+            sqlx::query_as(include_str!("postgres/queries/agents_select.sql"))
+                .bind(uids)
+                .fetch_all(&self.pool)
+                .await?;
+        model::convert(rows)
+    }
+
+    async fn write(&self, batch: &WriteBatch<'_>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let columns = BatchColumns::new(batch, self.gzip_threshold);
+        // An ingest round is the round statement alone, committing on its own.
+        if columns.attributes.agents.is_empty() && columns.seen.len() == 0 {
+            return write_fenced(&self.pool, &columns).await;
+        }
+        let mut transaction = self.pool.begin().await?;
+        write_fenced(&mut *transaction, &columns).await?;
+        if !columns.attributes.agents.is_empty() {
+            replace_attributes(&mut transaction, &columns.attributes).await?;
+        }
+        if columns.seen.len() > 0 {
+            update_seen(&mut transaction, &columns.seen).await?;
+        }
+        Ok(transaction.commit().await?)
+    }
+
+    async fn list_agents(&self, query: &AgentQuery) -> Result<Vec<AgentHead>> {
+        let rows: Vec<HeadRow<Uuid>> =
+            shared::list_agents::<Postgres, _>(&self.pool, query, query.after).await?;
+        model::convert(rows)
+    }
+
+    async fn list_events(&self, uid: Uuid, query: &EventQuery) -> Result<Vec<AgentEvent>> {
+        let rows: Vec<EventRow<Uuid>> =
+            shared::list_events::<Postgres, _>(&self.pool, uid, query).await?;
+        model::convert(rows)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for PostgresStore {
+    async fn mark_stale_offline(
+        &self,
+        transport: Transport,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>> {
+        let update = include_str!("postgres/queries/mark_stale_offline.sql");
+        self.mark_offline(
+            update,
+            transport.as_str(),
+            encoding::micros(cutoff),
+            now,
+            reason,
+        )
+        .await
+    }
+
+    async fn gateways_with_online_agents(&self) -> Result<Vec<String>> {
+        shared::gateways_with_online_agents::<Postgres>(&self.pool).await
+    }
+
+    async fn mark_gateway_offline(
+        &self,
+        gateway_id: &str,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<Vec<Uuid>> {
+        let update = include_str!("postgres/queries/mark_gateway_offline.sql");
+        self.mark_offline(update, gateway_id, encoding::micros(now), now, reason)
+            .await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn heartbeat_replica(
+        &self,
+        replica: &str,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<u32> {
+        shared::heartbeat_replica(self.pool.begin().await?, replica, now, expires_at).await
+    }
+
+    async fn claim_partitions(
+        &self,
+        replica: &str,
+        total: u16,
+        want: u16,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<Vec<Lease>> {
+        let take = include_str!("postgres/queries/leases_take.sql");
+        let transaction = self.pool.begin().await?;
+        shared::claim_partitions(transaction, take, replica, total, want, now, expires_at).await
+    }
+
+    async fn release_replica(&self, replica: &str) -> Result<()> {
+        shared::release_replica(self.pool.begin().await?, replica).await
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<()> {
+        shared::ping::<Postgres>(&self.pool).await
+    }
+}
+
+/// Runs the round statement; [`StoreError::Fenced`] when it wrote nothing for want of a lease.
+async fn write_fenced<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    columns: &BatchColumns<'_>,
+) -> Result<()> {
+    let (owner, leases) = match columns.fence {
+        Some(fence) => (fence.owner.as_str(), fence.leases.as_slice()),
+        None => ("", [].as_slice()),
+    };
+    let partitions: Vec<i32> = leases
+        .iter()
+        .map(|lease| i32::from(lease.partition))
+        .collect();
+    let epochs: Vec<i64> = leases.iter().map(|lease| lease.epoch).collect();
+    let (agents, events) = (&columns.agents, &columns.events);
+    let held: bool = sqlx::query_scalar(include_str!("postgres/queries/round.sql"))
+        .bind(&partitions)
+        .bind(&epochs)
+        .bind(owner)
+        .bind(encoding::micros(OffsetDateTime::now_utc()))
+        .bind(&agents.instance_uid)
+        .bind(&agents.status)
+        .bind(&agents.transport)
+        .bind(&agents.gateway_id)
+        .bind(&agents.connection_id)
+        .bind(&agents.remote_addr)
+        .bind(&agents.sequence_num)
+        .bind(&agents.capabilities)
+        .bind(&agents.first_seen)
+        .bind(&agents.last_seen)
+        .bind(&agents.summary)
+        .bind(&agents.details)
+        .bind(&agents.details_encoding)
+        .bind(&events.instance_uid)
+        .bind(&events.at)
+        .bind(&events.kind)
+        .bind(&events.payload)
+        .bind(&events.payload_encoding)
+        .fetch_one(executor)
+        .await?;
+    if held {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced)
+    }
+}
+
+async fn replace_attributes(
+    connection: &mut PgConnection,
+    attributes: &AttributeColumns,
+) -> Result<()> {
+    sqlx::query(include_str!("postgres/queries/attributes_delete.sql"))
+        .bind(&attributes.agents)
+        .execute(&mut *connection)
+        .await?;
+    if attributes.instance_uid.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(include_str!("postgres/queries/attributes_insert.sql"))
+        .bind(&attributes.instance_uid)
+        .bind(&attributes.key)
+        .bind(&attributes.value)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Events written on their own (agents marked offline by a sweep).
+async fn insert_events(connection: &mut PgConnection, events: &EventColumns) -> Result<()> {
+    sqlx::query(include_str!("postgres/queries/events_insert.sql"))
+        .bind(&events.instance_uid)
+        .bind(&events.at)
+        .bind(&events.kind)
+        .bind(&events.payload)
+        .bind(&events.payload_encoding)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+async fn update_seen(connection: &mut PgConnection, seen: &SeenColumns) -> Result<()> {
+    sqlx::query(include_str!("postgres/queries/seen.sql"))
+        .bind(&seen.instance_uid)
+        .bind(&seen.last_seen)
+        .bind(&seen.sequence_num)
+        .bind(EventKind::Connected.as_str())
+        .bind(columns::revived_payload())
+        .execute(connection)
+        .await?;
+    Ok(())
 }

@@ -2,16 +2,27 @@
 //! each column as one array (`UNNEST`), so a batch of any size is one statement with one
 //! prepared plan; SQLite walks the same columns row by row.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::encoding;
-use super::{Fence, NewEvent, SeenUpdate};
+use super::{Fence, NewEvent, SeenUpdate, WriteBatch};
+use crate::agents::history::EventKind;
+use crate::agents::merge::event_payload;
 use crate::agents::snapshot::AgentRecord;
 
-/// One [`WriteBatch`](super::WriteBatch) as its dialect writes it, in one transaction.
-pub struct Round<'a> {
+/// Its payload.
+pub fn revived_payload() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"reason": "seen after the sweep"}))
+        .expect("a literal serializes")
+}
+
+/// A [`WriteBatch`] encoded as its dialect writes it, in one transaction: agents sorted by
+/// uid (one lock order for every writer), the last snapshot of an agent winning if the batch
+/// holds several; liveness updates likewise.
+pub struct BatchColumns<'a> {
     /// The writes happen only while these leases are held (none: unfenced).
     pub fence: Option<&'a Fence>,
     pub agents: AgentColumns,
@@ -20,10 +31,31 @@ pub struct Round<'a> {
     pub seen: SeenColumns,
 }
 
-/// Written as the details of an agent whose details are current: the upsert keeps the stored
-/// ones instead. The details encoder never writes it (it writes every field), and should the
-/// row be missing after all, it is inserted as valid empty details.
-pub const KEEP_DETAILS: &[u8] = b"{}";
+impl<'a> BatchColumns<'a> {
+    pub fn new(batch: &'a WriteBatch<'_>, gzip_threshold: usize) -> BatchColumns<'a> {
+        let agents: Vec<&AgentRecord> = batch
+            .agents
+            .iter()
+            .map(|record| (record.head.instance_uid, *record))
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
+            .collect();
+        let seen: Vec<&SeenUpdate> = batch
+            .seen
+            .iter()
+            .map(|seen| (seen.instance_uid, seen))
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
+            .collect();
+        BatchColumns {
+            fence: batch.fence.as_ref(),
+            agents: AgentColumns::new(&agents, &batch.details_current, gzip_threshold),
+            attributes: AttributeColumns::new(&agents, &batch.attributes_current),
+            events: EventColumns::new(&batch.events, gzip_threshold),
+            seen: SeenColumns::new(&seen),
+        }
+    }
+}
 
 /// Rows of `agents`, in the order of their columns in the table.
 #[derive(Debug, Default)]
@@ -39,12 +71,13 @@ pub struct AgentColumns {
     pub first_seen: Vec<i64>,
     pub last_seen: Vec<i64>,
     pub summary: Vec<String>,
-    pub details: Vec<Vec<u8>>,
-    pub details_encoding: Vec<&'static str>,
+    /// `None`: the stored details are current and stay as they are.
+    pub details: Vec<Option<Vec<u8>>>,
+    pub details_encoding: Vec<Option<&'static str>>,
 }
 
 impl AgentColumns {
-    /// The rows of `records`; those in `details_current` carry [`KEEP_DETAILS`], which spares
+    /// The rows of `records`; those in `details_current` carry no details, which spares
     /// encoding (and rewriting) large details whenever only the head changed.
     pub fn new(
         records: &[&AgentRecord],
@@ -55,9 +88,10 @@ impl AgentColumns {
         for record in records {
             let head = &record.head;
             let (details, details_encoding) = if details_current.contains(&head.instance_uid) {
-                (KEEP_DETAILS.to_vec(), encoding::JSON)
+                (None, None)
             } else {
-                encoding::encode(&record.details, gzip_threshold)
+                let (details, details_encoding) = encoding::encode(&record.details, gzip_threshold);
+                (Some(details), Some(details_encoding))
             };
             columns.instance_uid.push(head.instance_uid);
             columns.status.push(head.status.as_str());
@@ -94,6 +128,42 @@ pub struct EventColumns {
 }
 
 impl EventColumns {
+    /// An `offline` event with payload `{"reason": reason}` for each of `uids`.
+    pub fn offline(
+        uids: &[Uuid],
+        now: OffsetDateTime,
+        reason: &str,
+        gzip_threshold: usize,
+    ) -> EventColumns {
+        let events: Vec<NewEvent> = uids
+            .iter()
+            .map(|uid| NewEvent {
+                instance_uid: *uid,
+                at: now,
+                kind: EventKind::Offline.as_str(),
+                payload: event_payload(&serde_json::json!({ "reason": reason })),
+            })
+            .collect();
+        EventColumns::new(&events, gzip_threshold)
+    }
+
+    /// A `connected` event for each agent of `revived` (uid, when seen in Unix
+    /// microseconds), in uid order.
+    pub fn revived(revived: &[(Uuid, i64)], gzip_threshold: usize) -> EventColumns {
+        let mut revived = revived.to_vec();
+        revived.sort();
+        let mut columns = EventColumns::default();
+        for (uid, at) in revived {
+            let (payload, payload_encoding) = encoding::compress(revived_payload(), gzip_threshold);
+            columns.instance_uid.push(uid);
+            columns.at.push(at);
+            columns.kind.push(EventKind::Connected.as_str());
+            columns.payload.push(payload);
+            columns.payload_encoding.push(payload_encoding);
+        }
+        columns
+    }
+
     pub fn new(events: &[NewEvent], gzip_threshold: usize) -> EventColumns {
         let mut columns = EventColumns::default();
         for event in events {

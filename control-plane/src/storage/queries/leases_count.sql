@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM partition_leases WHERE partition < $1

@@ -1,0 +1,1 @@
+UPDATE partition_leases SET owner = '', expires_at = 0 WHERE owner = $1

@@ -1,0 +1,1 @@
+DELETE FROM control_plane_replicas WHERE replica_id = $1

@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM control_plane_replicas
