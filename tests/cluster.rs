@@ -302,9 +302,9 @@ async fn restarted_nats_everyone_resyncs() {
     let mut cluster = Cluster::start(options()).await;
     let (fleet, go) = steady(&mut cluster).await;
     cluster.nats[0].stop();
-    // The outage's length is the scenario, not a wait for anything: shorter than the gateway
-    // timeout (3 s here), so agents resync without their gateways being declared lost.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage lasts until every gateway has noticed it: evictions published meanwhile are
+    // lost, and the agents must come back online from their own traffic.
+    gateways_hear_no_control_plane(&cluster).await;
     cluster.nats[0].restart();
     recovers(&mut cluster, fleet, go).await;
 }

@@ -62,7 +62,8 @@ impl Subjects {
         format!("{}.agent.{}", self.prefix, self.partition_of(uid))
     }
 
-    /// Matches every partition of agent traffic (for observers and tests).
+    /// Matches every partition of agent traffic: tests watch what gateways relay.
+    #[cfg(any(test, feature = "testing"))]
     pub fn agent_inbound_all(&self) -> String {
         format!("{}.agent.*", self.prefix)
     }
