@@ -74,6 +74,9 @@ fn closing_brace(chars: &[char], from: usize) -> Option<usize> {
 
 fn check_inner(inner: &str) -> Result<(), String> {
     let reference = format!("${{{inner}}}");
+    if inner.is_empty() {
+        return Err(format!("{reference:?}: the reference is empty"));
+    }
     let Some((scheme, value)) = inner.split_once(':') else {
         return check_variable_name(&reference, inner);
     };

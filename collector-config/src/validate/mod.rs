@@ -58,7 +58,7 @@ fn check_ambiguous_connectors(config: &Config<'_>, problems: &mut Vec<Problem>) 
                         rules::AMBIGUOUS_CONNECTOR_ID,
                         connector.position,
                         format!(
-                            "connectors::{id}: ambiguous id: {id:?} is both a {} and a connector",
+                            "connectors::{id}: ambiguous id: both {} {id:?} and connector {id:?} are defined",
                             kind.noun(),
                             id = connector.id
                         ),
