@@ -24,6 +24,13 @@ pub struct LintRule {
 /// The rules this crate knows, with their defaults. All are warnings: each has legitimate
 /// exceptions (a debug exporter while diagnosing, a collector behind a gateway that batches),
 /// so none blocks publishing until a workspace says so.
+///
+/// `plaintext-endpoint` looks at exporters' `endpoint` (an `http://` URL, or `tls.insecure:
+/// true`) and exempts loopback hosts (`localhost`, `127.0.0.0/8`, `::1`), whose traffic never
+/// leaves the machine (an agent-local sidecar), and `${...}` endpoints, unknown until the agent
+/// resolves them. `secret-literal` flags keys ending in password, passwd, secret, token,
+/// api_key, apikey, authorization, secret_key or private_key (case and `-`/`_` ignored) whose
+/// value is a non-empty literal with no `${...}`.
 pub fn builtin_lint_rules() -> Vec<LintRule> {
     let rule = |id: &str, message: &str, hint: &str| LintRule {
         id: id.to_string(),
