@@ -288,10 +288,12 @@ fn draw_connector_links(out: &mut String, graph: &Graph, lanes: &[Lane], columns
     ];
     for (index, connector) in graph.connectors.iter().enumerate() {
         let color = PALETTE[index % PALETTE.len()];
-        // Each connector its own track in the gutter, so parallel links stay apart.
+        // Each connector its own track in the gutter, clear of the lanes' right edge, so
+        // parallel links stay apart.
         let track = columns.exporters_x()
             + columns.exporter_width
             + COLUMN_GAP / 2.0
+            + 8.0
             + 6.0 * (index % 8) as f64;
         let _ = write!(
             out,
