@@ -212,6 +212,22 @@ pub struct ControlPlaneOptions {
     /// An API request (head, body and answer) not complete within this is cut.
     #[arg(long, env = "AMPORA_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub api_request_timeout: Duration,
+    /// Offered to agents that report heartbeats (OpAMP connection settings), in whole
+    /// seconds; unset leaves agents at their own interval.
+    #[arg(long, env = "AMPORA_AGENT_HEARTBEAT_INTERVAL", value_parser = heartbeat_interval)]
+    pub agent_heartbeat_interval: Option<Duration>,
+    /// How often a replica checks it has the newest assignments, should an announcement be lost.
+    #[arg(long, env = "AMPORA_ASSIGNMENT_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub assignment_check_interval: Duration,
+}
+
+/// OpAMP carries heartbeat intervals in whole seconds, and 0 would turn heartbeats off.
+fn heartbeat_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval.as_secs() == 0 || interval.subsec_nanos() != 0 {
+        return Err("must be a whole number of seconds, at least 1s".into());
+    }
+    Ok(interval)
 }
 
 /// Reads `AMPORA_CONFIG` (a file of `KEY=value` lines) into the environment without overriding

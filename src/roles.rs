@@ -193,6 +193,8 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         heartbeat_interval: options.control_plane_heartbeat_interval,
         gateway_timeout: options.gateway_timeout,
         api_request_timeout: options.api_request_timeout,
+        agent_heartbeat_interval: options.agent_heartbeat_interval,
+        assignment_check_interval: options.assignment_check_interval,
         ..defaults
     }
 }

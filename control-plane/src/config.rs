@@ -38,6 +38,12 @@ pub struct ControlPlaneConfig {
     pub gateway_timeout: Duration,
     /// An API request (head, body and answer) not complete within this is cut.
     pub api_request_timeout: Duration,
+    /// Offered to agents that report heartbeats, in OpAMP connection settings; `None` leaves
+    /// them at their own (the specification's default is 30 s).
+    pub agent_heartbeat_interval: Option<Duration>,
+    /// How often a replica checks that it has the newest assignments, should an announcement
+    /// be lost.
+    pub assignment_check_interval: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -58,6 +64,8 @@ impl Default for ControlPlaneConfig {
             heartbeat_interval: Duration::from_secs(1),
             gateway_timeout: Duration::from_secs(10),
             api_request_timeout: Duration::from_secs(30),
+            agent_heartbeat_interval: None,
+            assignment_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -73,6 +81,7 @@ impl ControlPlaneConfig {
             lease_renew_interval: Duration::from_millis(500),
             heartbeat_interval: Duration::from_millis(250),
             gateway_timeout: Duration::from_secs(2),
+            assignment_check_interval: Duration::from_millis(500),
             ..Self::default()
         }
     }

@@ -5,14 +5,21 @@
 //!   applies one OpAMP message to an agent (state compression, sequence gaps, history events).
 //! - [`ingest`]: bus consumer → partition workers (one writer per agent) → batched commits →
 //!   replies to the gateway holding the agent; plus the heartbeat-timeout sweeper.
+//! - [`configurations`]: authoring — drafts, validation and lint, publishing, diffs.
+//! - [`assignments`]: which published version each agent should run, and the in-memory set
+//!   every replica resolves agents against.
+//! - [`remote_config`]: per agent, when to offer its config, what it answered, and drift.
 //! - [`storage`]: the [`storage::Store`] trait and its PostgreSQL and SQLite implementations.
 //! - [`api`]: the operator REST API and health endpoints (axum).
 //! - [`config`]: settings and defaults.
 
 pub mod agents;
 pub mod api;
+pub mod assignments;
 pub mod config;
+pub mod configurations;
 pub mod ingest;
+pub mod remote_config;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -24,6 +31,7 @@ use ampora_shared::bus::Bus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use assignments::AssignmentWatch;
 use config::ControlPlaneConfig;
 use ingest::Readiness;
 use storage::Store;
@@ -40,14 +48,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let request_timeout = config.api_request_timeout;
+    let assignments = AssignmentWatch::default();
+    let state = api::ApiState {
+        store: store.clone(),
+        readiness: readiness.clone(),
+        bus: bus.clone(),
+        subjects: config.subjects.clone(),
+        assignments: assignments.clone(),
+    };
     let ingest = tokio::spawn(ingest::run(
         bus,
-        store.clone(),
+        store,
         config,
-        readiness.clone(),
+        assignments,
+        readiness,
         cancel.clone(),
     ));
-    let router = api::app(api::ApiState { store, readiness }, request_timeout);
+    let router = api::app(state, request_timeout);
     let serve_cancel = cancel.clone();
     api::serve(listener, router, request_timeout, async move {
         tokio::select! {

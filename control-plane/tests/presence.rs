@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ampora_control_plane::agents::snapshot::AgentStatus;
+use ampora_control_plane::assignments::AssignmentWatch;
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::{self, Readiness};
 use ampora_control_plane::storage::{self, EventQuery, Store, StoreOptions};
@@ -99,6 +100,7 @@ async fn a_lost_eviction_does_not_keep_a_live_agent_offline(url: String) {
         bus.clone(),
         store.clone(),
         config,
+        AssignmentWatch::default(),
         readiness.clone(),
         shutdown.clone(),
     ));

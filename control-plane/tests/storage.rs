@@ -9,6 +9,7 @@ use ampora_control_plane::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Health,
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
+use ampora_control_plane::remote_config::ConfigTrack;
 use ampora_control_plane::storage::{
     self, AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, SeenUpdate, Store,
     StoreError, StoreOptions, WriteBatch,
@@ -102,6 +103,7 @@ fn record(uid: Uuid, environment: &str, seen: i64) -> AgentRecord {
             }),
             available_components: Some(json!({"hash": "01", "components": {}})),
         },
+        config: ConfigTrack::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `{prefix}.gateway.{gateway_id}`: control-plane → the one gateway holding a connection.
 //! - `{prefix}.heartbeat.gateway` / `{prefix}.heartbeat.control-plane`: liveness, every second.
 //! - `{prefix}.evictions`: control-plane → control-planes, agents changed by a sweep.
+//! - `{prefix}.assignments`: control-plane → control-planes, a new assignment was made.
 
 use uuid::Uuid;
 
@@ -83,6 +84,10 @@ impl Subjects {
 
     pub fn control_plane_heartbeat(&self) -> String {
         format!("{}.heartbeat.control-plane", self.prefix)
+    }
+
+    pub fn assignments(&self) -> String {
+        format!("{}.assignments", self.prefix)
     }
 
     pub fn evictions(&self) -> String {

@@ -17,6 +17,8 @@ pub enum EventKind {
     EffectiveConfig,
     PackageStatuses,
     AvailableComponents,
+    /// The server offered the agent a remote config (payload: hash, version, configuration_id).
+    ConfigOffered,
 }
 
 impl EventKind {
@@ -33,6 +35,7 @@ impl EventKind {
             EventKind::EffectiveConfig => "effective_config",
             EventKind::PackageStatuses => "package_statuses",
             EventKind::AvailableComponents => "available_components",
+            EventKind::ConfigOffered => "config_offered",
         }
     }
 

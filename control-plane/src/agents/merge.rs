@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::remote_config::ConfigTrack;
+
 use super::capabilities::{agent_capability_names, is_full_state_report};
 use super::convert;
 use super::history::EventKind;
@@ -87,6 +89,7 @@ pub fn new_record(instance_uid: Uuid, origin: &Origin) -> AgentRecord {
             summary: AgentSummary::default(),
         },
         details: AgentDetails::default(),
+        config: ConfigTrack::default(),
     }
 }
 

@@ -12,6 +12,8 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::remote_config::ConfigTrack;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
@@ -216,6 +218,27 @@ pub struct AgentDetails {
     pub available_components: Option<serde_json::Value>,
 }
 
+impl AgentSummary {
+    /// Every (key, value) pair of both attribute maps, sorted, without duplicates: what the
+    /// `attr=key=value` filter and assignment selectors compare with. Strings are compared as
+    /// they are, other values as their JSON text.
+    pub fn attribute_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .identifying_attributes
+            .to_map()
+            .into_iter()
+            .chain(self.non_identifying_attributes.to_map())
+            .map(|(key, value)| match value {
+                serde_json::Value::String(text) => (key, text),
+                other => (key, other.to_string()),
+            })
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+}
+
 /// Identity, liveness and summary of one agent: a row of the fleet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentHead {
@@ -238,6 +261,8 @@ pub struct AgentHead {
 pub struct AgentRecord {
     pub head: AgentHead,
     pub details: AgentDetails,
+    /// What the server keeps of the agent's answers to the configs it was offered.
+    pub config: ConfigTrack,
 }
 
 #[cfg(test)]
@@ -280,6 +305,29 @@ mod tests {
         assert_eq!(
             read.identifying_attributes.to_map()["service.name"],
             "collector"
+        );
+    }
+
+    #[test]
+    fn attribute_pairs_are_text_and_unique() {
+        let summary = AgentSummary {
+            identifying_attributes: Attributes::from_iter([
+                ("service.name".into(), json!("a")),
+                ("n".into(), json!(3)),
+            ]),
+            non_identifying_attributes: Attributes::from_iter([
+                ("service.name".into(), json!("a")),
+                ("ok".into(), json!(true)),
+            ]),
+            ..AgentSummary::default()
+        };
+        assert_eq!(
+            summary.attribute_pairs(),
+            [
+                ("n".into(), "3".into()),
+                ("ok".into(), "true".into()),
+                ("service.name".into(), "a".into())
+            ]
         );
     }
 }

@@ -1,8 +1,6 @@
 //! `/api/v1/agents`: the fleet, one agent, and its history.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
-use std::str::FromStr;
 
 use axum::extract::State;
 use axum::Json;
@@ -12,39 +10,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::extract::{Path, Query};
+use super::paging::{next_page_token, page_token, Limit};
 use super::{ApiError, ApiState};
 use crate::agents::capabilities::agent_capability_names;
 use crate::agents::snapshot::{
     AgentHead, AgentRecord, AgentStatus, Attributes, ConfigFile, Health, PackageStatuses,
     RemoteConfigStatus, Transport,
 };
+use crate::remote_config::drift::{AgentConfig, Drift, DriftState};
+use crate::remote_config::effective_hash;
 use crate::storage::{AgentEvent, AgentQuery, EventQuery};
-
-const MAX_LIMIT: u32 = 1000;
-
-// === query parameters ===
-
-/// `limit`: a page's size, 1 to [`MAX_LIMIT`], 100 when absent.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Limit(u32);
-
-impl Default for Limit {
-    fn default() -> Self {
-        Limit(100)
-    }
-}
-
-impl TryFrom<String> for Limit {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        match text.parse::<u32>() {
-            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(Limit(limit)),
-            _ => Err(format!("limit must be a number from 1 to {MAX_LIMIT}")),
-        }
-    }
-}
 
 /// `attr=key=value`: the agent has attribute `key` (identifying or not) with this value.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -66,21 +41,6 @@ impl TryFrom<String> for AttributeFilter {
             value: value.to_owned(),
         })
     }
-}
-
-/// `page_token`: where the previous page ended; empty or absent for the first page.
-fn page_token<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-{
-    let text = String::deserialize(deserializer)?;
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse()
-        .map(Some)
-        .map_err(|_| D::Error::custom("bad page_token"))
 }
 
 /// `status`: `online` or `offline`; present but empty is a mistake, not "any".
@@ -117,7 +77,7 @@ impl From<AgentsListQuery> for AgentQuery {
                 .into_iter()
                 .map(|filter| (filter.name, filter.value))
                 .collect(),
-            limit: query.limit.0,
+            limit: query.limit.get(),
             after: query.page_token,
         }
     }
@@ -136,7 +96,7 @@ pub struct EventsListQuery {
 impl From<EventsListQuery> for EventQuery {
     fn from(query: EventsListQuery) -> Self {
         EventQuery {
-            limit: query.limit.0,
+            limit: query.limit.get(),
             before: query.page_token,
         }
     }
@@ -190,7 +150,7 @@ impl From<AgentHead> for AgentView {
     }
 }
 
-/// One agent in full: its listing row and what it reported at length.
+/// One agent in full: its listing row, what it reported at length, and its config drift.
 #[derive(Debug, Serialize)]
 pub struct AgentDetailView {
     #[serde(flatten)]
@@ -198,6 +158,14 @@ pub struct AgentDetailView {
     effective_config: Option<EffectiveConfigView>,
     package_statuses: Option<PackageStatuses>,
     available_components: Option<serde_json::Value>,
+    /// The hash of the version assigned to the agent (lowercase hex), if any.
+    assigned_config_hash: Option<String>,
+    /// SHA-256 of the effective config the agent reports (of the one file's body).
+    effective_config_hash: Option<String>,
+    /// The last hash the agent reported APPLIED for.
+    applied_config_hash: Option<String>,
+    /// `null` when nothing is assigned.
+    drift: Option<Drift>,
 }
 
 /// The config the agent runs, file name → file.
@@ -206,9 +174,21 @@ pub struct EffectiveConfigView {
     files: BTreeMap<String, ConfigFile>,
 }
 
-impl From<AgentRecord> for AgentDetailView {
-    fn from(record: AgentRecord) -> Self {
+impl AgentDetailView {
+    fn new(record: AgentRecord, config: Option<(AgentConfig, Option<DriftState>)>) -> Self {
         let details = record.details;
+        let effective_config_hash = details
+            .effective_config
+            .as_ref()
+            .and_then(|files| effective_hash(files));
+        let (assigned_config_hash, drift) = match &config {
+            Some((config, Some(state))) => (
+                config.assigned.as_ref().map(|a| a.hash.clone()),
+                config.drift(*state),
+            ),
+            Some((config, None)) => (config.assigned.as_ref().map(|a| a.hash.clone()), None),
+            None => (None, None),
+        };
         AgentDetailView {
             agent: record.head.into(),
             effective_config: details
@@ -216,6 +196,10 @@ impl From<AgentRecord> for AgentDetailView {
                 .map(|files| EffectiveConfigView { files }),
             package_statuses: details.package_statuses,
             available_components: details.available_components,
+            assigned_config_hash,
+            effective_config_hash,
+            applied_config_hash: record.config.applied.map(|applied| applied.hash),
+            drift,
         }
     }
 }
@@ -252,13 +236,6 @@ pub struct EventsPage {
     next_page_token: Option<String>,
 }
 
-/// A full page may have a next one, which starts after its last item.
-fn next_page_token<T, K: Display>(page: &[T], limit: u32, key: impl Fn(&T) -> K) -> Option<String> {
-    (page.len() == limit as usize)
-        .then(|| page.last().map(|last| key(last).to_string()))
-        .flatten()
-}
-
 // === handlers ===
 
 pub async fn agents_list(
@@ -284,7 +261,8 @@ pub async fn agent_get(
         .get_agent(instance_uid)
         .await?
         .ok_or_else(|| no_agent(instance_uid))?;
-    Ok(Json(record.into()))
+    let config = state.store.agent_config(instance_uid).await?;
+    Ok(Json(AgentDetailView::new(record, config)))
 }
 
 /// History, newest first.

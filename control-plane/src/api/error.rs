@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Json};
 use serde::Serialize;
 
+use ampora_collector_config::Problem;
+
+use crate::configurations::ConfigurationError;
 use crate::storage::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +19,18 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A write guarded by a row version that is no longer current: the body names the current
+    /// one, so the client can reload and merge.
+    #[error("{message}")]
+    Stale { message: String, current: i64 },
+    /// Input well-formed but refused for what it says: the body lists the problems.
+    #[error("{message}")]
+    Refused {
+        message: String,
+        problems: Vec<Problem>,
+    },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("storage unavailable: {0}")]
@@ -29,6 +44,8 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) | ApiError::Stale { .. } => StatusCode::CONFLICT,
+            ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -40,8 +57,32 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(e) => ApiError::Unavailable(e.to_string()),
+            StoreError::Duplicate(what) => ApiError::Conflict(format!("already exists: {what}")),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<ConfigurationError> for ApiError {
+    fn from(error: ConfigurationError) -> Self {
+        let message = error.to_string();
+        match error {
+            ConfigurationError::NotFound(_) | ConfigurationError::NoVersion { .. } => {
+                ApiError::NotFound(message)
+            }
+            ConfigurationError::Stale { current } => ApiError::Stale { message, current },
+            ConfigurationError::Duplicate(_) => ApiError::Conflict(message),
+            ConfigurationError::Invalid(_) => ApiError::Invalid(message),
+            ConfigurationError::Refused(problems) => ApiError::Refused { message, problems },
+            ConfigurationError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A JSON body that is not what the endpoint takes (not JSON, wrong fields, wrong type).
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::Invalid(rejection.body_text())
     }
 }
 
@@ -63,14 +104,24 @@ impl From<axum_extra::extract::QueryRejection> for ApiError {
     }
 }
 
-/// The body of every API error.
-#[derive(Serialize)]
+/// The body of every API error: the message, and for some errors what the client needs to
+/// act on it.
+#[derive(Serialize, Default)]
 struct ErrorBody<'a> {
     error: &'a str,
+    /// The current row version, when the client's was stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row_version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problems: Option<&'a [Problem]>,
 }
 
 fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(ErrorBody { error: message })).into_response()
+    let body = ErrorBody {
+        error: message,
+        ..ErrorBody::default()
+    };
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -79,7 +130,24 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "API request failed");
         }
-        error_response(status, &self.to_string())
+        let message = self.to_string();
+        let body = match &self {
+            ApiError::Stale { current, .. } => ErrorBody {
+                error: &message,
+                row_version: Some(*current),
+                problems: None,
+            },
+            ApiError::Refused { problems, .. } => ErrorBody {
+                error: &message,
+                row_version: None,
+                problems: Some(problems),
+            },
+            _ => ErrorBody {
+                error: &message,
+                ..ErrorBody::default()
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 

@@ -1,7 +1,7 @@
 //! axum's extractors with their rejections turned into [`ApiError`], so a request the
 //! framework refuses gets the same `{"error": ...}` as one the handler refuses.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts};
 
 use super::ApiError;
 
@@ -15,3 +15,8 @@ pub struct Path<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum_extra::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// A JSON body; one that is not JSON, or not the endpoint's shape, is a 400.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);

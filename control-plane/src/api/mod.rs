@@ -6,8 +6,12 @@
 //! framework's own refusals.
 
 mod agents;
+mod assignments;
+mod configurations;
+mod drift;
 mod error;
 mod extract;
+mod paging;
 #[cfg(test)]
 mod tests;
 
@@ -15,10 +19,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ampora_shared::bus::Bus;
+use ampora_shared::subjects::Subjects;
 use ampora_shared::{http1, telemetry};
 use axum::extract::{Request, State};
 use axum::http::{Extensions, HeaderName, StatusCode};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -30,13 +36,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::assignments::AssignmentWatch;
 use crate::ingest::Readiness;
 use crate::storage::Store;
 
 pub use error::ApiError;
 
-/// Largest request body; the API takes its input in paths and query strings.
-const MAX_REQUEST_BODY: usize = 1 << 20;
+/// Largest request body: room for the largest configuration, JSON-escaped.
+const MAX_REQUEST_BODY: usize = 2 << 20;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -44,6 +51,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub readiness: Readiness,
+    /// Announces new assignments to every replica.
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    /// This replica's assignment set, reloaded at once after an assignment made here.
+    pub assignments: AssignmentWatch,
 }
 
 /// The API's routes and layers. A request not complete (head, body and answer) within
@@ -80,6 +92,46 @@ pub fn app(state: ApiState, request_timeout: Duration) -> Router {
             "/api/v1/agents/{instance_uid}/events",
             get(agents::agent_events_list),
         )
+        .route(
+            "/api/v1/configurations",
+            get(configurations::configurations_list).post(configurations::configuration_create),
+        )
+        .route(
+            "/api/v1/configurations/{id}",
+            get(configurations::configuration_get),
+        )
+        .route(
+            "/api/v1/configurations/{id}/draft",
+            put(configurations::draft_put),
+        )
+        .route(
+            "/api/v1/configurations/{id}/validate",
+            post(configurations::configuration_validate),
+        )
+        .route(
+            "/api/v1/configurations/{id}/publish",
+            post(configurations::configuration_publish),
+        )
+        .route(
+            "/api/v1/configurations/{id}/versions/{version}",
+            get(configurations::version_get),
+        )
+        .route(
+            "/api/v1/configurations/{id}/versions/{version}/swimlane.svg",
+            get(configurations::swimlane_get),
+        )
+        .route(
+            "/api/v1/configurations/{id}/diff",
+            get(configurations::diff_get),
+        )
+        .route("/api/v1/validate", post(configurations::validate_post))
+        .route("/api/v1/lint-rules", get(configurations::lint_rules_list))
+        .route(
+            "/api/v1/lint-rules/{id}",
+            put(configurations::lint_rule_put),
+        )
+        .route("/api/v1/assignments", post(assignments::assignment_create))
+        .route("/api/v1/drift", get(drift::drift_get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::metrics_get))

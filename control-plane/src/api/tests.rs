@@ -18,7 +18,9 @@ use crate::agents::merge::event_payload;
 use crate::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Transport,
 };
+use crate::remote_config::ConfigTrack;
 use crate::storage::{self, NewEvent, StoreOptions, WriteBatch};
+use ampora_shared::bus::InProcessBus;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,6 +31,9 @@ async fn state() -> ApiState {
     ApiState {
         store,
         readiness: Readiness::default(),
+        bus: Arc::new(InProcessBus::default()),
+        subjects: Subjects::default(),
+        assignments: AssignmentWatch::default(),
     }
 }
 
@@ -67,6 +72,7 @@ fn record(uid: Uuid, attributes: &[(&str, &str)]) -> AgentRecord {
             ),
             ..AgentDetails::default()
         },
+        config: ConfigTrack::default(),
     }
 }
 

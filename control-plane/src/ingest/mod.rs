@@ -7,7 +7,9 @@
 //! lease (paused, partitioned) cannot overwrite the new owner's work.
 //!
 //! Beside ingest run the sweeps ([`presence`]): silent HTTP agents and the WebSocket agents of
-//! dead gateways go offline, and every replica is told to forget its cached copies.
+//! dead gateways go offline, and every replica is told to forget its cached copies. The
+//! assignment set is kept current too: when it changes, each worker resolves its agents again
+//! and offers the WebSocket ones their new config at once.
 
 mod ownership;
 mod presence;
@@ -21,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::assignments::AssignmentWatch;
 use crate::config::ControlPlaneConfig;
 use crate::storage::Store;
 use ownership::Ownership;
@@ -83,10 +86,15 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
     config: ControlPlaneConfig,
+    assignments: AssignmentWatch,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Agents are resolved against the assignments from their first message on.
+    if let Err(error) = assignments.refresh(store.as_ref()).await {
+        tracing::warn!(%error, "cannot load assignments; retrying in the background");
+    }
     let ownership = Arc::new(Ownership::new(config.clone()));
     let mut workers = JoinSet::new();
     let senders: Vec<mpsc::Sender<WorkItem>> = (0..config.workers.max(1))
@@ -98,6 +106,7 @@ pub async fn run(
                 bus.clone(),
                 config.clone(),
                 ownership.clone(),
+                assignments.clone(),
             );
             workers.spawn(worker.run(receiver));
             sender
@@ -130,6 +139,13 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    background.spawn(assignments.clone().keep_current(
+        store.clone(),
+        bus.clone(),
+        config.subjects.assignments(),
+        config.assignment_check_interval,
+        shutdown.clone(),
+    ));
     background.spawn(presence::announce_alive(
         bus.clone(),
         config.clone(),

@@ -11,7 +11,8 @@ use ampora_shared::pb::bus::{
     agent_envelope::Event, AgentEnvelope, GatewayDelivery, Transport as WireTransport,
 };
 use ampora_shared::pb::opamp::{
-    AgentIdentification, AgentToServer, AgentToServerFlags, ServerErrorResponseType, ServerToAgent,
+    AgentCapabilities, AgentIdentification, AgentRemoteConfig, AgentToServer, AgentToServerFlags,
+    ConnectionSettingsOffers, OpAmpConnectionSettings, ServerErrorResponseType, ServerToAgent,
 };
 use ampora_shared::{server_error, uid};
 use bytes::Bytes;
@@ -24,11 +25,15 @@ use uuid::Uuid;
 use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
 use crate::agents::history::EventKind;
+use crate::agents::merge::event_payload;
 use crate::agents::merge::{
     apply_connection_closed, apply_message, new_record, EventPayload, Origin,
 };
-use crate::agents::snapshot::{AgentRecord, AgentStatus, Transport};
+use crate::agents::snapshot::{AgentRecord, AgentStatus, RemoteConfigStatus, Transport};
+use crate::assignments::{Assignment, AssignmentWatch};
 use crate::config::ControlPlaneConfig;
+use crate::remote_config::drift::AgentConfig;
+use crate::remote_config::{self, Report};
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
 
 pub enum WorkItem {
@@ -60,7 +65,11 @@ pub struct Worker {
     assigned: HashMap<Uuid, Uuid>,
     /// Heartbeat-only liveness not yet written.
     pending_seen: HashMap<Uuid, SeenUpdate>,
+    assignments: AssignmentWatch,
+    /// Per cached agent: its assignment and what it was offered.
+    configs: HashMap<Uuid, ConfigView>,
     applied_changes: Counter,
+    config_offers: Counter,
     applied_heartbeats: Counter,
 }
 
@@ -77,6 +86,8 @@ struct Uncommitted {
     /// components. The others' details stay as stored.
     detailed: HashSet<Uuid>,
     events: Vec<NewEvent>,
+    /// Agents' config rows to write.
+    configs: Vec<AgentConfig>,
     replies: Vec<Reply>,
     /// Agents of the round the cache did not hold, as stored when the round began, read in one
     /// query rather than one per agent. An agent missing here was not read (the query failed).
@@ -103,6 +114,89 @@ struct Reply {
     message: ServerToAgent,
 }
 
+/// What one message told that bears on the agent's remote config.
+struct Heard<'a> {
+    /// The stored status before the message, when it carried one.
+    status_before: Option<&'a RemoteConfigStatus>,
+    carried_status: bool,
+    effective_changed: bool,
+    new_connection: bool,
+    described: bool,
+    at: OffsetDateTime,
+}
+
+/// What the worker knows of one agent's remote config beyond its record.
+#[derive(Default)]
+struct ConfigView {
+    /// The newest assignment id of the set the agent was last resolved against (`None`: not
+    /// yet resolved since it entered the cache).
+    resolved_against: Option<i64>,
+    assignment: Option<Arc<Assignment>>,
+    offered: Option<Offered>,
+}
+
+/// An offer made, and what the agent had reported when it was made: the same hash is not
+/// offered again while the agent reports the same on the same connection.
+struct Offered {
+    hash: String,
+    status: Option<RemoteConfigStatus>,
+    gateway_id: String,
+    connection_id: u64,
+}
+
+impl ConfigView {
+    /// Resolves the agent against `set` unless it already was (and its description has not
+    /// changed); returns whether its assignment changed.
+    fn resolve(
+        &mut self,
+        set: &crate::assignments::AssignmentSet,
+        record: &AgentRecord,
+        described: bool,
+    ) -> bool {
+        let first = self.resolved_against.is_none();
+        if !first && !described && self.resolved_against == Some(set.newest_id()) {
+            return false;
+        }
+        let resolved = set.resolve(
+            &record.head.instance_uid,
+            &record.head.summary.attribute_pairs(),
+        );
+        let id = |assignment: &Option<Arc<Assignment>>| assignment.as_ref().map(|a| a.id);
+        let changed = id(&resolved) != id(&self.assignment) || (first && resolved.is_some());
+        self.assignment = resolved;
+        self.resolved_against = Some(set.newest_id());
+        changed
+    }
+
+    /// The config to offer the agent now, if any: its assignment, when it wants it and has
+    /// not been offered it already on this connection with nothing reported since.
+    fn offer(&mut self, record: &AgentRecord) -> Option<Arc<Assignment>> {
+        let assignment = self.assignment.as_ref()?;
+        let head = &record.head;
+        let status = head.summary.remote_config_status.as_ref();
+        if !remote_config::wants(head.capabilities, status, &record.config, assignment) {
+            return None;
+        }
+        let repeated = self.offered.as_ref().is_some_and(|offered| {
+            offered.hash == assignment.hash
+                && offered.status.as_ref() == status
+                && (head.transport == Transport::Http
+                    || (offered.gateway_id == head.gateway_id
+                        && offered.connection_id == head.connection_id))
+        });
+        if repeated {
+            return None;
+        }
+        self.offered = Some(Offered {
+            hash: assignment.hash.clone(),
+            status: status.cloned(),
+            gateway_id: head.gateway_id.clone(),
+            connection_id: head.connection_id,
+        });
+        Some(assignment.clone())
+    }
+}
+
 impl Worker {
     pub fn new(
         index: usize,
@@ -110,6 +204,7 @@ impl Worker {
         bus: Arc<dyn Bus>,
         config: Arc<ControlPlaneConfig>,
         ownership: Arc<Ownership>,
+        assignments: AssignmentWatch,
     ) -> Self {
         Self {
             index,
@@ -121,6 +216,9 @@ impl Worker {
             last_applied: HashMap::new(),
             assigned: HashMap::new(),
             pending_seen: HashMap::new(),
+            assignments,
+            configs: HashMap::new(),
+            config_offers: metrics::counter!("ampora_control_plane_config_offers_total"),
             applied_changes: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "change"),
             applied_heartbeats: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "heartbeat"),
         }
@@ -130,6 +228,7 @@ impl Worker {
         let mut flush = tokio::time::interval(self.config.seen_flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_round = tokio::time::Instant::now();
+        let mut assignments = self.assignments.subscribe();
         loop {
             let first = tokio::select! {
                 item = receiver.recv() => match item {
@@ -141,6 +240,11 @@ impl Worker {
                     // An assignment matters while its uid is online (cached) on the connection
                     // that asked; one whose uid left the cache is done.
                     self.assigned.retain(|_, assigned| self.cache.contains_key(assigned));
+                    self.configs.retain(|uid, _| self.cache.contains_key(uid));
+                    continue;
+                }
+                Ok(()) = assignments.changed() => {
+                    self.follow_assignments().await;
                     continue;
                 }
             };
@@ -206,6 +310,7 @@ impl Worker {
                 self.last_applied.retain(|uid, _| !released(uid));
                 self.assigned.retain(|asker, _| !released(asker));
                 self.pending_seen.retain(|uid, _| !released(uid));
+                self.configs.retain(|uid, _| !released(uid));
             }
         }
     }
@@ -348,6 +453,10 @@ impl Worker {
                 ));
             }
         };
+        let status_before = message
+            .remote_config_status
+            .as_ref()
+            .and_then(|_| record.head.summary.remote_config_status.clone());
         let mut outcome = apply_message(&mut record, known, message, origin);
         round
             .partitions
@@ -358,14 +467,26 @@ impl Worker {
         } else {
             self.applied_heartbeats.increment(1);
         }
-        if !known
-            || outcome
-                .events
-                .iter()
-                .any(|(kind, _)| *kind == EventKind::Description)
-        {
+        let described = outcome
+            .events
+            .iter()
+            .any(|(kind, _)| *kind == EventKind::Description);
+        if !known || described {
             round.described.insert(target);
         }
+        let effective_changed = outcome
+            .events
+            .iter()
+            .any(|(kind, _)| *kind == EventKind::EffectiveConfig);
+        let heard = Heard {
+            status_before: status_before.as_ref(),
+            carried_status: message.remote_config_status.is_some(),
+            effective_changed,
+            new_connection: outcome.new_connection,
+            described,
+            at: origin.received_at,
+        };
+        let remote_config = self.follow_config(&mut record, &heard, round);
         if !known || outcome.details_changed() {
             round.detailed.insert(target);
         }
@@ -386,10 +507,14 @@ impl Worker {
                 },
             );
         }
+        let connection_settings = (outcome.new_connection || outcome.report_full_state)
+            .then(|| self.connection_settings(&record))
+            .flatten();
         let answer = origin.transport == Transport::Http
             || outcome.new_connection
             || outcome.flags() != 0
-            || requested_uid;
+            || requested_uid
+            || remote_config.is_some();
         if requested_uid {
             tracing::info!(old_instance_uid = %uid, instance_uid = %target, "assigned a new instance uid");
             if origin.transport == Transport::Websocket {
@@ -411,6 +536,117 @@ impl Worker {
             capabilities: SERVER_CAPABILITIES,
             agent_identification: requested_uid.then(|| AgentIdentification {
                 new_instance_uid: Bytes::copy_from_slice(target.as_bytes()),
+            }),
+            remote_config,
+            connection_settings,
+            ..Default::default()
+        })
+    }
+
+    /// Follows an agent's remote config after one of its messages: resolves what it should
+    /// run, takes in what it reported, stages its config row when anything in it changed, and
+    /// returns the config to offer it, if any.
+    fn follow_config(
+        &mut self,
+        record: &mut AgentRecord,
+        heard: &Heard<'_>,
+        round: &mut Uncommitted,
+    ) -> Option<AgentRemoteConfig> {
+        let set = self.assignments.current();
+        let uid = record.head.instance_uid;
+        let view = self.configs.entry(uid).or_default();
+        let assignment_changed = view.resolve(&set, record, heard.described);
+        if heard.new_connection {
+            view.offered = None;
+        }
+        let status_after = record.head.summary.remote_config_status.as_ref();
+        let report = Report {
+            // A message without a status left it as it was.
+            before: if heard.carried_status {
+                heard.status_before
+            } else {
+                status_after
+            },
+            after: status_after,
+            effective_changed: heard.effective_changed,
+            new_connection: heard.new_connection,
+            at: heard.at,
+        };
+        let status_changed = report.before != report.after;
+        let track_changed = record.config.observe(&report, view.assignment.as_deref());
+        if assignment_changed || track_changed || status_changed {
+            round
+                .configs
+                .push(AgentConfig::of(record, view.assignment.as_deref()));
+        }
+        let assignment = view.offer(record)?;
+        round.events.push(offered(uid, &assignment, heard.at));
+        self.config_offers.increment(1);
+        Some(remote_config::offer(&assignment))
+    }
+
+    /// The assignments changed: resolves every cached agent again, writes the config rows of
+    /// those whose assignment changed, and offers it to those connected over WebSocket (HTTP
+    /// agents get it in the reply to their next poll).
+    async fn follow_assignments(&mut self) {
+        let set = self.assignments.current();
+        let mut round = Uncommitted::default();
+        let now = OffsetDateTime::now_utc();
+        for (uid, record) in &self.cache {
+            let view = self.configs.entry(*uid).or_default();
+            if !view.resolve(&set, record, false) {
+                continue;
+            }
+            round
+                .partitions
+                .insert(self.config.subjects.partition_of(uid));
+            round
+                .configs
+                .push(AgentConfig::of(record, view.assignment.as_deref()));
+            if record.head.transport != Transport::Websocket {
+                continue;
+            }
+            if let Some(assignment) = view.offer(record) {
+                round.events.push(offered(*uid, &assignment, now));
+                self.config_offers.increment(1);
+                round.replies.push(Reply {
+                    gateway_id: record.head.gateway_id.clone(),
+                    connection_id: record.head.connection_id,
+                    message: ServerToAgent {
+                        instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+                        capabilities: SERVER_CAPABILITIES,
+                        remote_config: Some(remote_config::offer(&assignment)),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+        if !round.configs.is_empty() {
+            tracing::info!(
+                worker = self.index,
+                agents = round.configs.len(),
+                offers = round.replies.len(),
+                newest_assignment = set.newest_id(),
+                "assignments changed"
+            );
+            self.commit(round).await;
+        }
+    }
+
+    /// The heartbeat interval this server wants, for an agent that reports heartbeats.
+    fn connection_settings(&self, record: &AgentRecord) -> Option<ConnectionSettingsOffers> {
+        let interval = self.config.agent_heartbeat_interval?;
+        let heartbeats = AgentCapabilities::ReportsHeartbeat as u64;
+        if record.head.capabilities & heartbeats == 0 {
+            return None;
+        }
+        let seconds = interval.as_secs().max(1);
+        Some(ConnectionSettingsOffers {
+            // Identifies the offer: the agent reports it back when it applied these settings.
+            hash: Bytes::from(format!("heartbeat={seconds}s").into_bytes()),
+            opamp: Some(OpAmpConnectionSettings {
+                heartbeat_interval_seconds: seconds,
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -493,6 +729,7 @@ impl Worker {
         for uid in uids {
             self.cache.remove(&uid);
             self.last_applied.remove(&uid);
+            self.configs.remove(&uid);
         }
     }
 
@@ -503,10 +740,12 @@ impl Worker {
             described,
             detailed,
             events,
+            configs,
             mut replies,
             loaded: _,
         } = round;
         let touched: Vec<Uuid> = agents.keys().copied().collect();
+        let followed: Vec<Uuid> = configs.iter().map(|config| config.instance_uid).collect();
         // The agents of the round whose stored part `changed` does not name.
         let current = |changed: &HashSet<Uuid>| -> HashSet<Uuid> {
             touched
@@ -528,6 +767,7 @@ impl Worker {
             agents: records,
             events,
             seen: Vec::new(),
+            configs,
             fence: Some(self.ownership.fence(partitions)),
         };
         if !batch.is_empty() {
@@ -545,8 +785,11 @@ impl Worker {
                     .increment(1);
                 tracing::warn!(%error, agents = touched.len(), "commit failed; agents will re-sync");
                 // Forget what was not stored: the next message reloads, sees a sequence gap and
-                // asks the agent for its full state.
+                // asks the agent for its full state, and resolves its assignment again.
                 self.forget(touched);
+                for uid in followed {
+                    self.configs.remove(&uid);
+                }
                 for reply in &mut replies {
                     let uid = uid::from_wire(&reply.message.instance_uid).unwrap_or_default();
                     reply.message = server_error::reply(
@@ -635,6 +878,16 @@ fn payload_digest(payload: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     payload.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The history entry of an offer.
+fn offered(uid: Uuid, assignment: &Assignment, at: OffsetDateTime) -> NewEvent {
+    let payload = serde_json::json!({
+        "hash": assignment.hash,
+        "version": assignment.version,
+        "configuration_id": assignment.configuration_id,
+    });
+    event(uid, at, EventKind::ConfigOffered, event_payload(&payload))
 }
 
 fn event(

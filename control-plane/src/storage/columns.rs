@@ -12,6 +12,7 @@ use super::{Fence, NewEvent, SeenUpdate, WriteBatch};
 use crate::agents::history::EventKind;
 use crate::agents::merge::event_payload;
 use crate::agents::snapshot::AgentRecord;
+use crate::remote_config::drift::AgentConfig;
 
 /// Its payload.
 pub fn revived_payload() -> Vec<u8> {
@@ -29,6 +30,7 @@ pub struct BatchColumns<'a> {
     pub attributes: AttributeColumns,
     pub events: EventColumns,
     pub seen: SeenColumns,
+    pub configs: ConfigColumns,
 }
 
 impl<'a> BatchColumns<'a> {
@@ -53,6 +55,7 @@ impl<'a> BatchColumns<'a> {
             attributes: AttributeColumns::new(&agents, &batch.attributes_current),
             events: EventColumns::new(&batch.events, gzip_threshold),
             seen: SeenColumns::new(&seen),
+            configs: ConfigColumns::new(&batch.configs),
         }
     }
 }
@@ -226,16 +229,85 @@ impl AttributeColumns {
             if current.contains(&uid) {
                 continue;
             }
-            let summary = &record.head.summary;
-            for (key, value) in encoding::attribute_rows(
-                &summary.identifying_attributes,
-                &summary.non_identifying_attributes,
-            ) {
+            for (key, value) in record.head.summary.attribute_pairs() {
                 columns.instance_uid.push(uid);
                 columns.key.push(key);
                 columns.value.push(value);
             }
             columns.agents.push(uid);
+        }
+        columns
+    }
+
+    pub fn len(&self) -> usize {
+        self.instance_uid.len()
+    }
+}
+
+/// Rows of `agent_configs` as ingest writes them, by uid (the last of an agent winning).
+#[derive(Debug, Default)]
+pub struct ConfigColumns {
+    pub instance_uid: Vec<Uuid>,
+    pub assignment_id: Vec<Option<i64>>,
+    pub configuration_id: Vec<Option<i64>>,
+    pub config_version: Vec<Option<i64>>,
+    pub assigned_hash: Vec<Option<String>>,
+    pub assigned_at: Vec<Option<i64>>,
+    pub remote_hash: Vec<Option<String>>,
+    pub remote_state: Vec<Option<String>>,
+    pub applied_hash: Vec<Option<String>>,
+    pub applied_at: Vec<Option<i64>>,
+    pub failed_hash: Vec<Option<String>>,
+    pub failed_assignment_id: Vec<Option<i64>>,
+    pub failed_error: Vec<Option<String>>,
+    pub failed_at: Vec<Option<i64>>,
+    pub out_of_band_at: Vec<Option<i64>>,
+    pub expects_effective: Vec<bool>,
+}
+
+impl ConfigColumns {
+    pub fn new(configs: &[AgentConfig]) -> ConfigColumns {
+        let configs: BTreeMap<Uuid, &AgentConfig> = configs
+            .iter()
+            .map(|config| (config.instance_uid, config))
+            .collect();
+        let mut columns = ConfigColumns::default();
+        for (uid, config) in configs {
+            let assigned = config.assigned.as_ref();
+            let track = &config.track;
+            columns.instance_uid.push(uid);
+            columns
+                .assignment_id
+                .push(assigned.map(|a| a.assignment_id));
+            columns
+                .configuration_id
+                .push(assigned.map(|a| a.configuration_id));
+            columns.config_version.push(assigned.map(|a| a.version));
+            columns.assigned_hash.push(assigned.map(|a| a.hash.clone()));
+            columns
+                .assigned_at
+                .push(assigned.map(|a| encoding::micros(a.at)));
+            columns.remote_hash.push(config.remote_hash.clone());
+            columns.remote_state.push(config.remote_state.clone());
+            columns
+                .applied_hash
+                .push(track.applied.as_ref().map(|a| a.hash.clone()));
+            columns
+                .applied_at
+                .push(track.applied.as_ref().map(|a| encoding::micros(a.at)));
+            let rejected = track.rejected.as_ref();
+            columns.failed_hash.push(rejected.map(|r| r.hash.clone()));
+            columns
+                .failed_assignment_id
+                .push(rejected.map(|r| r.assignment_id));
+            columns.failed_error.push(rejected.map(|r| r.error.clone()));
+            columns
+                .failed_at
+                .push(rejected.map(|r| encoding::micros(r.at)));
+            columns
+                .out_of_band_at
+                .push(track.out_of_band_at.map(encoding::micros));
+            columns.expects_effective.push(track.expects_effective);
         }
         columns
     }

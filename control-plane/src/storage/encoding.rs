@@ -7,7 +7,6 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{Result, StoreError};
-use crate::agents::snapshot::Attributes;
 
 pub const JSON: &str = "json";
 pub const GZIP_JSON: &str = "gzip+json";
@@ -55,30 +54,6 @@ pub fn from_micros(micros: i64) -> Result<OffsetDateTime> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp {micros}: {e}")))
 }
 
-/// The text an `attr=key=value` filter compares with: strings as they are, anything else as JSON.
-pub fn attribute_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Every (key, value) pair of both attribute maps, without duplicates.
-pub fn attribute_rows(
-    identifying: &Attributes,
-    non_identifying: &Attributes,
-) -> Vec<(String, String)> {
-    let mut rows: Vec<(String, String)> = identifying
-        .to_map()
-        .into_iter()
-        .chain(non_identifying.to_map())
-        .map(|(key, value)| (key, attribute_text(&value)))
-        .collect();
-    rows.sort();
-    rows.dedup();
-    rows
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,25 +84,5 @@ mod tests {
         assert_eq!(from_micros(micros(at)).unwrap(), at);
         let before_epoch = OffsetDateTime::from_unix_timestamp_nanos(-1_500).unwrap();
         assert_eq!(micros(before_epoch), -2, "rounds down, never towards zero");
-    }
-
-    #[test]
-    fn attribute_rows_are_text_and_unique() {
-        let identifying = Attributes::from_iter([
-            ("service.name".into(), serde_json::json!("a")),
-            ("n".into(), serde_json::json!(3)),
-        ]);
-        let non_identifying = Attributes::from_iter([
-            ("service.name".into(), serde_json::json!("a")),
-            ("ok".into(), serde_json::json!(true)),
-        ]);
-        assert_eq!(
-            attribute_rows(&identifying, &non_identifying),
-            [
-                ("n".into(), "3".into()),
-                ("ok".into(), "true".into()),
-                ("service.name".into(), "a".into())
-            ]
-        );
     }
 }

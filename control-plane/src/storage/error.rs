@@ -25,6 +25,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("partition lease lost: another replica owns these agents now")]
     Fenced,
+    /// A unique key is taken (e.g. a configuration name in its workspace).
+    #[error("already exists: {0}")]
+    Duplicate(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -37,6 +40,9 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::ColumnNotFound(_)
             | sqlx::Error::ColumnIndexOutOfBounds { .. }
             | sqlx::Error::TypeNotFound { .. } => StoreError::Undecodable(error),
+            sqlx::Error::Database(ref database) if database.is_unique_violation() => {
+                StoreError::Duplicate(database.message().to_owned())
+            }
             other => StoreError::Unavailable(other),
         }
     }

@@ -6,7 +6,9 @@
 //!   dialect sit in its `queries/*.sql`, those both dialects share in `queries/`.
 //! - `model`: rows as read (`sqlx::FromRow`) and how they become domain types.
 //! - `columns`: a [`WriteBatch`] encoded column by column, as both dialects write it.
-//! - `shared`: the statements both run alike, generic over the sqlx database.
+//! - `shared`: the statements both run alike, generic over the sqlx database;
+//!   `configurations` and `assignments` likewise for configurations, lint rules, assignments
+//!   and drift.
 //! - `encoding`: JSON (gzip'd above a threshold), times and counters as stored.
 //! - `error`: [`StoreError`], with `From<sqlx::Error>`.
 //!
@@ -14,7 +16,9 @@
 //! needs no database and no committed offline query data; the shared suite in `tests/storage.rs`
 //! runs every query on both backends instead.
 
+mod assignments;
 mod columns;
+mod configurations;
 mod encoding;
 mod error;
 mod model;
@@ -24,7 +28,7 @@ mod sqlite;
 
 pub use error::StoreError;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +38,8 @@ use uuid::Uuid;
 
 use crate::agents::merge::EventPayload;
 use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
+use crate::assignments::{Assignment, NewAssignment};
+use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
 
 /// A change in an agent's history: one row per change, newest read first.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,13 +98,19 @@ pub struct WriteBatch<'a> {
     pub details_current: HashSet<Uuid>,
     /// Liveness of agents whose snapshot did not change.
     pub seen: Vec<SeenUpdate>,
+    /// Agents' config bookkeeping: the reported side is written as it is; the assigned side
+    /// only over an older assignment (an assignment made meanwhile wins).
+    pub configs: Vec<AgentConfig>,
     /// When set, the batch is written only if `owner` still holds every lease, unexpired.
     pub fence: Option<Fence>,
 }
 
 impl WriteBatch<'_> {
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty() && self.events.is_empty() && self.seen.is_empty()
+        self.agents.is_empty()
+            && self.events.is_empty()
+            && self.seen.is_empty()
+            && self.configs.is_empty()
     }
 }
 
@@ -231,9 +243,170 @@ pub trait LeaseStore: Send + Sync {
     async fn release_replica(&self, replica: &str) -> Result<()>;
 }
 
+/// A configuration as stored: its draft changes, guarded by the row version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Configuration {
+    pub id: i64,
+    pub workspace: String,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub draft: String,
+    pub row_version: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConfiguration {
+    pub workspace: String,
+    pub name: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    pub draft: String,
+}
+
+/// A published version: never changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigurationVersion {
+    pub configuration_id: i64,
+    pub version: i64,
+    pub yaml: String,
+    /// SHA-256 of `yaml`, lowercase hex.
+    pub hash: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// What a guarded write of a configuration found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guarded<T> {
+    Done(T),
+    /// The row version was not the caller's: here is the current one.
+    Stale {
+        current: i64,
+    },
+    NotFound,
+}
+
+/// What publishing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub version: i64,
+    /// False when the newest version already had these bytes: it is returned instead.
+    pub created: bool,
+}
+
+/// An operator's setting of a lint rule in a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LintRuleSetting {
+    pub rule: String,
+    pub enabled: bool,
+    /// `error` or `warning`.
+    pub severity: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// Configurations, their drafts and immutable versions, and lint rule settings.
+#[async_trait]
+pub trait ConfigurationStore: Send + Sync {
+    /// [`StoreError::Duplicate`] when the workspace has a configuration of that name.
+    async fn create_configuration(
+        &self,
+        new: &NewConfiguration,
+        now: OffsetDateTime,
+    ) -> Result<Configuration>;
+
+    async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>>;
+
+    /// A workspace's configurations by id, after `after`, at most `limit`.
+    async fn list_configurations(
+        &self,
+        workspace: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Configuration>>;
+
+    /// Replaces the draft if its row version is still `row_version`; returns the new one.
+    async fn update_draft(
+        &self,
+        id: i64,
+        draft: &str,
+        row_version: i64,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<i64>>;
+
+    /// Publishes `draft` (the stored draft at `row_version`, whose hash is `hash`) as the next
+    /// version, unless the newest version has the same hash.
+    async fn publish(
+        &self,
+        id: i64,
+        row_version: i64,
+        draft: &str,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<Published>>;
+
+    /// A configuration's versions, oldest first, without their YAML.
+    async fn list_versions(&self, id: i64) -> Result<Vec<ConfigurationVersion>>;
+
+    async fn get_version(&self, id: i64, version: i64) -> Result<Option<ConfigurationVersion>>;
+
+    async fn lint_rule_settings(&self, workspace: &str) -> Result<Vec<LintRuleSetting>>;
+
+    async fn put_lint_rule_setting(
+        &self,
+        workspace: &str,
+        setting: &LintRuleSetting,
+        now: OffsetDateTime,
+    ) -> Result<()>;
+}
+
+/// Assignments of published versions to agents.
+#[async_trait]
+pub trait AssignmentStore: Send + Sync {
+    /// Records the assignment and, in the same transaction, makes it the assigned side of
+    /// every agent it names or selects that has no newer one. `None` when the version does
+    /// not exist.
+    async fn create_assignment(
+        &self,
+        new: &NewAssignment,
+        now: OffsetDateTime,
+    ) -> Result<Option<Assignment>>;
+
+    /// The newest assignment of every target.
+    async fn current_assignments(&self) -> Result<Vec<Assignment>>;
+
+    /// The id of the newest assignment (0: none yet).
+    async fn newest_assignment_id(&self) -> Result<i64>;
+}
+
+/// Drift, per agent and for the fleet, from the `agent_configs` rows.
+#[async_trait]
+pub trait DriftStore: Send + Sync {
+    async fn agent_config(&self, uid: Uuid) -> Result<Option<(AgentConfig, Option<DriftState>)>>;
+
+    async fn drift_counts(&self) -> Result<DriftCounts>;
+
+    /// Agents not in sync, by uid after `after`, at most `limit`.
+    async fn list_drifting(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(AgentConfig, DriftState)>>;
+}
+
 /// Everything a control-plane needs from its database.
 #[async_trait]
-pub trait Store: AgentStore + PresenceStore + LeaseStore + 'static {
+pub trait Store:
+    AgentStore
+    + PresenceStore
+    + LeaseStore
+    + ConfigurationStore
+    + AssignmentStore
+    + DriftStore
+    + 'static
+{
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
 }

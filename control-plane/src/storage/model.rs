@@ -3,6 +3,7 @@
 
 use uuid::Uuid;
 
+use super::assignments::TrackRow;
 use super::encoding;
 use super::{AgentEvent, Lease, Result, StoreError};
 use crate::agents::snapshot::{AgentDetails, AgentHead, AgentRecord, AgentStatus, Transport};
@@ -28,14 +29,17 @@ pub struct HeadRow<Uid> {
     pub summary: String,
 }
 
-/// An agent's whole row. Details are absent (`NULL`) when the agent was first stored by a
-/// write that kept its details.
+/// An agent's whole row, with what the server keeps of its config answers (from
+/// `agent_configs`). Details are absent (`NULL`) when the agent was first stored by a write
+/// that kept its details.
 #[derive(sqlx::FromRow)]
 pub struct AgentRow<Uid> {
     #[sqlx(flatten)]
     pub head: HeadRow<Uid>,
     pub details: Option<Vec<u8>>,
     pub details_encoding: Option<String>,
+    #[sqlx(flatten)]
+    pub track: TrackRow,
 }
 
 #[derive(sqlx::FromRow)]
@@ -96,6 +100,7 @@ impl<Uid: Into<Uuid>> TryFrom<AgentRow<Uid>> for AgentRecord {
         Ok(AgentRecord {
             head: row.head.try_into()?,
             details,
+            config: row.track.try_into()?,
         })
     }
 }

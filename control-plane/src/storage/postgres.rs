@@ -16,11 +16,15 @@ use uuid::Uuid;
 use super::columns::{self, AttributeColumns, BatchColumns, EventColumns, SeenColumns};
 use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
 use super::{
-    encoding, shared, AgentEvent, AgentQuery, AgentStore, EventQuery, Lease, LeaseStore,
-    PresenceStore, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
+    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
+    EventQuery, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration, PresenceStore,
+    Published, Result, Store, StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::history::EventKind;
 use crate::agents::snapshot::{AgentHead, AgentRecord, Transport};
+use crate::assignments::{Assignment, NewAssignment, Target};
+use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
 
 /// How long a pooled connection may sit idle and still be used without a check.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -210,6 +214,116 @@ impl LeaseStore for PostgresStore {
 }
 
 #[async_trait]
+impl ConfigurationStore for PostgresStore {
+    async fn create_configuration(
+        &self,
+        new: &NewConfiguration,
+        now: OffsetDateTime,
+    ) -> Result<Configuration> {
+        configurations::create(self.pool.begin().await?, new, now).await
+    }
+
+    async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>> {
+        configurations::get(&self.pool, id).await
+    }
+
+    async fn list_configurations(
+        &self,
+        workspace: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Configuration>> {
+        configurations::list(&self.pool, workspace, after, limit).await
+    }
+
+    async fn update_draft(
+        &self,
+        id: i64,
+        draft: &str,
+        row_version: i64,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<i64>> {
+        configurations::update_draft(self.pool.begin().await?, id, draft, row_version, now).await
+    }
+
+    async fn publish(
+        &self,
+        id: i64,
+        row_version: i64,
+        draft: &str,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<Published>> {
+        let transaction = self.pool.begin().await?;
+        configurations::publish(transaction, id, row_version, draft, hash, now).await
+    }
+
+    async fn list_versions(&self, id: i64) -> Result<Vec<ConfigurationVersion>> {
+        configurations::list_versions(&self.pool, id).await
+    }
+
+    async fn get_version(&self, id: i64, version: i64) -> Result<Option<ConfigurationVersion>> {
+        configurations::get_version(&self.pool, id, version).await
+    }
+
+    async fn lint_rule_settings(&self, workspace: &str) -> Result<Vec<LintRuleSetting>> {
+        configurations::lint_rule_settings(&self.pool, workspace).await
+    }
+
+    async fn put_lint_rule_setting(
+        &self,
+        workspace: &str,
+        setting: &LintRuleSetting,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let transaction = self.pool.begin().await?;
+        configurations::put_lint_rule_setting(transaction, workspace, setting, now).await
+    }
+}
+
+#[async_trait]
+impl AssignmentStore for PostgresStore {
+    async fn create_assignment(
+        &self,
+        new: &NewAssignment,
+        now: OffsetDateTime,
+    ) -> Result<Option<Assignment>> {
+        let uid = match new.target {
+            Target::Agent(uid) => Some(uid),
+            Target::Selector(_) => None,
+        };
+        assignments::create(self.pool.begin().await?, new, uid, now).await
+    }
+
+    async fn current_assignments(&self) -> Result<Vec<Assignment>> {
+        assignments::current::<Postgres, Uuid>(&self.pool).await
+    }
+
+    async fn newest_assignment_id(&self) -> Result<i64> {
+        assignments::newest_id(&self.pool).await
+    }
+}
+
+#[async_trait]
+impl DriftStore for PostgresStore {
+    async fn agent_config(&self, uid: Uuid) -> Result<Option<(AgentConfig, Option<DriftState>)>> {
+        assignments::agent_config(&self.pool, uid).await
+    }
+
+    async fn drift_counts(&self) -> Result<DriftCounts> {
+        assignments::drift_counts(&self.pool).await
+    }
+
+    async fn list_drifting(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(AgentConfig, DriftState)>> {
+        assignments::list_drifting(&self.pool, after, limit).await
+    }
+}
+
+#[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<()> {
         shared::ping::<Postgres>(&self.pool).await
@@ -230,7 +344,7 @@ async fn write_fenced<'c>(
         .map(|lease| i32::from(lease.partition))
         .collect();
     let epochs: Vec<i64> = leases.iter().map(|lease| lease.epoch).collect();
-    let (agents, events) = (&columns.agents, &columns.events);
+    let (agents, events, configs) = (&columns.agents, &columns.events, &columns.configs);
     let held: bool = sqlx::query_scalar(include_str!("postgres/queries/round.sql"))
         .bind(&partitions)
         .bind(&epochs)
@@ -254,6 +368,22 @@ async fn write_fenced<'c>(
         .bind(&events.kind)
         .bind(&events.payload)
         .bind(&events.payload_encoding)
+        .bind(&configs.instance_uid)
+        .bind(&configs.assignment_id)
+        .bind(&configs.configuration_id)
+        .bind(&configs.config_version)
+        .bind(&configs.assigned_hash)
+        .bind(&configs.assigned_at)
+        .bind(&configs.remote_hash)
+        .bind(&configs.remote_state)
+        .bind(&configs.applied_hash)
+        .bind(&configs.applied_at)
+        .bind(&configs.failed_hash)
+        .bind(&configs.failed_assignment_id)
+        .bind(&configs.failed_error)
+        .bind(&configs.failed_at)
+        .bind(&configs.out_of_band_at)
+        .bind(&configs.expects_effective)
         .fetch_one(executor)
         .await?;
     if held {

@@ -19,13 +19,19 @@ use time::OffsetDateTime;
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
-use super::columns::{AgentColumns, AttributeColumns, BatchColumns, EventColumns, SeenColumns};
-use super::model::{self, AgentRow, EventRow, HeadRow, UidRow, AGENT_COLUMNS};
+use super::columns::{
+    AgentColumns, AttributeColumns, BatchColumns, ConfigColumns, EventColumns, SeenColumns,
+};
+use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
 use super::{
-    encoding, shared, AgentEvent, AgentQuery, AgentStore, EventQuery, Fence, Lease, LeaseStore,
-    PresenceStore, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
+    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
+    EventQuery, Fence, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration,
+    PresenceStore, Published, Result, Store, StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::snapshot::{AgentDetails, AgentHead, AgentRecord, Transport};
+use crate::assignments::{Assignment, NewAssignment, Target};
+use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
 
 /// Rows per statement: at 13 binds a row, well under SQLite's 32,766 bind limit.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -134,12 +140,10 @@ impl AgentStore for SqliteStore {
 
     async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>> {
         let mut connection = self.reader.acquire().await?;
-        let select = format!(
-            "SELECT {AGENT_COLUMNS}, details, details_encoding FROM agents WHERE instance_uid "
-        );
+        let select = include_str!("sqlite/queries/agents_select.sql");
         let mut records = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<AgentRow<Hyphenated>> = in_uids(&select, chunk)
+            let rows: Vec<AgentRow<Hyphenated>> = in_uids(select, chunk)
                 .build_query_as()
                 .fetch_all(&mut *connection)
                 .await?;
@@ -161,6 +165,7 @@ impl AgentStore for SqliteStore {
         replace_attributes(&mut transaction, &columns.attributes).await?;
         insert_events(&mut transaction, &columns.events).await?;
         update_seen(&mut transaction, &columns.seen, self.gzip_threshold).await?;
+        upsert_configs(&mut transaction, &columns.configs).await?;
         Ok(transaction.commit().await?)
     }
 
@@ -243,6 +248,116 @@ impl LeaseStore for SqliteStore {
 
     async fn release_replica(&self, replica: &str) -> Result<()> {
         shared::release_replica(self.begin_write().await?, replica).await
+    }
+}
+
+#[async_trait]
+impl ConfigurationStore for SqliteStore {
+    async fn create_configuration(
+        &self,
+        new: &NewConfiguration,
+        now: OffsetDateTime,
+    ) -> Result<Configuration> {
+        configurations::create(self.begin_write().await?, new, now).await
+    }
+
+    async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>> {
+        configurations::get(&self.reader, id).await
+    }
+
+    async fn list_configurations(
+        &self,
+        workspace: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Configuration>> {
+        configurations::list(&self.reader, workspace, after, limit).await
+    }
+
+    async fn update_draft(
+        &self,
+        id: i64,
+        draft: &str,
+        row_version: i64,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<i64>> {
+        configurations::update_draft(self.begin_write().await?, id, draft, row_version, now).await
+    }
+
+    async fn publish(
+        &self,
+        id: i64,
+        row_version: i64,
+        draft: &str,
+        hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Guarded<Published>> {
+        let transaction = self.begin_write().await?;
+        configurations::publish(transaction, id, row_version, draft, hash, now).await
+    }
+
+    async fn list_versions(&self, id: i64) -> Result<Vec<ConfigurationVersion>> {
+        configurations::list_versions(&self.reader, id).await
+    }
+
+    async fn get_version(&self, id: i64, version: i64) -> Result<Option<ConfigurationVersion>> {
+        configurations::get_version(&self.reader, id, version).await
+    }
+
+    async fn lint_rule_settings(&self, workspace: &str) -> Result<Vec<LintRuleSetting>> {
+        configurations::lint_rule_settings(&self.reader, workspace).await
+    }
+
+    async fn put_lint_rule_setting(
+        &self,
+        workspace: &str,
+        setting: &LintRuleSetting,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let transaction = self.begin_write().await?;
+        configurations::put_lint_rule_setting(transaction, workspace, setting, now).await
+    }
+}
+
+#[async_trait]
+impl AssignmentStore for SqliteStore {
+    async fn create_assignment(
+        &self,
+        new: &NewAssignment,
+        now: OffsetDateTime,
+    ) -> Result<Option<Assignment>> {
+        let uid = match new.target {
+            Target::Agent(uid) => Some(uid.hyphenated()),
+            Target::Selector(_) => None,
+        };
+        assignments::create(self.begin_write().await?, new, uid, now).await
+    }
+
+    async fn current_assignments(&self) -> Result<Vec<Assignment>> {
+        assignments::current::<Sqlite, Hyphenated>(&self.reader).await
+    }
+
+    async fn newest_assignment_id(&self) -> Result<i64> {
+        assignments::newest_id(&self.reader).await
+    }
+}
+
+#[async_trait]
+impl DriftStore for SqliteStore {
+    async fn agent_config(&self, uid: Uuid) -> Result<Option<(AgentConfig, Option<DriftState>)>> {
+        assignments::agent_config(&self.reader, uid.hyphenated()).await
+    }
+
+    async fn drift_counts(&self) -> Result<DriftCounts> {
+        assignments::drift_counts(&self.reader).await
+    }
+
+    async fn list_drifting(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(AgentConfig, DriftState)>> {
+        assignments::list_drifting(&self.reader, after.map(|uid| uid.hyphenated()), limit).await
     }
 }
 
@@ -357,6 +472,40 @@ async fn insert_events(connection: &mut SqliteConnection, events: &EventColumns)
                 .push_bind(events.kind[i])
                 .push_bind(events.payload[i].as_slice())
                 .push_bind(events.payload_encoding[i]);
+        },
+    )
+    .await
+}
+
+/// Ingest's agent_configs rows: the reported side as it is, the assigned side only over an
+/// older assignment.
+async fn upsert_configs(connection: &mut SqliteConnection, configs: &ConfigColumns) -> Result<()> {
+    let rows: Vec<usize> = (0..configs.len()).collect();
+    execute_values(
+        connection,
+        "INSERT INTO agent_configs (instance_uid, assignment_id, configuration_id, \
+         config_version, assigned_hash, assigned_at, remote_hash, remote_state, applied_hash, \
+         applied_at, failed_hash, failed_assignment_id, failed_error, failed_at, \
+         out_of_band_at, expects_effective) ",
+        &rows,
+        include_str!("sqlite/queries/agent_configs_conflict.sql"),
+        |row, &i| {
+            row.push_bind(configs.instance_uid[i].hyphenated())
+                .push_bind(configs.assignment_id[i])
+                .push_bind(configs.configuration_id[i])
+                .push_bind(configs.config_version[i])
+                .push_bind(configs.assigned_hash[i].as_deref())
+                .push_bind(configs.assigned_at[i])
+                .push_bind(configs.remote_hash[i].as_deref())
+                .push_bind(configs.remote_state[i].as_deref())
+                .push_bind(configs.applied_hash[i].as_deref())
+                .push_bind(configs.applied_at[i])
+                .push_bind(configs.failed_hash[i].as_deref())
+                .push_bind(configs.failed_assignment_id[i])
+                .push_bind(configs.failed_error[i].as_deref())
+                .push_bind(configs.failed_at[i])
+                .push_bind(configs.out_of_band_at[i])
+                .push_bind(configs.expects_effective[i]);
         },
     )
     .await
