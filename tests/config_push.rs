@@ -269,7 +269,7 @@ async fn a_websocket_agent_gets_each_config_once_and_a_rejected_one_never_again(
     effective(&mut state, CONFIG_V1);
     let first = agent.exchange(state).await;
     assert!(first.remote_config.is_none(), "{first:?}");
-    assert_eq!(api.offers(uid).await, [hash1.clone()]);
+    assert_eq!(api.offers(uid).await, std::slice::from_ref(&hash1));
 
     // A version the agent rejects: offered once; the agent falls back and reports its old
     // config APPLIED (opamp-spec #397), and is still not offered the rejected one.

@@ -180,7 +180,7 @@ impl AgentDetailView {
         let effective_config_hash = details
             .effective_config
             .as_ref()
-            .and_then(|files| effective_hash(files));
+            .and_then(effective_hash);
         let (assigned_config_hash, drift) = match &config {
             Some((config, Some(state))) => (
                 config.assigned.as_ref().map(|a| a.hash.clone()),
