@@ -177,10 +177,7 @@ pub struct EffectiveConfigView {
 impl AgentDetailView {
     fn new(record: AgentRecord, config: Option<(AgentConfig, Option<DriftState>)>) -> Self {
         let details = record.details;
-        let effective_config_hash = details
-            .effective_config
-            .as_ref()
-            .and_then(effective_hash);
+        let effective_config_hash = details.effective_config.as_ref().and_then(effective_hash);
         let (assigned_config_hash, drift) = match &config {
             Some((config, Some(state))) => (
                 config.assigned.as_ref().map(|a| a.hash.clone()),
