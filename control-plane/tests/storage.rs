@@ -9,10 +9,13 @@ use ampora_control_plane::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Health,
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
-use ampora_control_plane::remote_config::ConfigTrack;
+use ampora_control_plane::assignments::{Assignment, NewAssignment, Selector, Target};
+use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
+use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
-    self, AgentEvent, AgentQuery, EventQuery, Fence, Lease, NewEvent, SeenUpdate, Store,
-    StoreError, StoreOptions, WriteBatch,
+    self, AgentEvent, AgentQuery, Configuration, ConfigurationVersion, EventQuery, Fence, Guarded,
+    Lease, LintRuleSetting, NewConfiguration, NewEvent, Published, SeenUpdate, Store, StoreError,
+    StoreOptions, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -1083,6 +1086,1050 @@ async fn reads_many_agents_at_once(db: Db) {
     assert_eq!(found, expected);
 }
 
+// === configurations, assignments and drift ===
+
+/// `seconds` after the suite's epoch, with microseconds: what the stores keep exactly.
+fn at_micros(seconds: i64, micros: i64) -> OffsetDateTime {
+    at(seconds) + time::Duration::microseconds(micros)
+}
+
+fn new_configuration(workspace: &str, name: &str, draft: &str) -> NewConfiguration {
+    NewConfiguration {
+        workspace: workspace.to_owned(),
+        name: name.to_owned(),
+        description: format!("{name} collectors"),
+        labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
+        draft: draft.to_owned(),
+    }
+}
+
+/// A configuration in the default workspace with `drafts` published one after the other, as
+/// versions 1, 2, …; returns its id and the versions' hashes.
+async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<String>) {
+    let created = store
+        .create_configuration(&new_configuration("default", name, drafts[0]), at(0))
+        .await
+        .unwrap();
+    let mut row_version = created.row_version;
+    let mut hashes = Vec::new();
+    for (index, draft) in drafts.iter().enumerate() {
+        if index > 0 {
+            row_version = match store
+                .update_draft(created.id, draft, row_version, at(0))
+                .await
+                .unwrap()
+            {
+                Guarded::Done(row_version) => row_version,
+                other => panic!("draft not updated: {other:?}"),
+            };
+        }
+        let hash = sha256_hex(draft.as_bytes());
+        let outcome = store
+            .publish(created.id, row_version, draft, &hash, at(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Guarded::Done(Published {
+                version: index as i64 + 1,
+                created: true
+            })
+        );
+        hashes.push(hash);
+    }
+    (created.id, hashes)
+}
+
+/// An agent with these identifying and non-identifying attributes (and no others).
+fn labelled(
+    uid: Uuid,
+    identifying: &[(&str, &str)],
+    non_identifying: &[(&str, &str)],
+) -> AgentRecord {
+    let attributes = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), json!(value)))
+            .collect()
+    };
+    let mut agent = record(uid, "prod", 0);
+    agent.head.summary.identifying_attributes = attributes(identifying);
+    agent.head.summary.non_identifying_attributes = attributes(non_identifying);
+    agent
+}
+
+async fn assign(
+    store: &dyn Store,
+    configuration_id: i64,
+    version: i64,
+    target: Target,
+    now: OffsetDateTime,
+) -> Assignment {
+    store
+        .create_assignment(
+            &NewAssignment {
+                configuration_id,
+                version,
+                target,
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .expect("the version exists")
+}
+
+fn assigned(assignment: &Assignment) -> Assigned {
+    Assigned {
+        assignment_id: assignment.id,
+        configuration_id: assignment.configuration_id,
+        version: assignment.version,
+        hash: assignment.hash.clone(),
+        at: assignment.created_at,
+    }
+}
+
+/// What an agent reported, as ingest writes it.
+fn reported(
+    uid: Uuid,
+    assigned: Option<Assigned>,
+    hash: &str,
+    state: &str,
+    track: ConfigTrack,
+) -> AgentConfig {
+    AgentConfig {
+        instance_uid: uid,
+        assigned,
+        remote_hash: Some(hash.to_owned()),
+        remote_state: Some(state.to_owned()),
+        track,
+    }
+}
+
+async fn write_configs(store: &dyn Store, configs: Vec<AgentConfig>) {
+    store
+        .write(&WriteBatch {
+            configs,
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn drift_state(store: &dyn Store, uid: Uuid) -> Option<DriftState> {
+    store
+        .agent_config(uid)
+        .await
+        .unwrap()
+        .expect("a config row")
+        .1
+}
+
+async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
+    let store = db.open().await;
+    let created_at = at_micros(5, 123_457);
+    let edge = store
+        .create_configuration(
+            &new_configuration("default", "edge", "receivers: {}\n"),
+            created_at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        edge,
+        Configuration {
+            id: edge.id,
+            workspace: "default".into(),
+            name: "edge".into(),
+            description: "edge collectors".into(),
+            labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
+            draft: "receivers: {}\n".into(),
+            row_version: 1,
+            created_at,
+            updated_at: created_at,
+        }
+    );
+    assert_eq!(
+        store.get_configuration(edge.id).await.unwrap(),
+        Some(edge.clone())
+    );
+    assert_eq!(store.get_configuration(edge.id + 1000).await.unwrap(), None);
+
+    let duplicate = store
+        .create_configuration(&new_configuration("default", "edge", "other: 1\n"), at(6))
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Duplicate(_))),
+        "{duplicate:?}"
+    );
+    assert_eq!(
+        store.get_configuration(edge.id).await.unwrap(),
+        Some(edge.clone()),
+        "the refused duplicate changed nothing"
+    );
+    // The name is free in another workspace, and the store writes on after the refusal.
+    let elsewhere = store
+        .create_configuration(&new_configuration("other", "edge", "x: 1\n"), at(7))
+        .await
+        .unwrap();
+    let gateway = store
+        .create_configuration(&new_configuration("default", "gateway", "y: 1\n"), at(8))
+        .await
+        .unwrap();
+    let agent = store
+        .create_configuration(&new_configuration("default", "agent", "z: 1\n"), at(9))
+        .await
+        .unwrap();
+    assert!(edge.id < gateway.id && gateway.id < agent.id);
+
+    let ids = |listed: Vec<Configuration>| listed.iter().map(|c| c.id).collect::<Vec<_>>();
+    let all = store.list_configurations("default", 0, 10).await.unwrap();
+    assert_eq!(all, vec![edge.clone(), gateway.clone(), agent.clone()]);
+    assert_eq!(
+        ids(store.list_configurations("default", 0, 2).await.unwrap()),
+        [edge.id, gateway.id]
+    );
+    assert_eq!(
+        ids(store
+            .list_configurations("default", gateway.id, 2)
+            .await
+            .unwrap()),
+        [agent.id]
+    );
+    assert!(store
+        .list_configurations("default", agent.id, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(store.list_configurations("other", 0, 10).await.unwrap()),
+        [elsewhere.id]
+    );
+}
+
+async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
+    let store = db.open().await;
+    let created = store
+        .create_configuration(&new_configuration("default", "edge", "v: 0\n"), at(0))
+        .await
+        .unwrap();
+    let id = created.id;
+    let editors: Vec<_> = (0..8)
+        .map(|editor| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let draft = format!("v: {editor}\n");
+                let outcome = store
+                    .update_draft(id, &draft, 1, at_micros(10, editor))
+                    .await
+                    .unwrap();
+                (draft, outcome)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for editor in editors {
+        let (draft, outcome) = editor.await.unwrap();
+        match outcome {
+            Guarded::Done(row_version) => winners.push((draft, row_version)),
+            Guarded::Stale { current } => assert_eq!(current, 2, "{draft}"),
+            Guarded::NotFound => panic!("{draft}: not found"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (winner, row_version) = winners.pop().unwrap();
+    assert_eq!(row_version, 2);
+    let stored = store.get_configuration(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.draft.as_str(), stored.row_version),
+        (winner.as_str(), 2)
+    );
+    assert_eq!(stored.created_at, at(0));
+    assert!(stored.updated_at >= at(10), "{}", stored.updated_at);
+
+    assert_eq!(
+        store
+            .update_draft(id, "late: 1\n", 1, at(11))
+            .await
+            .unwrap(),
+        Guarded::Stale { current: 2 }
+    );
+    assert_eq!(
+        store
+            .update_draft(id, "next: 1\n", 2, at_micros(12, 1))
+            .await
+            .unwrap(),
+        Guarded::Done(3)
+    );
+    let stored = store.get_configuration(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.draft.as_str(), stored.row_version, stored.updated_at),
+        ("next: 1\n", 3, at_micros(12, 1))
+    );
+    assert_eq!(
+        store
+            .update_draft(id + 1000, "x: 1\n", 1, at(13))
+            .await
+            .unwrap(),
+        Guarded::NotFound
+    );
+}
+
+async fn published_versions_never_change(db: Db) {
+    let store = db.open().await;
+    let (first, second) = ("receivers: {a: 1}\n", "receivers: {a: 2}\n");
+    let (first_hash, second_hash) = (sha256_hex(first.as_bytes()), sha256_hex(second.as_bytes()));
+    let id = store
+        .create_configuration(&new_configuration("default", "edge", first), at(0))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        store
+            .publish(id, 1, first, &first_hash, at_micros(1, 11))
+            .await
+            .unwrap(),
+        Guarded::Done(Published {
+            version: 1,
+            created: true
+        })
+    );
+    assert_eq!(
+        store.update_draft(id, second, 1, at(2)).await.unwrap(),
+        Guarded::Done(2)
+    );
+    // A publish that read the draft before the edit publishes nothing.
+    assert_eq!(
+        store
+            .publish(id, 1, first, &first_hash, at(3))
+            .await
+            .unwrap(),
+        Guarded::Stale { current: 2 }
+    );
+    assert_eq!(
+        store
+            .publish(id, 1, "other: 1\n", &sha256_hex(b"other: 1\n"), at(3))
+            .await
+            .unwrap(),
+        Guarded::Stale { current: 2 }
+    );
+    assert_eq!(store.list_versions(id).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .publish(id, 2, second, &second_hash, at_micros(4, 22))
+            .await
+            .unwrap(),
+        Guarded::Done(Published {
+            version: 2,
+            created: true
+        })
+    );
+
+    assert_eq!(
+        store.get_version(id, 1).await.unwrap(),
+        Some(ConfigurationVersion {
+            configuration_id: id,
+            version: 1,
+            yaml: first.into(),
+            hash: first_hash.clone(),
+            created_at: at_micros(1, 11),
+        }),
+        "version 1 kept its bytes and hash"
+    );
+    assert_eq!(
+        store.get_version(id, 2).await.unwrap(),
+        Some(ConfigurationVersion {
+            configuration_id: id,
+            version: 2,
+            yaml: second.into(),
+            hash: second_hash.clone(),
+            created_at: at_micros(4, 22),
+        })
+    );
+    assert_eq!(store.get_version(id, 3).await.unwrap(), None);
+    let listed = store.list_versions(id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|v| (v.version, v.hash.as_str(), v.created_at))
+            .collect::<Vec<_>>(),
+        [
+            (1, first_hash.as_str(), at_micros(1, 11)),
+            (2, second_hash.as_str(), at_micros(4, 22))
+        ]
+    );
+    assert_eq!(
+        store
+            .publish(id + 1000, 1, first, &first_hash, at(5))
+            .await
+            .unwrap(),
+        Guarded::NotFound
+    );
+    assert!(store.list_versions(id + 1000).await.unwrap().is_empty());
+}
+
+async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
+    let store = db.open().await;
+    let (a, b) = ("a: 1\n", "b: 1\n");
+    let id = store
+        .create_configuration(&new_configuration("default", "edge", a), at(0))
+        .await
+        .unwrap()
+        .id;
+    let publish = |draft: &'static str, row_version: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .publish(id, row_version, draft, &sha256_hex(draft.as_bytes()), at(1))
+                .await
+                .unwrap()
+        }
+    };
+    let done = |version, created| Guarded::Done(Published { version, created });
+    assert_eq!(publish(a, 1).await, done(1, true));
+    assert_eq!(publish(a, 1).await, done(1, false));
+    assert_eq!(store.list_versions(id).await.unwrap().len(), 1);
+    store.update_draft(id, b, 1, at(2)).await.unwrap();
+    assert_eq!(publish(b, 2).await, done(2, true));
+    // Only the newest version counts: going back to earlier bytes is a new version.
+    store.update_draft(id, a, 2, at(3)).await.unwrap();
+    assert_eq!(publish(a, 3).await, done(3, true));
+    assert_eq!(publish(a, 3).await, done(3, false));
+
+    // Concurrent publishes of one configuration take turns: distinct bytes get distinct
+    // versions, the same bytes one version.
+    let other = store
+        .create_configuration(&new_configuration("default", "gateway", "x: 0\n"), at(0))
+        .await
+        .unwrap()
+        .id;
+    let publishes: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let draft = format!("x: {n}\n");
+                let hash = sha256_hex(draft.as_bytes());
+                store.publish(other, 1, &draft, &hash, at(4)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for publish in publishes {
+        match publish.await.unwrap() {
+            Guarded::Done(Published {
+                version,
+                created: true,
+            }) => versions.push(version),
+            other => panic!("{other:?}"),
+        }
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+
+    let same: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .publish(other, 1, "same: 1\n", &sha256_hex(b"same: 1\n"), at(5))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for publish in same {
+        match publish.await.unwrap() {
+            Guarded::Done(Published {
+                version: 9,
+                created: was_created,
+            }) => created += usize::from(was_created),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(store.list_versions(other).await.unwrap().len(), 9);
+}
+
+async fn lint_rule_settings_are_per_workspace(db: Db) {
+    let store = db.open().await;
+    assert!(store
+        .lint_rule_settings("default")
+        .await
+        .unwrap()
+        .is_empty());
+    let setting = |rule: &str, enabled: bool, severity: &str, message: &str| LintRuleSetting {
+        rule: rule.to_owned(),
+        enabled,
+        severity: severity.to_owned(),
+        message: message.to_owned(),
+        hint: format!("hint for {rule}"),
+    };
+    let batch = setting("batch-processor", true, "error", "batch, please");
+    let unused = setting("unused-component", false, "warning", "unused");
+    let elsewhere = setting("batch-processor", true, "warning", "elsewhere");
+    store
+        .put_lint_rule_setting("default", &unused, at(0))
+        .await
+        .unwrap();
+    store
+        .put_lint_rule_setting("default", &batch, at(0))
+        .await
+        .unwrap();
+    store
+        .put_lint_rule_setting("other", &elsewhere, at(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lint_rule_settings("default").await.unwrap(),
+        [batch.clone(), unused.clone()],
+        "by rule"
+    );
+
+    let overwritten = setting("batch-processor", false, "warning", "changed my mind");
+    store
+        .put_lint_rule_setting("default", &overwritten, at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lint_rule_settings("default").await.unwrap(),
+        [overwritten, unused]
+    );
+    assert_eq!(
+        store.lint_rule_settings("other").await.unwrap(),
+        [elsewhere]
+    );
+    assert!(store.lint_rule_settings("third").await.unwrap().is_empty());
+}
+
+async fn assignments_reach_named_and_selected_agents_newest_first(db: Db) {
+    let store = db.open().await;
+    let (configuration, hashes) = published(store.as_ref(), "edge", &["v: 1\n", "v: 2\n"]).await;
+    let mut uids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    uids.sort();
+    let [mixed, plain, other_team, no_env, direct] = uids[..] else {
+        unreachable!()
+    };
+    write(
+        store.as_ref(),
+        vec![
+            labelled(mixed, &[("env", "prod")], &[("team", "a")]),
+            labelled(
+                plain,
+                &[],
+                &[("env", "prod"), ("team", "a"), ("zone", "z1")],
+            ),
+            labelled(other_team, &[("env", "prod")], &[("team", "b")]),
+            labelled(no_env, &[("team", "a")], &[("env", "dev")]),
+            labelled(direct, &[("env", "dev")], &[]),
+        ],
+        vec![],
+    )
+    .await;
+
+    let missing = NewAssignment {
+        configuration_id: configuration,
+        version: 3,
+        target: Target::Agent(direct),
+    };
+    assert_eq!(
+        store.create_assignment(&missing, at(2)).await.unwrap(),
+        None
+    );
+    let no_configuration = NewAssignment {
+        configuration_id: configuration + 1000,
+        version: 1,
+        target: Target::Selector(Selector::parse("env=prod").unwrap()),
+    };
+    assert_eq!(
+        store
+            .create_assignment(&no_configuration, at(2))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.newest_assignment_id().await.unwrap(), 0);
+    assert!(store.current_assignments().await.unwrap().is_empty());
+    assert_eq!(store.agent_config(direct).await.unwrap(), None);
+    assert_eq!(store.drift_counts().await.unwrap(), DriftCounts::default());
+
+    // Directly to one agent.
+    let to_direct = assign(
+        store.as_ref(),
+        configuration,
+        1,
+        Target::Agent(direct),
+        at_micros(3, 1),
+    )
+    .await;
+    assert_eq!(
+        to_direct,
+        Assignment {
+            id: to_direct.id,
+            configuration_id: configuration,
+            version: 1,
+            hash: hashes[0].clone(),
+            yaml: "v: 1\n".into(),
+            target: Target::Agent(direct),
+            created_at: at_micros(3, 1),
+        }
+    );
+    assert_eq!(
+        store.agent_config(direct).await.unwrap(),
+        Some((
+            AgentConfig {
+                instance_uid: direct,
+                assigned: Some(assigned(&to_direct)),
+                remote_hash: None,
+                remote_state: None,
+                track: ConfigTrack::default(),
+            },
+            Some(DriftState::Pending)
+        ))
+    );
+    assert_eq!(store.newest_assignment_id().await.unwrap(), to_direct.id);
+
+    // By selector: every pair must match, identifying or not.
+    let selector = Selector::parse("env=prod,team=a").unwrap();
+    let selected = assign(
+        store.as_ref(),
+        configuration,
+        2,
+        Target::Selector(selector.clone()),
+        at_micros(4, 2),
+    )
+    .await;
+    assert!(selected.id > to_direct.id);
+    for uid in uids.iter().copied() {
+        let config = store.agent_config(uid).await.unwrap();
+        let assigned_id = config.and_then(|(config, _)| config.assigned.map(|a| a.assignment_id));
+        let expected = if uid == mixed || uid == plain {
+            Some(selected.id)
+        } else if uid == direct {
+            Some(to_direct.id)
+        } else {
+            None
+        };
+        assert_eq!(assigned_id, expected, "{uid}");
+    }
+    assert_eq!(
+        store.agent_config(plain).await.unwrap().unwrap().0.assigned,
+        Some(assigned(&selected))
+    );
+
+    // A newer assignment wins over the selector's.
+    let newer = assign(
+        store.as_ref(),
+        configuration,
+        1,
+        Target::Agent(mixed),
+        at_micros(5, 3),
+    )
+    .await;
+    assert_eq!(
+        store.agent_config(mixed).await.unwrap().unwrap().0.assigned,
+        Some(assigned(&newer))
+    );
+    // A worker that still knew the selector's assignment writes its agent's report: the
+    // reported side is written, the assigned side stays the newer one.
+    let track = ConfigTrack {
+        applied: Some(Applied {
+            hash: hashes[1].clone(),
+            at: at_micros(6, 4),
+        }),
+        ..ConfigTrack::default()
+    };
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            mixed,
+            Some(assigned(&selected)),
+            &hashes[1],
+            "applied",
+            track.clone(),
+        )],
+    )
+    .await;
+    assert_eq!(
+        store.agent_config(mixed).await.unwrap(),
+        Some((
+            AgentConfig {
+                instance_uid: mixed,
+                assigned: Some(assigned(&newer)),
+                remote_hash: Some(hashes[1].clone()),
+                remote_state: Some("applied".into()),
+                track: track.clone(),
+            },
+            Some(DriftState::Pending)
+        ))
+    );
+    // Assigning the selector again makes a newer assignment, which wins in turn.
+    let older_again = assign(
+        store.as_ref(),
+        configuration,
+        2,
+        Target::Selector(selector.clone()),
+        at(7),
+    )
+    .await;
+    assert_eq!(
+        store.agent_config(mixed).await.unwrap().unwrap().0.assigned,
+        Some(assigned(&older_again)),
+        "the selector assigned again wins"
+    );
+
+    // The newest assignment of every target, with the version's bytes.
+    let again_direct = assign(
+        store.as_ref(),
+        configuration,
+        2,
+        Target::Agent(direct),
+        at(8),
+    )
+    .await;
+    let current = store.current_assignments().await.unwrap();
+    assert_eq!(
+        current,
+        vec![newer.clone(), older_again.clone(), again_direct.clone()]
+    );
+    assert_eq!(&*current[2].yaml, "v: 2\n");
+    assert_eq!(current[2].hash, hashes[1]);
+    assert_eq!(&*current[0].yaml, "v: 1\n");
+    assert_eq!(store.newest_assignment_id().await.unwrap(), again_direct.id);
+}
+
+async fn a_worker_with_an_older_assignment_keeps_the_newer_assigned_side(db: Db) {
+    let store = db.open().await;
+    let (configuration, hashes) = published(store.as_ref(), "edge", &["v: 1\n", "v: 2\n"]).await;
+    let uid = Uuid::now_v7();
+    write(store.as_ref(), vec![labelled(uid, &[], &[])], vec![]).await;
+    let old = assign(store.as_ref(), configuration, 1, Target::Agent(uid), at(2)).await;
+    let new = assign(store.as_ref(), configuration, 2, Target::Agent(uid), at(3)).await;
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            uid,
+            Some(assigned(&old)),
+            &hashes[0],
+            "applied",
+            ConfigTrack::default(),
+        )],
+    )
+    .await;
+    let (config, state) = store.agent_config(uid).await.unwrap().unwrap();
+    assert_eq!(config.assigned, Some(assigned(&new)));
+    assert_eq!(
+        (config.remote_hash.as_deref(), state),
+        (Some(hashes[0].as_str()), Some(DriftState::Pending))
+    );
+    // One without an assignment (a worker that knew none) leaves it too.
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            uid,
+            None,
+            &hashes[1],
+            "applied",
+            ConfigTrack::default(),
+        )],
+    )
+    .await;
+    let (config, state) = store.agent_config(uid).await.unwrap().unwrap();
+    assert_eq!(config.assigned, Some(assigned(&new)));
+    assert_eq!(state, Some(DriftState::InSync));
+    // A worker that knows a newer one than the row writes it.
+    let newest = Assigned {
+        assignment_id: new.id + 1,
+        ..assigned(&old)
+    };
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            uid,
+            Some(newest.clone()),
+            &hashes[1],
+            "applied",
+            ConfigTrack::default(),
+        )],
+    )
+    .await;
+    let (config, state) = store.agent_config(uid).await.unwrap().unwrap();
+    assert_eq!(config.assigned, Some(newest));
+    assert_eq!(state, Some(DriftState::Pending));
+
+    // An agent no assignment reached yet: its report is kept, it has no drift state.
+    let unassigned = Uuid::now_v7();
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            unassigned,
+            None,
+            "abcd",
+            "applied",
+            ConfigTrack::default(),
+        )],
+    )
+    .await;
+    let (config, state) = store.agent_config(unassigned).await.unwrap().unwrap();
+    assert_eq!((config.assigned, state), (None, None));
+    assert_eq!(config.remote_hash.as_deref(), Some("abcd"));
+}
+
+async fn drift_states_are_derived_by_the_database(db: Db) {
+    let store = db.open().await;
+    let (configuration, hashes) = published(store.as_ref(), "edge", &["v: 1\n", "v: 2\n"]).await;
+    let mut uids: Vec<Uuid> = (0..7).map(|_| Uuid::now_v7()).collect();
+    uids.sort();
+    let [in_sync, pending, silent, failed, failed_before, out_of_band, unassigned] = uids[..]
+    else {
+        unreachable!()
+    };
+    write(
+        store.as_ref(),
+        uids.iter()
+            .map(|uid| labelled(*uid, &[("fleet", "x")], &[]))
+            .collect(),
+        vec![],
+    )
+    .await;
+    // One assignment for all but `unassigned`, which reports without one.
+    let mut assignments = BTreeMap::new();
+    for uid in &uids[..6] {
+        let assignment = assign(store.as_ref(), configuration, 2, Target::Agent(*uid), at(2)).await;
+        assignments.insert(*uid, assignment);
+    }
+    let rejection = |assignment_id: i64| ConfigTrack {
+        rejected: Some(Rejection {
+            hash: hashes[1].clone(),
+            assignment_id,
+            error: "unknown receiver".into(),
+            at: at_micros(4, 5),
+        }),
+        ..ConfigTrack::default()
+    };
+    let applied = ConfigTrack {
+        applied: Some(Applied {
+            hash: hashes[1].clone(),
+            at: at_micros(3, 7),
+        }),
+        ..ConfigTrack::default()
+    };
+    let on = |uid: Uuid| Some(assigned(&assignments[&uid]));
+    write_configs(
+        store.as_ref(),
+        vec![
+            reported(in_sync, on(in_sync), &hashes[1], "applied", applied.clone()),
+            reported(
+                pending,
+                on(pending),
+                &hashes[0],
+                "applied",
+                ConfigTrack::default(),
+            ),
+            reported(
+                failed,
+                on(failed),
+                &hashes[1],
+                "failed",
+                rejection(assignments[&failed].id),
+            ),
+            // Rejected under an older assignment: this one is offered again, so pending.
+            reported(
+                failed_before,
+                on(failed_before),
+                &hashes[1],
+                "failed",
+                rejection(assignments[&failed_before].id - 1),
+            ),
+            reported(
+                out_of_band,
+                on(out_of_band),
+                &hashes[1],
+                "applied",
+                ConfigTrack {
+                    out_of_band_at: Some(at_micros(5, 9)),
+                    ..applied.clone()
+                },
+            ),
+            reported(
+                unassigned,
+                None,
+                &hashes[1],
+                "applied",
+                ConfigTrack::default(),
+            ),
+        ],
+    )
+    .await;
+
+    let expected = [
+        (in_sync, Some(DriftState::InSync)),
+        (pending, Some(DriftState::Pending)),
+        (silent, Some(DriftState::Pending)),
+        (failed, Some(DriftState::Failed)),
+        (failed_before, Some(DriftState::Pending)),
+        (out_of_band, Some(DriftState::OutOfBand)),
+        (unassigned, None),
+    ];
+    for (uid, state) in expected {
+        assert_eq!(drift_state(store.as_ref(), uid).await, state, "{uid}");
+    }
+    assert_eq!(
+        store.drift_counts().await.unwrap(),
+        DriftCounts {
+            in_sync: 1,
+            pending: 3,
+            failed: 1,
+            out_of_band: 1,
+        }
+    );
+
+    // Drifting agents by uid, page by page, without the ones in sync or unassigned.
+    let everything = store.list_drifting(None, 100).await.unwrap();
+    assert_eq!(
+        everything
+            .iter()
+            .map(|(config, state)| (config.instance_uid, *state))
+            .collect::<Vec<_>>(),
+        [
+            (pending, DriftState::Pending),
+            (silent, DriftState::Pending),
+            (failed, DriftState::Failed),
+            (failed_before, DriftState::Pending),
+            (out_of_band, DriftState::OutOfBand),
+        ]
+    );
+    let (failed_config, _) = &everything[2];
+    assert_eq!(failed_config.track, rejection(assignments[&failed].id));
+    assert_eq!(failed_config.assigned, on(failed));
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_drifting(after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.instance_uid);
+        paged.extend(page);
+    }
+    assert_eq!(paged, everything);
+    assert!(store
+        .list_drifting(Some(out_of_band), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The state follows the row: the pending agent applies, the failed one gets a new
+    // assignment of the same version, which it has not rejected yet.
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            pending,
+            on(pending),
+            &hashes[1],
+            "applied",
+            applied.clone(),
+        )],
+    )
+    .await;
+    let again = assign(
+        store.as_ref(),
+        configuration,
+        2,
+        Target::Agent(failed),
+        at(6),
+    )
+    .await;
+    assert!(again.id > assignments[&failed].id);
+    assert_eq!(
+        drift_state(store.as_ref(), pending).await,
+        Some(DriftState::InSync)
+    );
+    assert_eq!(
+        drift_state(store.as_ref(), failed).await,
+        Some(DriftState::Pending)
+    );
+    assert_eq!(
+        store.drift_counts().await.unwrap(),
+        DriftCounts {
+            in_sync: 2,
+            pending: 3,
+            failed: 0,
+            out_of_band: 1,
+        }
+    );
+}
+
+async fn agents_read_back_with_their_config_track(db: Db) {
+    let store = db.open().await;
+    let uid = Uuid::now_v7();
+    let plain = Uuid::now_v7();
+    let mut agent = record(uid, "prod", 0);
+    agent.config = ConfigTrack {
+        applied: Some(Applied {
+            hash: "aa11".into(),
+            at: at_micros(1, 1),
+        }),
+        rejected: Some(Rejection {
+            hash: "bb22".into(),
+            assignment_id: 42,
+            error: "exporter \"x\" not found".into(),
+            at: at_micros(2, 2),
+        }),
+        out_of_band_at: Some(at_micros(3, 3)),
+        expects_effective: true,
+    };
+    let without = record(plain, "dev", 0);
+    store
+        .write(&WriteBatch {
+            agents: vec![&agent, &without],
+            configs: vec![AgentConfig::of(&agent, None)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.get_agent(uid).await.unwrap(), Some(agent.clone()));
+    assert_eq!(store.get_agent(plain).await.unwrap(), Some(without.clone()));
+    let mut both = store.get_agents(&[uid, plain]).await.unwrap();
+    both.sort_by_key(|record| record.head.instance_uid);
+    let mut expected = vec![agent.clone(), without];
+    expected.sort_by_key(|record| record.head.instance_uid);
+    assert_eq!(both, expected);
+    let (config, state) = store.agent_config(uid).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            config.remote_hash.as_deref(),
+            config.remote_state.as_deref(),
+            state
+        ),
+        (Some("abcd"), Some("applied"), None),
+        "the report as record() holds it"
+    );
+
+    // A later answer replaces the track as a whole.
+    agent.config = ConfigTrack {
+        applied: Some(Applied {
+            hash: "cc33".into(),
+            at: at_micros(4, 4),
+        }),
+        ..ConfigTrack::default()
+    };
+    store
+        .write(&WriteBatch {
+            configs: vec![AgentConfig::of(&agent, None)],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent(uid).await.unwrap().unwrap().config,
+        agent.config
+    );
+    assert_eq!(
+        store.get_agents(&[uid]).await.unwrap()[0].config,
+        agent.config
+    );
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1122,6 +2169,15 @@ storage_suite!(
     dead_gateways_agents_go_offline,
     liveness_seen_after_a_sweep_brings_agents_back_online,
     pings,
+    configurations_are_unique_per_workspace_and_page_by_id,
+    concurrent_draft_edits_have_exactly_one_winner,
+    published_versions_never_change,
+    publishing_the_same_bytes_again_is_the_newest_version,
+    lint_rule_settings_are_per_workspace,
+    assignments_reach_named_and_selected_agents_newest_first,
+    a_worker_with_an_older_assignment_keeps_the_newer_assigned_side,
+    drift_states_are_derived_by_the_database,
+    agents_read_back_with_their_config_track,
 );
 
 /// Waits until `sessions` sessions of this database wait on a lock.
