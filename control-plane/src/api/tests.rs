@@ -412,3 +412,538 @@ async fn connections_that_never_complete_a_request_are_closed() {
     .expect("closed after answering");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+// === configurations, lint rules, assignments and drift ===
+
+/// Clean under every built-in rule.
+const CLEAN: &str = "\
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:4317
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 512
+  batch:
+exporters:
+  otlp:
+    endpoint: https://127.0.0.1:4317
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp]
+";
+
+/// [`CLEAN`] with exporters to a pipeline that names one that is not defined (line 19).
+const BAD_REFERENCE: &str = "\
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:4317
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 512
+  batch:
+exporters:
+  otlp:
+    endpoint: https://127.0.0.1:4317
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp, otlphttp]
+";
+
+/// [`CLEAN`] without the batch processor: a `batch-processor` finding.
+const NO_BATCH: &str = "\
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:4317
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 512
+exporters:
+  otlp:
+    endpoint: https://127.0.0.1:4317
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter]
+      exporters: [otlp]
+";
+
+async fn send(state: &ApiState, method: Method, uri: &str, body: &Value) -> (StatusCode, Value) {
+    send_text(state, method, uri, &body.to_string()).await
+}
+
+async fn send_text(state: &ApiState, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = call(state, request).await;
+    let status = response.status();
+    (status, json_body(response).await)
+}
+
+async fn get_text(state: &ApiState, uri: &str) -> (StatusCode, String, String) {
+    let response = call(state, Request::get(uri).body(Body::empty()).unwrap()).await;
+    let status = response.status();
+    let content_type = response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+/// Creates configuration `name` with `yaml` as its draft; returns its id.
+async fn create_configuration(state: &ApiState, name: &str, yaml: &str) -> i64 {
+    let (status, body) = send(
+        state,
+        Method::POST,
+        "/api/v1/configurations",
+        &json!({ "name": name, "yaml": yaml }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_i64().expect("an id")
+}
+
+async fn publish(state: &ApiState, id: i64) -> (StatusCode, Value) {
+    send_text(
+        state,
+        Method::POST,
+        &format!("/api/v1/configurations/{id}/publish"),
+        "",
+    )
+    .await
+}
+
+async fn put_draft(state: &ApiState, id: i64, yaml: &str, row_version: i64) -> (StatusCode, Value) {
+    send(
+        state,
+        Method::PUT,
+        &format!("/api/v1/configurations/{id}/draft"),
+        &json!({ "yaml": yaml, "row_version": row_version }),
+    )
+    .await
+}
+
+fn rules_of(problems: &Value) -> Vec<(String, String)> {
+    problems
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            (
+                p["rule"].as_str().unwrap().to_owned(),
+                p["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn configurations_are_created_once_and_drafts_guarded_by_row_version() {
+    let state = state().await;
+    let (status, created) = send(
+        &state,
+        Method::POST,
+        "/api/v1/configurations",
+        &json!({ "name": "edge", "description": "edge collectors", "labels": {"team": "a"}, "yaml": CLEAN }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_i64().expect("an id");
+    assert_eq!(created["row_version"], 1);
+    assert_eq!(created["name"], "edge");
+    assert_eq!(created["labels"], json!({"team": "a"}));
+    assert_eq!(created["yaml"], CLEAN);
+    assert_eq!(created["versions"], json!([]));
+
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/configurations",
+        &json!({ "name": "edge", "yaml": "other: 1\n" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_text(&body).contains("edge"), "{body}");
+
+    for (request, says) in [
+        (json!({ "name": "gateway" }).to_string(), "yaml"),
+        (
+            json!({ "name": "gateway", "yaml": CLEAN, "colour": "blue" }).to_string(),
+            "colour",
+        ),
+        (json!({ "name": "", "yaml": CLEAN }).to_string(), "name"),
+        ("{\"name\": ".to_owned(), ""),
+    ] {
+        let (status, body) =
+            send_text(&state, Method::POST, "/api/v1/configurations", &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        assert!(error_text(&body).contains(says), "{request}: {body}");
+    }
+    let (_, listed) = get(&state, "/api/v1/configurations").await;
+    assert_eq!(listed["configurations"].as_array().unwrap().len(), 1);
+
+    let (status, body) = put_draft(&state, id, NO_BATCH, 1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "id": id, "row_version": 2 }));
+    let (status, body) = put_draft(&state, id, BAD_REFERENCE, 1).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let fields: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["error", "row_version"], "{body}");
+    assert_eq!(body["row_version"], 2);
+    assert!(!error_text(&body).is_empty());
+
+    let (status, stored) = get(&state, &format!("/api/v1/configurations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&stored["yaml"], &stored["row_version"]),
+        (&json!(NO_BATCH), &json!(2)),
+        "the stale edit changed nothing"
+    );
+    let (status, body) = put_draft(&state, id + 1000, CLEAN, 1).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = put_draft(&state, id, CLEAN, 2).await;
+    assert_eq!((status, &body["row_version"]), (StatusCode::OK, &json!(3)));
+}
+
+#[tokio::test]
+async fn validation_places_each_problem() {
+    let state = state().await;
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/validate",
+        &json!({ "yaml": BAD_REFERENCE }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let problems = body["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{body}");
+    let problem = &problems[0];
+    assert_eq!(problem["rule"], "undefined-component");
+    assert_eq!(problem["severity"], "error");
+    assert_eq!(
+        (&problem["line"], &problem["column"]),
+        (&json!(19), &json!(25))
+    );
+    assert_eq!(
+        problem["message"],
+        "service::pipelines::traces: references exporter \"otlphttp\", which is not defined"
+    );
+    assert_eq!(body["graph"]["pipelines"][0]["id"], "traces", "{body}");
+
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/validate",
+        &json!({ "yaml": CLEAN }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["problems"], json!([]), "{body}");
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/validate",
+        &json!({ "yml": CLEAN }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn published_versions_are_content_addressed_diffed_and_drawn() {
+    let state = state().await;
+    let id = create_configuration(&state, "edge", CLEAN).await;
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hash = crate::remote_config::sha256_hex(CLEAN.as_bytes());
+    assert_eq!(body, json!({ "version": 1, "hash": hash, "problems": [] }));
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::OK, "unchanged: {body}");
+    assert_eq!((&body["version"], &body["hash"]), (&json!(1), &json!(hash)));
+
+    let (status, version) = get(&state, &format!("/api/v1/configurations/{id}/versions/1")).await;
+    assert_eq!(status, StatusCode::OK, "{version}");
+    assert_eq!(version["yaml"], CLEAN);
+    assert_eq!(version["hash"], hash);
+    assert_eq!(version["configuration_id"], id);
+    assert_eq!(
+        version["graph"]["pipelines"][0]["id"], "traces",
+        "{version}"
+    );
+
+    let changed = CLEAN.replace(
+        "endpoint: https://127.0.0.1:4317",
+        "endpoint: https://127.0.0.2:4317",
+    );
+    assert_eq!(put_draft(&state, id, &changed, 1).await.0, StatusCode::OK);
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(
+        body["hash"],
+        crate::remote_config::sha256_hex(changed.as_bytes())
+    );
+    let (status, version) = get(&state, &format!("/api/v1/configurations/{id}/versions/1")).await;
+    assert_eq!((status, &version["yaml"]), (StatusCode::OK, &json!(CLEAN)));
+
+    let (status, content_type, diff) = get_text(
+        &state,
+        &format!("/api/v1/configurations/{id}/diff?from=1&to=2"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{diff}");
+    assert!(content_type.starts_with("text/x-diff"), "{content_type}");
+    assert!(diff.contains("--- version 1\n+++ version 2\n"), "{diff}");
+    assert!(
+        diff.contains("\n-    endpoint: https://127.0.0.1:4317\n"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("\n+    endpoint: https://127.0.0.2:4317\n"),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains("-        endpoint: 127.0.0.1:4317"),
+        "unchanged lines are context: {diff}"
+    );
+
+    let (status, content_type, svg) = get_text(
+        &state,
+        &format!("/api/v1/configurations/{id}/versions/2/swimlane.svg"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{svg}");
+    assert_eq!(content_type, "image/svg+xml");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.contains("traces"), "{svg}");
+
+    // A draft with an error is not published.
+    assert_eq!(
+        put_draft(&state, id, BAD_REFERENCE, 2).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(!error_text(&body).is_empty());
+    assert_eq!(
+        rules_of(&body["problems"]),
+        [("undefined-component".to_owned(), "error".to_owned())]
+    );
+    assert_eq!(body["problems"][0]["line"], 19);
+    let (_, stored) = get(&state, &format!("/api/v1/configurations/{id}")).await;
+    assert_eq!(stored["versions"].as_array().unwrap().len(), 2, "{stored}");
+    for uri in [
+        format!("/api/v1/configurations/{id}/versions/3"),
+        format!("/api/v1/configurations/{id}/versions/3/swimlane.svg"),
+        format!("/api/v1/configurations/{id}/diff?from=1&to=3"),
+        format!("/api/v1/configurations/{}/publish", id + 1000),
+    ] {
+        let response = call(
+            &state,
+            Request::builder()
+                .method(if uri.ends_with("publish") {
+                    Method::POST
+                } else {
+                    Method::GET
+                })
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
+        assert!(!error_text(&json_body(response).await).is_empty(), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn lint_rules_can_block_publishing() {
+    let state = state().await;
+    let (status, body) = get(&state, "/api/v1/lint-rules").await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "memory-limiter-first",
+            "batch-processor",
+            "no-debug-exporter",
+            "plaintext-endpoint",
+            "secret-literal",
+            "unused-component"
+        ]
+    );
+    assert!(body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|rule| rule["enabled"] == true && rule["severity"] == "warning"));
+
+    let (status, rule) = send(
+        &state,
+        Method::PUT,
+        "/api/v1/lint-rules/batch-processor",
+        &json!({ "severity": "error" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rule}");
+    assert_eq!(
+        (&rule["id"], &rule["severity"]),
+        (&json!("batch-processor"), &json!("error"))
+    );
+    assert_eq!(rule["enabled"], true, "what is absent stays as it is");
+    let (_, body) = get(&state, "/api/v1/lint-rules").await;
+    assert_eq!(body["rules"][1]["severity"], "error", "{body}");
+
+    let id = create_configuration(&state, "edge", NO_BATCH).await;
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        rules_of(&body["problems"]),
+        [("batch-processor".to_owned(), "error".to_owned())]
+    );
+    let (_, stored) = get(&state, &format!("/api/v1/configurations/{id}")).await;
+    assert_eq!(stored["versions"], json!([]));
+
+    for (uri, request) in [
+        (
+            "/api/v1/lint-rules/no-such-rule",
+            json!({ "severity": "error" }),
+        ),
+        (
+            "/api/v1/lint-rules/batch-processor",
+            json!({ "severity": "fatal" }),
+        ),
+        (
+            "/api/v1/lint-rules/batch-processor",
+            json!({ "level": "error" }),
+        ),
+    ] {
+        let (status, body) = send(&state, Method::PUT, uri, &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {request}: {body}");
+    }
+
+    // Back to a warning: it no longer blocks.
+    let (status, _) = send(
+        &state,
+        Method::PUT,
+        "/api/v1/lint-rules/batch-processor",
+        &json!({ "severity": "warning" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        rules_of(&body["problems"]),
+        [("batch-processor".to_owned(), "warning".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn assignments_show_as_drift() {
+    let state = state().await;
+    let uid = Uuid::now_v7();
+    store_agents(&state, &[record(uid, &[("env", "prod")])], 0).await;
+    let id = create_configuration(&state, "edge", CLEAN).await;
+    let (status, published) = publish(&state, id).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let hash = published["hash"].as_str().unwrap().to_owned();
+
+    let assign = |version: i64, target: Value| {
+        let state = state.clone();
+        async move {
+            send(
+                &state,
+                Method::POST,
+                "/api/v1/assignments",
+                &json!({ "configuration_id": id, "version": version, "target": target }),
+            )
+            .await
+        }
+    };
+    let (status, body) = assign(2, json!({ "instance_uid": uid })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = assign(1, json!({ "selector": "x" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error_text(&body).contains("key=value"), "{body}");
+    let (status, body) = assign(1, json!({ "everyone": true })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(state.store.newest_assignment_id().await.unwrap(), 0);
+
+    let (status, by_selector) = assign(1, json!({ "selector": "env = prod" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{by_selector}");
+    assert_eq!(by_selector["target"], json!({ "selector": "env=prod" }));
+    let (status, direct) = assign(1, json!({ "instance_uid": uid })).await;
+    assert_eq!(status, StatusCode::CREATED, "{direct}");
+    assert_eq!(direct["target"], json!({ "instance_uid": uid }));
+    assert_eq!(
+        (&direct["version"], &direct["hash"]),
+        (&json!(1), &json!(hash))
+    );
+    assert!(direct["id"].as_i64() > by_selector["id"].as_i64());
+
+    let (status, agent) = get(&state, &format!("/api/v1/agents/{uid}")).await;
+    assert_eq!(status, StatusCode::OK, "{agent}");
+    assert_eq!(agent["assigned_config_hash"], hash);
+    assert_eq!(agent["drift"]["state"], "pending", "{agent}");
+    assert_eq!(agent["drift"]["since"], direct["created_at"], "{agent}");
+    assert_eq!(agent["applied_config_hash"], Value::Null);
+
+    let (status, drift) = get(&state, "/api/v1/drift").await;
+    assert_eq!(status, StatusCode::OK, "{drift}");
+    assert_eq!(
+        drift["counts"],
+        json!({ "in_sync": 0, "pending": 1, "failed": 0, "out_of_band": 0 })
+    );
+    let agents = drift["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{drift}");
+    assert_eq!(agents[0]["instance_uid"], uid.to_string());
+    assert_eq!(agents[0]["state"], "pending");
+    assert_eq!(agents[0]["since"], direct["created_at"]);
+    let reason = agents[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("configuration {id} version 1")) && reason.contains(&hash[..12]),
+        "{reason}"
+    );
+    assert_eq!(drift["next_page_token"], Value::Null);
+
+    // An agent nothing is assigned to has no drift.
+    let other = Uuid::now_v7();
+    store_agents(&state, &[record(other, &[("env", "dev")])], 0).await;
+    let (_, agent) = get(&state, &format!("/api/v1/agents/{other}")).await;
+    assert_eq!(
+        (&agent["assigned_config_hash"], &agent["drift"]),
+        (&Value::Null, &Value::Null)
+    );
+}
