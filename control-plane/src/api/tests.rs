@@ -947,3 +947,100 @@ async fn assignments_show_as_drift() {
         (&Value::Null, &Value::Null)
     );
 }
+
+#[tokio::test]
+async fn configurations_and_drift_page_by_their_tokens() {
+    let state = state().await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let id = create_configuration(&state, name, CLEAN).await;
+        assert_eq!(publish(&state, id).await.0, StatusCode::CREATED);
+        ids.push(id);
+    }
+    let (status, first) = get(&state, "/api/v1/configurations?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let listed: Vec<i64> = first["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, ids[..2]);
+    assert_eq!(first["configurations"][0]["versions"][0]["version"], 1);
+    let token = first["next_page_token"].as_str().expect("a second page");
+    let (_, second) = get(
+        &state,
+        &format!("/api/v1/configurations?limit=2&page_token={token}"),
+    )
+    .await;
+    assert_eq!(second["configurations"][0]["id"], ids[2]);
+    assert_eq!(second["next_page_token"], Value::Null);
+    let (status, _) = get(&state, "/api/v1/configurations?page_token=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let mut uids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    uids.sort();
+    let agents: Vec<_> = uids
+        .iter()
+        .map(|uid| record(*uid, &[("env", "prod")]))
+        .collect();
+    store_agents(&state, &agents, 0).await;
+    let (status, _) = send(
+        &state,
+        Method::POST,
+        "/api/v1/assignments",
+        &json!({ "configuration_id": ids[0], "version": 1, "target": { "selector": "env=prod" } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/drift?limit=2".to_owned();
+    loop {
+        let (status, page) = get(&state, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["counts"]["pending"], 3, "{page}");
+        for agent in page["agents"].as_array().unwrap() {
+            seen.push(
+                agent["instance_uid"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Uuid>()
+                    .unwrap(),
+            );
+        }
+        let Some(token) = page["next_page_token"].as_str() else {
+            break;
+        };
+        uri = format!("/api/v1/drift?limit=2&page_token={token}");
+    }
+    assert_eq!(seen, uids);
+
+    // Validating a stored draft against an agent that does not exist.
+    let unknown = Uuid::now_v7();
+    let (status, body) = send_text(
+        &state,
+        Method::POST,
+        &format!(
+            "/api/v1/configurations/{}/validate?instance_uid={unknown}",
+            ids[0]
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = send_text(
+        &state,
+        Method::POST,
+        &format!(
+            "/api/v1/configurations/{}/validate?instance_uid={}",
+            ids[0], uids[0]
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["problems"]),
+        (StatusCode::OK, &json!([])),
+        "{body}"
+    );
+}
