@@ -95,11 +95,23 @@ struct TlsHandshakes {
 
 #[derive(Debug, Serialize)]
 struct Rollout {
+    /// Agents offered the config at least once.
     offered: u64,
+    /// Offers received, repeats included.
+    offers: u64,
+    /// Fewest and most offers one agent of the fleet received (the fewest is 0 while some
+    /// agent has not had it).
+    min_offers_per_agent: u32,
+    max_offers_per_agent: u32,
     applied: u64,
     failed: u64,
     /// From the first agent offered the config to the last.
     offer_spread_seconds: f64,
+    /// The first agent's first offer and the last agent's, unix nanoseconds.
+    first_offered_unix_ns: u64,
+    last_offered_unix_ns: u64,
+    /// Agents' first offers per 100 ms, keyed by unix time in tenths of a second.
+    offered_per_100ms: BTreeMap<u64, u64>,
 }
 
 pub async fn run(mut fleet: FleetArgs, options: RunArgs) -> anyhow::Result<()> {
@@ -331,6 +343,9 @@ fn report(
         .map(|(hash, r)| {
             let rollout = Rollout {
                 offered: r.offered,
+                offers: r.offers,
+                min_offers_per_agent: u32::from(r.offered >= total.agents),
+                max_offers_per_agent: r.max_offers_per_agent,
                 applied: r.applied,
                 failed: r.failed,
                 offer_spread_seconds: r
@@ -338,6 +353,9 @@ fn report(
                     .saturating_sub(r.first_offered_unix_ns)
                     as f64
                     / 1e9,
+                first_offered_unix_ns: r.first_offered_unix_ns,
+                last_offered_unix_ns: r.last_offered_unix_ns,
+                offered_per_100ms: r.offered_per_100ms.clone(),
             };
             (hash.clone(), rollout)
         })
@@ -394,8 +412,14 @@ fn print_summary(report: &Report) {
     }
     for (hash, rollout) in &report.rollouts {
         println!(
-            "config {hash}: offered to {} agents within {:.2} s, {} applied, {} failed",
-            rollout.offered, rollout.offer_spread_seconds, rollout.applied, rollout.failed
+            "config {hash}: offered to {} agents within {:.2} s, {} offers (per agent: min {}, max {}), {} applied, {} failed",
+            rollout.offered,
+            rollout.offer_spread_seconds,
+            rollout.offers,
+            rollout.min_offers_per_agent,
+            rollout.max_offers_per_agent,
+            rollout.applied,
+            rollout.failed
         );
     }
     if let Some(commit) = &report.commit_latency {

@@ -62,25 +62,43 @@ counters! {
     configs_failed: "Remote configs reported FAILED.",
 }
 
-/// Per remote-config hash: when the fleet first and last received it, and the outcomes.
+/// Per remote-config hash: when the fleet received it, how often, and the outcomes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ConfigRollout {
+    /// The first agent's first offer.
     pub first_offered_unix_ns: u64,
+    /// The last agent's first offer: the whole fleet has it from then on.
     pub last_offered_unix_ns: u64,
+    /// Agents offered it at least once.
     pub offered: u64,
+    /// Offers received, repeats included.
+    pub offers: u64,
+    /// Most offers of it one agent received (1 when the server offered it once each).
+    pub max_offers_per_agent: u32,
+    /// Agents' first offers per tenth of a second (unix time in units of 100 ms), so that the
+    /// offer latency's percentiles can be read against the moment of the assignment.
+    pub offered_per_100ms: BTreeMap<u64, u64>,
     pub applied: u64,
     pub failed: u64,
 }
 
 impl ConfigRollout {
     pub fn merge(&mut self, other: &ConfigRollout) {
-        if self.offered == 0 {
+        if self.offers == 0 {
             *self = other.clone();
+            return;
+        }
+        if other.offers == 0 {
             return;
         }
         self.first_offered_unix_ns = self.first_offered_unix_ns.min(other.first_offered_unix_ns);
         self.last_offered_unix_ns = self.last_offered_unix_ns.max(other.last_offered_unix_ns);
         self.offered += other.offered;
+        self.offers += other.offers;
+        self.max_offers_per_agent = self.max_offers_per_agent.max(other.max_offers_per_agent);
+        for (tenth, count) in &other.offered_per_100ms {
+            *self.offered_per_100ms.entry(*tenth).or_default() += count;
+        }
         self.applied += other.applied;
         self.failed += other.failed;
     }
@@ -183,16 +201,29 @@ impl Stats {
         record(&self.http_round_trip, took);
     }
 
-    pub fn config_offered(&self, hash: &[u8]) {
-        count(&self.counters.configs_offered);
+    /// An offer of `hash` arrived, this agent's `nth` of it (repeats included).
+    pub fn config_offer_received(&self, hash: &[u8], nth: u32) {
         let now = unix_nanos();
         let mut rollouts = self.rollouts.lock().expect("rollouts lock");
         let rollout = rollouts.entry(hex(hash)).or_insert(ConfigRollout {
             first_offered_unix_ns: now,
             ..ConfigRollout::default()
         });
-        rollout.last_offered_unix_ns = now;
-        rollout.offered += 1;
+        rollout.offers += 1;
+        rollout.max_offers_per_agent = rollout.max_offers_per_agent.max(nth);
+        if nth == 1 {
+            rollout.offered += 1;
+            rollout.last_offered_unix_ns = now;
+            *rollout
+                .offered_per_100ms
+                .entry(now / 100_000_000)
+                .or_default() += 1;
+        }
+    }
+
+    /// An offered config the agent did not run yet: it applies it (or fails to).
+    pub fn config_offered(&self) {
+        count(&self.counters.configs_offered);
     }
 
     pub fn config_outcome(&self, hash: &[u8], applied: bool) {
@@ -337,14 +368,15 @@ mod tests {
         let first = Stats::default();
         first.connected(Duration::from_millis(2));
         first.ready(Duration::from_millis(10));
-        first.config_offered(b"\x01\x02");
+        first.config_offer_received(b"\x01\x02", 1);
         first.config_outcome(b"\x01\x02", true);
         let second = Stats::default();
         second.connected(Duration::from_millis(4));
         second.connected(Duration::from_millis(6));
         second.disconnected(false);
-        second.config_offered(b"\x01\x02");
+        second.config_offer_received(b"\x01\x02", 1);
         second.config_outcome(b"\x01\x02", false);
+        second.config_offer_received(b"\x01\x02", 2);
 
         let (total, latencies) = merge(&[first.snapshot(1), second.snapshot(2)]).unwrap();
         assert_eq!(total.agents, 3);
@@ -358,6 +390,8 @@ mod tests {
             (rollout.offered, rollout.applied, rollout.failed),
             (2, 1, 1)
         );
+        assert_eq!((rollout.offers, rollout.max_offers_per_agent), (3, 2));
+        assert_eq!(rollout.offered_per_100ms.values().sum::<u64>(), 2);
         assert!(rollout.first_offered_unix_ns <= rollout.last_offered_unix_ns);
         let connect = &latencies["connect"];
         assert_eq!(connect.count, 3);

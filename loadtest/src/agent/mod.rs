@@ -116,6 +116,8 @@ pub struct Agent {
     behaviour: Arc<Behaviour>,
     remote_config_status: Option<RemoteConfigStatus>,
     effective_config: Option<EffectiveConfig>,
+    /// Offers received per config hash, repeats included: a server should offer a hash once.
+    offers: Vec<(Bytes, u32)>,
 }
 
 fn text(value: impl Into<String>) -> Option<AnyValue> {
@@ -132,6 +134,7 @@ impl Agent {
             status_counter: 0,
             remote_config_status: None,
             effective_config: behaviour.initial_effective_config.clone(),
+            offers: Vec::new(),
             behaviour,
         }
     }
@@ -235,12 +238,13 @@ impl Agent {
         }
         let mut send = Vec::new();
         if let Some(offer) = reply.remote_config {
+            stats.config_offer_received(&offer.config_hash, self.count_offer(&offer.config_hash));
             let already = self
                 .remote_config_status
                 .as_ref()
                 .is_some_and(|status| status.last_remote_config_hash == offer.config_hash);
             if !already {
-                stats.config_offered(&offer.config_hash);
+                stats.config_offered();
                 let applied =
                     !rand::rng().random_bool(self.behaviour.failure_ratio.clamp(0.0, 1.0));
                 stats.config_outcome(&offer.config_hash, applied);
@@ -276,6 +280,22 @@ impl Agent {
             Next::Carry
         } else {
             Next::Send(send)
+        }
+    }
+}
+
+impl Agent {
+    /// Counts an offer of `hash`; returns how many this agent has now received.
+    fn count_offer(&mut self, hash: &Bytes) -> u32 {
+        match self.offers.iter_mut().find(|(seen, _)| seen == hash) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.offers.push((hash.clone(), 1));
+                1
+            }
         }
     }
 }
@@ -386,6 +406,16 @@ mod tests {
         );
         let again = agent.full_state(&stats);
         assert!(again.effective_config.is_some() && again.remote_config_status.is_some());
+        let rollout = &stats.snapshot(1).rollouts[&crate::stats::hex(b"h1")];
+        assert_eq!(
+            (
+                rollout.offered,
+                rollout.offers,
+                rollout.max_offers_per_agent
+            ),
+            (1, 2, 2),
+            "the repeated offer is counted"
+        );
     }
 
     #[test]
