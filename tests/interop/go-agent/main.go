@@ -228,7 +228,7 @@ func main() {
 			log.Printf("set remote config status: %v", err)
 		}
 		if err != nil {
-			say("failed hash=%s error=%s", hash, err)
+			say("failed hash=%s error=%s", hash, strings.Join(strings.Fields(err.Error()), " "))
 		} else {
 			say("applied hash=%s", hash)
 		}

@@ -64,7 +64,8 @@ class Callbacks(OpAMPCallbacks):
         except (ValueError, UnicodeDecodeError) as error:
             client.update_remote_config_status(config_hash, statuses.RemoteConfigStatuses_FAILED, str(error))
             agent.send(client.build_full_state_message())
-            print(f"failed hash={config_hash.hex()} error={error}", flush=True)
+            one_line = " ".join(str(error).split())
+            print(f"failed hash={config_hash.hex()} error={one_line}", flush=True)
             return
         client.update_effective_config({"": text}, "text/yaml")
         client.update_remote_config_status(config_hash, statuses.RemoteConfigStatuses_APPLIED)
