@@ -93,6 +93,11 @@ impl Supervisor {
                 "executable": otelcol,
                 "instance_id": uid.to_string(),
                 "validate_config": true,
+                // On two busy cores the Collector can take longer than the defaults (3 s to
+                // first connect to the supervisor, 5 s to be healthy on a new config, when the
+                // supervisor reports APPLIED, or else FAILED "Config apply timeout exceeded").
+                "bootstrap_timeout": "30s",
+                "config_apply_timeout": "10s",
                 // The default Prometheus endpoint of the Collector's own metrics (:8888) would
                 // clash between Collectors running in parallel.
                 "args": ["--set=service::telemetry::metrics::level=none"],
@@ -193,11 +198,21 @@ impl Drop for Supervisor {
             }
         }
         if std::thread::panicking() {
-            let effective = std::fs::read_to_string(self.effective_yaml()).unwrap_or_default();
+            let read = |name: &str| std::fs::read_to_string(self.storage().join(name));
+            let effective = read("effective.yaml").unwrap_or_default();
+            // The Collector's own output (the supervisor passes none of it through).
+            let collector = read("agent.log").unwrap_or_default();
+            let collector_tail: Vec<&str> = collector.lines().rev().take(100).collect();
             eprintln!(
-                "---- output of opampsupervisor ({}) ----\n{}\n---- its effective.yaml ----\n{effective}",
+                "---- output of opampsupervisor ({}) ----\n{}\n---- its effective.yaml ----\n\
+                 {effective}\n---- the Collector's last lines (agent.log) ----\n{}",
                 self.uid,
-                self.output.text()
+                self.output.text(),
+                collector_tail
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
     }
