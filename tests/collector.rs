@@ -253,8 +253,8 @@ async fn drift_lists(api: &ConfigApi, uid: Uuid, state: &str) {
 /// with an effective config made from it: in sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_applies_a_config_and_is_in_sync() {
-    let (_cluster, api) = cluster().await;
-    let supervisor = Supervisor::start(&_cluster.ws_url(), "collector-in-sync");
+    let (cluster, api) = cluster().await;
+    let supervisor = Supervisor::start(&cluster.ws_url(), "collector-in-sync");
     let uid = supervisor.uid;
     let context = || supervisor.output();
     online(&api, uid, context).await;
@@ -282,8 +282,8 @@ async fn supervisor_applies_a_config_and_is_in_sync() {
 /// config still running, and the config not offered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_rejects_a_config_and_it_is_not_offered_again() {
-    let (_cluster, api) = cluster().await;
-    let supervisor = Supervisor::start(&_cluster.ws_url(), "collector-failed");
+    let (cluster, api) = cluster().await;
+    let supervisor = Supervisor::start(&cluster.ws_url(), "collector-failed");
     let uid = supervisor.uid;
     let context = || supervisor.output();
     online(&api, uid, context).await;
@@ -313,8 +313,8 @@ async fn supervisor_rejects_a_config_and_it_is_not_offered_again() {
 /// status: out of band.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_edited_by_hand_is_out_of_band() {
-    let (_cluster, api) = cluster().await;
-    let supervisor = Supervisor::start(&_cluster.ws_url(), "collector-out-of-band");
+    let (cluster, api) = cluster().await;
+    let supervisor = Supervisor::start(&cluster.ws_url(), "collector-out-of-band");
     let uid = supervisor.uid;
     let context = || supervisor.output();
     online(&api, uid, context).await;
