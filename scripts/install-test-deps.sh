@@ -6,6 +6,8 @@
 #     (pinned in tests/interop/python-agent/requirements.txt)
 #   - the opamp-go interop agent, built through the Go module proxy into
 #     $REPO/target/interop/go-agent
+#   - the OpenTelemetry Collector and its OpAMP supervisor (scripts/build-collector.sh: built
+#     once into ~/.cache/ampora, linked as $REPO/target/interop/{otelcol,opampsupervisor})
 #   - cargo-machete (pinned), the unused-dependency check of scripts/test.sh
 # Runs as root (or with sudo) on Debian; exits non-zero on any failure.
 set -euo pipefail
@@ -86,6 +88,10 @@ mkdir -p "$(dirname "$agent_bin")"
     "$go" mod download
     "$go" build -buildvcs=false -o "$agent_bin" .
 )
+
+# --- the Collector and the OpAMP supervisor ------------------------------------------------
+"$repo/scripts/build-collector.sh"
+
 # --- cargo-machete -------------------------------------------------------------------------
 machete_version=0.9.2
 if [[ $(cargo machete --version 2>/dev/null) == "$machete_version" ]]; then

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (Debian packages, the Python venv, Go modules,
-# cargo-machete), checks formatting, lints and unused dependencies (failing fast, before any
-# test), then the whole Rust workspace — unit tests, the storage suite on SQLite and PostgreSQL,
-# the end-to-end and interop tests (which start their own PostgreSQL and `ampora serve`
-# processes).
+# the Collector and its supervisor, cargo-machete), checks formatting, lints and unused
+# dependencies (failing fast, before any test), then the whole Rust workspace — unit tests,
+# the storage suite on SQLite and PostgreSQL, the end-to-end, interop and Collector tests
+# (which start their own PostgreSQL, NATS and `ampora` processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh

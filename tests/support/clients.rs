@@ -1,13 +1,15 @@
 //! Third-party OpAMP clients as processes: the opamp-go agent (`tests/interop/go-agent`) and the
 //! agent on the PyPI `opentelemetry-opamp-client` (`tests/interop/python-agent/agent.py`).
 //!
-//! Both print `instance_uid=<uuid>` as their first stdout line and exit 0 on SIGTERM.
+//! Both print `instance_uid=<uuid>` as their first stdout line and exit 0 on SIGTERM; they print
+//! `offer hash=<hex>` for each remote config the server offers (kept in
+//! [`ExternalAgent::offers`]), then `applied hash=<hex>` or `failed hash=<hex> error=<text>`.
 //! `scripts/install-test-deps.sh` installs what they need (the Go toolchain must be on the
 //! machine; the venv lives at `$REPO/.venv`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -103,6 +105,8 @@ pub struct ExternalAgent {
     label: String,
     child: Child,
     output: Output,
+    /// The config hashes offered, hex, in the order the offers came.
+    offers: Arc<Mutex<Vec<String>>>,
 }
 
 impl ExternalAgent {
@@ -115,7 +119,12 @@ impl ExternalAgent {
             .unwrap_or_else(|error| panic!("cannot start {label} ({command:?}): {error}"));
         let output = Output::new(2_000);
         let (first_line_tx, first_line_rx) = mpsc::channel();
+        let offers = Arc::new(Mutex::new(Vec::new()));
+        let offered = offers.clone();
         output.capture("stdout", child.stdout.take().unwrap(), move |line| {
+            if let Some(hash) = line.trim().strip_prefix("offer hash=") {
+                offered.lock().unwrap().push(hash.to_owned());
+            }
             let _ = first_line_tx.send(line);
         });
         output.capture("stderr", child.stderr.take().unwrap(), |_| {});
@@ -151,6 +160,7 @@ impl ExternalAgent {
             label,
             child,
             output,
+            offers,
         }
     }
 
@@ -178,6 +188,19 @@ impl ExternalAgent {
             command.args(["--attr", attr]);
         }
         ExternalAgent::start(format!("python agent {name:?}"), command)
+    }
+
+    /// The config hashes the server offered so far (hex), one per offer, oldest first.
+    pub fn offers(&self) -> Vec<String> {
+        self.offers.lock().unwrap().clone()
+    }
+
+    /// How many times the config with this `hash` (hex) was offered so far.
+    pub fn offers_of(&self, hash: &str) -> usize {
+        self.offers()
+            .iter()
+            .filter(|offered| *offered == hash)
+            .count()
     }
 
     /// What the agent printed so far (stdout and stderr).

@@ -154,6 +154,12 @@ fn gateway_certificate(dir: &Path) -> (PathBuf, PathBuf) {
 
 impl Cluster {
     pub async fn start(options: ClusterOptions) -> Cluster {
+        Cluster::start_with_env(options, &[]).await
+    }
+
+    /// [`Cluster::start`] with `extra_env` set on every role (gateways and control-planes),
+    /// over the test settings.
+    pub async fn start_with_env(options: ClusterOptions, extra_env: &[(&str, &str)]) -> Cluster {
         let nats = if options.nats_servers > 1 {
             TestNats::cluster(options.nats_servers)
         } else {
@@ -181,6 +187,11 @@ impl Cluster {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
             env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            env.extend(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
             env
         };
         let control_planes = (0..options.control_planes)

@@ -1,6 +1,7 @@
 //! Process-level test harness: runs the real `ampora serve` binary on free loopback ports with
 //! its own data directory, reads its ready lines, and talks to its API; also starts the
-//! third-party interop agents ([`GoAgent`], [`PythonAgent`]).
+//! third-party interop agents ([`GoAgent`], [`PythonAgent`]) and the real Collector under its
+//! OpAMP supervisor ([`collector::Supervisor`]).
 //!
 //! Include it from an integration test with `mod support;`.
 
@@ -8,6 +9,7 @@
 
 mod clients;
 pub mod cluster;
+pub mod collector;
 pub mod fleet;
 mod output;
 mod process;

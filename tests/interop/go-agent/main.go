@@ -4,16 +4,22 @@
 // It describes itself (service.name plus -attr pairs), reports healthy, reports an effective
 // config, prints "instance_uid=<uuid>" as its first stdout line, and on SIGTERM or SIGINT stops
 // the client (over WebSocket that sends AgentDisconnect) and exits 0.
+//
+// It applies the remote configs it is offered (see apply), and prints one stdout line per offer,
+// "offer hash=<hex>", then "applied hash=<hex>" or "failed hash=<hex> error=<text>".
 package main
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +27,7 @@ import (
 	"github.com/open-telemetry/opamp-go/client"
 	"github.com/open-telemetry/opamp-go/client/types"
 	"github.com/open-telemetry/opamp-go/protobufs"
+	"gopkg.in/yaml.v3"
 )
 
 // pairs collects repeated -attr key=value flags.
@@ -51,6 +58,58 @@ func (stderrLogger) Errorf(_ context.Context, format string, v ...interface{}) {
 
 func str(s string) *protobufs.AnyValue {
 	return &protobufs.AnyValue{Value: &protobufs.AnyValue_StringValue{StringValue: s}}
+}
+
+// agentConfig is what the agent runs: its effective config, guarded because the library calls
+// GetEffectiveConfig from its own goroutines.
+type agentConfig struct {
+	mu        sync.Mutex
+	effective *protobufs.EffectiveConfig
+}
+
+func (c *agentConfig) get() *protobufs.EffectiveConfig {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.effective
+}
+
+func (c *agentConfig) set(body []byte, contentType string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.effective = &protobufs.EffectiveConfig{
+		ConfigMap: &protobufs.AgentConfigMap{
+			ConfigMap: map[string]*protobufs.AgentConfigFile{
+				"": {Body: body, ContentType: contentType},
+			},
+		},
+	}
+}
+
+// apply checks an offered config the way a real agent would before running it: the file ""
+// must be YAML, and a top-level `reject: true` stands for a config the agent cannot run.
+func apply(remote *protobufs.AgentRemoteConfig) (*protobufs.AgentConfigFile, error) {
+	file, ok := remote.GetConfig().GetConfigMap()[""]
+	if !ok {
+		return nil, errors.New(`the offered config has no file ""`)
+	}
+	var parsed map[string]any
+	if err := yaml.Unmarshal(file.GetBody(), &parsed); err != nil {
+		return nil, fmt.Errorf("not YAML: %w", err)
+	}
+	if reject, _ := parsed["reject"].(bool); reject {
+		return nil, errors.New("the config asks to be rejected (reject: true)")
+	}
+	return file, nil
+}
+
+// say prints one line on stdout, where the tests read it.
+var stdoutMu sync.Mutex
+
+func say(format string, args ...any) {
+	stdoutMu.Lock()
+	defer stdoutMu.Unlock()
+	fmt.Printf(format+"\n", args...)
+	os.Stdout.Sync()
 }
 
 func main() {
@@ -135,12 +194,44 @@ func main() {
 	}
 
 	configBody := fmt.Sprintf("# go-agent %s\nreceivers:\n  otlp:\n    protocols:\n      grpc: {}\nservice:\n  pipelines: {}\n", *name)
-	effective := &protobufs.EffectiveConfig{
-		ConfigMap: &protobufs.AgentConfigMap{
-			ConfigMap: map[string]*protobufs.AgentConfigFile{
-				"": {Body: []byte(configBody), ContentType: "text/yaml"},
-			},
-		},
+	config := &agentConfig{}
+	config.set([]byte(configBody), "text/yaml")
+
+	// Set once Start has returned: OnMessage may run before.
+	var opampReady sync.WaitGroup
+	opampReady.Add(1)
+	onMessage := func(ctx context.Context, msg *types.MessageData) {
+		remote := msg.RemoteConfig
+		if remote == nil {
+			return
+		}
+		opampReady.Wait()
+		hash := hex.EncodeToString(remote.GetConfigHash())
+		say("offer hash=%s", hash)
+		status := &protobufs.RemoteConfigStatus{LastRemoteConfigHash: remote.GetConfigHash()}
+		file, err := apply(remote)
+		if err != nil {
+			status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED
+			status.ErrorMessage = err.Error()
+		} else {
+			status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED
+			contentType := file.GetContentType()
+			if contentType == "" {
+				contentType = "text/yaml"
+			}
+			config.set(file.GetBody(), contentType)
+			if err := opamp.UpdateEffectiveConfig(ctx); err != nil {
+				log.Printf("update effective config: %v", err)
+			}
+		}
+		if err := opamp.SetRemoteConfigStatus(status); err != nil {
+			log.Printf("set remote config status: %v", err)
+		}
+		if err != nil {
+			say("failed hash=%s error=%s", hash, strings.Join(strings.Fields(err.Error()), " "))
+		} else {
+			say("applied hash=%s", hash)
+		}
 	}
 
 	settings := types.StartSettings{
@@ -160,8 +251,9 @@ func main() {
 				log.Printf("server error: %v", e.GetErrorMessage())
 			},
 			GetEffectiveConfig: func(context.Context) (*protobufs.EffectiveConfig, error) {
-				return effective, nil
+				return config.get(), nil
 			},
+			OnMessage: onMessage,
 		},
 	}
 
@@ -171,8 +263,8 @@ func main() {
 	if err := opamp.Start(context.Background(), settings); err != nil {
 		log.Fatalf("start: %v", err)
 	}
-	fmt.Printf("instance_uid=%s\n", uid.String())
-	os.Stdout.Sync()
+	say("instance_uid=%s", uid.String())
+	opampReady.Done()
 
 	received := <-signals
 	log.Printf("%v: stopping", received)

@@ -5,6 +5,11 @@ It describes itself (service.name plus --attr pairs), reports an effective confi
 `instance_uid=<uuid>` as its first stdout line and runs until SIGTERM or SIGINT. On stop the
 library sends AgentDisconnect.
 
+It applies the remote configs it is offered: the file "" must be YAML without a top-level
+`reject: true`, else it reports FAILED. It prints one stdout line per offer, `offer hash=<hex>`,
+then `applied hash=<hex>` or `failed hash=<hex> error=<text>`. The library sends a remote config
+status alone, without the effective config, so the agent reports both in a full state message.
+
     python agent.py --url http://127.0.0.1:4320/v1/opamp --name my-service --attr team=obs
 """
 
@@ -18,17 +23,54 @@ import sys
 import threading
 import uuid
 
+import yaml
 from opentelemetry._opamp import OpAMPAgent, OpAMPCallbacks, OpAMPClient
+from opentelemetry._opamp.proto import opamp_pb2
+
+
+def check(remote_config) -> str:
+    """The offered config's text if this agent can run it; raises ValueError otherwise."""
+    files = remote_config.config.config_map
+    if "" not in files:
+        raise ValueError('the offered config has no file ""')
+    text = files[""].body.decode("utf-8")
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not YAML: {error}") from error
+    if isinstance(parsed, dict) and parsed.get("reject") is True:
+        raise ValueError("the config asks to be rejected (reject: true)")
+    return text
 
 
 class Callbacks(OpAMPCallbacks):
-    """Logs what the server says; this agent applies no remote config."""
+    """Logs what the server says and applies the remote configs it offers."""
 
     def on_error(self, agent, client, error_response):
         logging.warning("server error: %s", error_response.error_message)
 
     def on_connect_failed(self, agent, client, error):
         logging.warning("request failed: %s", error)
+
+    def on_message(self, agent, client, message):
+        remote_config = message.remote_config
+        if remote_config is None:
+            return
+        config_hash = bytes(remote_config.config_hash)
+        print(f"offer hash={config_hash.hex()}", flush=True)
+        statuses = opamp_pb2.RemoteConfigStatuses
+        try:
+            text = check(remote_config)
+        except (ValueError, UnicodeDecodeError) as error:
+            client.update_remote_config_status(config_hash, statuses.RemoteConfigStatuses_FAILED, str(error))
+            agent.send(client.build_full_state_message())
+            one_line = " ".join(str(error).split())
+            print(f"failed hash={config_hash.hex()} error={one_line}", flush=True)
+            return
+        client.update_effective_config({"": text}, "text/yaml")
+        client.update_remote_config_status(config_hash, statuses.RemoteConfigStatuses_APPLIED)
+        agent.send(client.build_full_state_message())
+        print(f"applied hash={config_hash.hex()}", flush=True)
 
 
 def key_value(text: str) -> tuple[str, str]:
