@@ -87,13 +87,19 @@ service:
 /// What the Collector says about [`COLLECTOR_REJECTS`] (memorylimiter's config check).
 const COLLECTOR_ERROR: &str = "'limit_mib' or 'limit_percentage' must be greater than zero";
 
-/// [`GOOD`] for the interop agents, with the key they read as "cannot run this".
+/// [`GOOD`] with a processor the interop agents cannot run (`batch/reject`): a valid
+/// Collector config, so publishing takes it, that they refuse as a real agent refuses a
+/// component it lacks.
 fn agent_rejects() -> String {
-    format!("reject: true\n{GOOD}")
+    GOOD.replace("  batch: {}\n", "  batch: {}\n  batch/reject: {}\n")
+        .replace(
+            "[memory_limiter, batch]",
+            "[memory_limiter, batch, batch/reject]",
+        )
 }
 
-/// The text interop agents give for a `reject: true` config.
-const AGENT_ERROR: &str = "reject: true";
+/// The text interop agents give for a config with a `batch/reject` processor.
+const AGENT_ERROR: &str = "cannot run processor batch/reject";
 
 /// One gateway and one control-plane over NATS and PostgreSQL, behind HAProxy, with the
 /// heartbeat interval set; and its config API.

@@ -2077,6 +2077,7 @@ async fn agents_read_back_with_their_config_track(db: Db) {
         }),
         out_of_band_at: Some(at_micros(3, 3)),
         expects_effective: true,
+        effective_since_status: true,
     };
     let without = record(plain, "dev", 0);
     store

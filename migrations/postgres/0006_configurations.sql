@@ -65,6 +65,7 @@ CREATE TABLE agent_configs (
     failed_at            BIGINT,
     out_of_band_at       BIGINT, -- the effective config changed without an assignment
     expects_effective    BOOLEAN NOT NULL DEFAULT FALSE, -- applying: its next report is no drift
+    effective_since_status BOOLEAN NOT NULL DEFAULT FALSE, -- reported since its last status or offer
     drift_state          TEXT GENERATED ALWAYS AS (
         CASE
             WHEN assigned_hash IS NULL THEN NULL

@@ -573,13 +573,17 @@ impl Worker {
             at: heard.at,
         };
         let status_changed = report.before != report.after;
-        let track_changed = record.config.observe(&report, view.assignment.as_deref());
+        let mut track_changed = record.config.observe(&report, view.assignment.as_deref());
+        let offer = view.offer(record);
+        if offer.is_some() {
+            track_changed |= record.config.offered();
+        }
         if assignment_changed || track_changed || status_changed {
             round
                 .configs
                 .push(AgentConfig::of(record, view.assignment.as_deref()));
         }
-        let assignment = view.offer(record)?;
+        let assignment = offer?;
         round.events.push(offered(uid, &assignment, heard.at));
         self.config_offers.increment(1);
         Some(remote_config::offer(&assignment))
@@ -592,7 +596,7 @@ impl Worker {
         let set = self.assignments.current();
         let mut round = Uncommitted::default();
         let now = OffsetDateTime::now_utc();
-        for (uid, record) in &self.cache {
+        for (uid, record) in &mut self.cache {
             let view = self.configs.entry(*uid).or_default();
             if !view.resolve(&set, record, false) {
                 continue;
@@ -600,13 +604,18 @@ impl Worker {
             round
                 .partitions
                 .insert(self.config.subjects.partition_of(uid));
+            let offer = match record.head.transport {
+                Transport::Websocket => view.offer(record),
+                // An HTTP agent is offered it in the reply to its next poll.
+                Transport::Http => None,
+            };
+            if offer.is_some() {
+                record.config.offered();
+            }
             round
                 .configs
                 .push(AgentConfig::of(record, view.assignment.as_deref()));
-            if record.head.transport != Transport::Websocket {
-                continue;
-            }
-            if let Some(assignment) = view.offer(record) {
+            if let Some(assignment) = offer {
                 round.events.push(offered(*uid, &assignment, now));
                 self.config_offers.increment(1);
                 round.replies.push(Reply {

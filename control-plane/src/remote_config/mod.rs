@@ -39,6 +39,9 @@ pub struct ConfigTrack {
     /// The agent is applying a config and has not reported the effective config that follows:
     /// its next effective config is the new one, not drift.
     pub expects_effective: bool,
+    /// The agent reported a new effective config since its last status change or offer: an
+    /// APPLIED that follows needs no other (agents report the two in either order).
+    pub effective_since_status: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +94,8 @@ impl ConfigTrack {
                     });
                     self.out_of_band_at = None;
                     if !went_through_applying {
-                        self.expects_effective = !report.effective_changed;
+                        self.expects_effective =
+                            !(report.effective_changed || self.effective_since_status);
                     }
                 }
                 FAILED => {
@@ -107,6 +111,7 @@ impl ConfigTrack {
                 }
                 _ => {}
             }
+            self.effective_since_status = report.effective_changed;
         } else if report.effective_changed {
             let expected = report.new_connection || self.expects_effective;
             let runs_assigned = match (assigned, report.after) {
@@ -119,8 +124,15 @@ impl ConfigTrack {
                 self.out_of_band_at = Some(report.at);
             }
             self.expects_effective = false;
+            self.effective_since_status = true;
         }
         *self != before
+    }
+
+    /// The agent is being offered a config: what it reports from now on answers the offer.
+    /// Returns whether anything kept changed.
+    pub fn offered(&mut self) -> bool {
+        std::mem::replace(&mut self.effective_since_status, false)
     }
 
     /// Whether `assignment` is a hash the agent rejected under it (or a newer assignment).

@@ -190,3 +190,37 @@ fn an_effective_config_hashes_like_a_published_one() {
     assert_ne!(hashed, sha256_hex(b"xy"));
     assert_eq!(effective_hash(std::iter::empty()), None);
 }
+
+#[test]
+fn an_effective_config_reported_before_applied_is_the_apply_s() {
+    // The opamp-go agent's order: the new effective config, then APPLIED.
+    let assigned = assignment(1, "aa");
+    let mut agent = Agent::new();
+    agent.hear(None, true, &assigned);
+    agent.hear(Some(status(APPLIED, "aa", "")), false, &assigned);
+    assert!(!agent.track.expects_effective);
+    agent.hear(None, true, &assigned);
+    assert_eq!(
+        agent.track.out_of_band_at,
+        Some(agent.at),
+        "the next edit is drift"
+    );
+}
+
+#[test]
+fn an_edit_before_an_offer_does_not_excuse_one_after_it() {
+    let first = assignment(1, "aa");
+    let mut agent = Agent::new();
+    agent.hear(Some(status(APPLIED, "aa", "")), true, &first);
+    agent.hear(None, true, &first);
+    assert!(agent.track.out_of_band_at.is_some());
+    // A new version is offered; the agent reports APPLIED before its new effective config.
+    let second = assignment(2, "bb");
+    assert!(agent.track.offered());
+    agent.hear(Some(status(APPLIED, "bb", "")), false, &second);
+    assert_eq!(agent.track.out_of_band_at, None);
+    agent.hear(None, true, &second);
+    assert_eq!(agent.track.out_of_band_at, None, "the apply's own config");
+    agent.hear(None, true, &second);
+    assert!(agent.track.out_of_band_at.is_some());
+}

@@ -23,7 +23,8 @@ pub const AGENT_CONFIG_COLUMNS: &str = "c.instance_uid, c.assignment_id, c.confi
 /// The columns of what the server keeps of an agent's answers, `c` being `agent_configs`
 /// (all `NULL` when an agent has no row).
 pub const TRACK_COLUMNS: &str = "c.applied_hash, c.applied_at, c.failed_hash, \
-     c.failed_assignment_id, c.failed_error, c.failed_at, c.out_of_band_at, c.expects_effective";
+     c.failed_assignment_id, c.failed_error, c.failed_at, c.out_of_band_at, c.expects_effective, \
+     c.effective_since_status";
 
 /// What the server keeps of an agent's answers, as stored.
 #[derive(FromRow)]
@@ -36,6 +37,7 @@ pub struct TrackRow {
     failed_at: Option<i64>,
     out_of_band_at: Option<i64>,
     expects_effective: Option<bool>,
+    effective_since_status: Option<bool>,
 }
 
 impl TryFrom<TrackRow> for ConfigTrack {
@@ -63,6 +65,7 @@ impl TryFrom<TrackRow> for ConfigTrack {
             rejected,
             out_of_band_at: row.out_of_band_at.map(from_micros).transpose()?,
             expects_effective: row.expects_effective.unwrap_or(false),
+            effective_since_status: row.effective_since_status.unwrap_or(false),
         })
     }
 }

@@ -263,6 +263,7 @@ pub struct ConfigColumns {
     pub failed_at: Vec<Option<i64>>,
     pub out_of_band_at: Vec<Option<i64>>,
     pub expects_effective: Vec<bool>,
+    pub effective_since_status: Vec<bool>,
 }
 
 impl ConfigColumns {
@@ -308,6 +309,9 @@ impl ConfigColumns {
                 .out_of_band_at
                 .push(track.out_of_band_at.map(encoding::micros));
             columns.expects_effective.push(track.expects_effective);
+            columns
+                .effective_since_status
+                .push(track.effective_since_status);
         }
         columns
     }

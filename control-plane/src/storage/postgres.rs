@@ -384,6 +384,7 @@ async fn write_fenced<'c>(
         .bind(&configs.failed_at)
         .bind(&configs.out_of_band_at)
         .bind(&configs.expects_effective)
+        .bind(&configs.effective_since_status)
         .fetch_one(executor)
         .await?;
     if held {

@@ -486,7 +486,7 @@ async fn upsert_configs(connection: &mut SqliteConnection, configs: &ConfigColum
         "INSERT INTO agent_configs (instance_uid, assignment_id, configuration_id, \
          config_version, assigned_hash, assigned_at, remote_hash, remote_state, applied_hash, \
          applied_at, failed_hash, failed_assignment_id, failed_error, failed_at, \
-         out_of_band_at, expects_effective) ",
+         out_of_band_at, expects_effective, effective_since_status) ",
         &rows,
         include_str!("sqlite/queries/agent_configs_conflict.sql"),
         |row, &i| {
@@ -505,7 +505,8 @@ async fn upsert_configs(connection: &mut SqliteConnection, configs: &ConfigColum
                 .push_bind(configs.failed_error[i].as_deref())
                 .push_bind(configs.failed_at[i])
                 .push_bind(configs.out_of_band_at[i])
-                .push_bind(configs.expects_effective[i]);
+                .push_bind(configs.expects_effective[i])
+                .push_bind(configs.effective_since_status[i]);
         },
     )
     .await

@@ -86,7 +86,7 @@ func (c *agentConfig) set(body []byte, contentType string) {
 }
 
 // apply checks an offered config the way a real agent would before running it: the file ""
-// must be YAML, and a top-level `reject: true` stands for a config the agent cannot run.
+// must be YAML, and a processor named `batch/reject` stands for a component the agent cannot run.
 func apply(remote *protobufs.AgentRemoteConfig) (*protobufs.AgentConfigFile, error) {
 	file, ok := remote.GetConfig().GetConfigMap()[""]
 	if !ok {
@@ -96,8 +96,10 @@ func apply(remote *protobufs.AgentRemoteConfig) (*protobufs.AgentConfigFile, err
 	if err := yaml.Unmarshal(file.GetBody(), &parsed); err != nil {
 		return nil, fmt.Errorf("not YAML: %w", err)
 	}
-	if reject, _ := parsed["reject"].(bool); reject {
-		return nil, errors.New("the config asks to be rejected (reject: true)")
+	if processors, ok := parsed["processors"].(map[string]any); ok {
+		if _, found := processors["batch/reject"]; found {
+			return nil, errors.New("cannot run processor batch/reject")
+		}
 	}
 	return file, nil
 }

@@ -5,8 +5,8 @@ It describes itself (service.name plus --attr pairs), reports an effective confi
 `instance_uid=<uuid>` as its first stdout line and runs until SIGTERM or SIGINT. On stop the
 library sends AgentDisconnect.
 
-It applies the remote configs it is offered: the file "" must be YAML without a top-level
-`reject: true`, else it reports FAILED. It prints one stdout line per offer, `offer hash=<hex>`,
+It applies the remote configs it is offered: the file "" must be YAML without a processor named
+`batch/reject` (a component it cannot run), else it reports FAILED. It prints one stdout line per offer, `offer hash=<hex>`,
 then `applied hash=<hex>` or `failed hash=<hex> error=<text>`. The library sends a remote config
 status alone, without the effective config, so the agent reports both in a full state message.
 
@@ -38,8 +38,9 @@ def check(remote_config) -> str:
         parsed = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ValueError(f"not YAML: {error}") from error
-    if isinstance(parsed, dict) and parsed.get("reject") is True:
-        raise ValueError("the config asks to be rejected (reject: true)")
+    processors = parsed.get("processors") if isinstance(parsed, dict) else None
+    if isinstance(processors, dict) and "batch/reject" in processors:
+        raise ValueError("cannot run processor batch/reject")
     return text
 
 

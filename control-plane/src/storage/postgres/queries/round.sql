@@ -9,7 +9,7 @@
 -- Agents ($5..$17) go in array order, which the caller sorts by uid: the lock order of every
 -- writer. An agent without details (NULL) keeps its stored ones. Event ids ($18..$22) are drawn
 -- in array order, so a batch's events keep their order in the history. Agents' config rows
--- ($23..$38) take the reported side as it is, the assigned side only over an older assignment:
+-- ($23..$39) take the reported side as it is, the assigned side only over an older assignment:
 -- one made through the API meanwhile wins.
 WITH fence AS (
     SELECT partition, epoch FROM partition_leases
@@ -55,11 +55,12 @@ written_configs AS (
     INSERT INTO agent_configs (instance_uid, assignment_id, configuration_id, config_version,
                                assigned_hash, assigned_at, remote_hash, remote_state,
                                applied_hash, applied_at, failed_hash, failed_assignment_id,
-                               failed_error, failed_at, out_of_band_at, expects_effective)
+                               failed_error, failed_at, out_of_band_at, expects_effective,
+                               effective_since_status)
     SELECT * FROM UNNEST($23::uuid[], $24::int8[], $25::int8[], $26::int8[], $27::text[],
                          $28::int8[], $29::text[], $30::text[], $31::text[], $32::int8[],
                          $33::text[], $34::int8[], $35::text[], $36::int8[], $37::int8[],
-                         $38::bool[])
+                         $38::bool[], $39::bool[])
     WHERE (SELECT held FROM fence_check)
     ON CONFLICT (instance_uid) DO UPDATE SET
         remote_hash = excluded.remote_hash,
@@ -72,6 +73,7 @@ written_configs AS (
         failed_at = excluded.failed_at,
         out_of_band_at = excluded.out_of_band_at,
         expects_effective = excluded.expects_effective,
+        effective_since_status = excluded.effective_since_status,
         assignment_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
             THEN excluded.assignment_id ELSE agent_configs.assignment_id END,
         configuration_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)

@@ -11,6 +11,7 @@ ON CONFLICT (instance_uid) DO UPDATE SET
         failed_at = excluded.failed_at,
         out_of_band_at = excluded.out_of_band_at,
         expects_effective = excluded.expects_effective,
+        effective_since_status = excluded.effective_since_status,
         assignment_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
             THEN excluded.assignment_id ELSE agent_configs.assignment_id END,
         configuration_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
