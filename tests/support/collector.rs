@@ -223,7 +223,7 @@ impl Drop for Supervisor {
 /// A published configuration version.
 #[derive(Debug, Clone)]
 pub struct Published {
-    pub configuration_id: String,
+    pub configuration_id: i64,
     pub version: i64,
     /// Lowercase hex SHA-256 of the YAML.
     pub hash: String,
@@ -281,7 +281,7 @@ impl ConfigApi {
     }
 
     /// `POST /api/v1/configurations`: its id.
-    pub async fn create_configuration(&self, name: &str, yaml: &str) -> String {
+    pub async fn create_configuration(&self, name: &str, yaml: &str) -> i64 {
         let body = json!({
             "name": name,
             "description": format!("{name}, made by a test"),
@@ -296,15 +296,13 @@ impl ConfigApi {
                 201,
             )
             .await;
-        match &created["id"] {
-            Value::String(id) => id.clone(),
-            Value::Number(id) => id.to_string(),
-            other => panic!("POST /api/v1/configurations: id {other}: {created:#}"),
-        }
+        created["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("POST /api/v1/configurations: id: {created:#}"))
     }
 
     /// `POST /api/v1/configurations/{id}/publish`, which must succeed.
-    pub async fn publish(&self, configuration_id: &str) -> Published {
+    pub async fn publish(&self, configuration_id: i64) -> Published {
         let path = format!("/api/v1/configurations/{configuration_id}/publish");
         let published = self.expect(reqwest::Method::POST, &path, None, 201).await;
         let version = published["version"]
@@ -315,7 +313,7 @@ impl ConfigApi {
             .unwrap_or_else(|| panic!("POST {path}: hash: {published:#}"))
             .to_owned();
         Published {
-            configuration_id: configuration_id.to_owned(),
+            configuration_id,
             version,
             hash,
         }
@@ -340,7 +338,7 @@ impl ConfigApi {
     /// Creates, publishes and assigns `yaml` to the agent `uid`: what was published.
     pub async fn push(&self, name: &str, yaml: &str, uid: Uuid) -> Published {
         let id = self.create_configuration(name, yaml).await;
-        let published = self.publish(&id).await;
+        let published = self.publish(id).await;
         assert_eq!(
             published.hash,
             sha256_hex(yaml.as_bytes()),
