@@ -20,7 +20,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use support::cluster::{Cluster, ClusterOptions};
-use support::collector::{ConfigApi, Published, Supervisor};
+use support::collector::Supervisor;
+use support::config_api::{ConfigApi, Published};
 use support::{ExternalAgent, GoAgent, PythonAgent};
 
 /// Set on every role: agents that report heartbeats are told to send one every second.

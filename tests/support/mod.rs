@@ -10,6 +10,7 @@
 mod clients;
 pub mod cluster;
 pub mod collector;
+pub mod config_api;
 pub mod fleet;
 mod output;
 mod process;
