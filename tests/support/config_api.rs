@@ -107,18 +107,8 @@ impl ConfigApi {
 
     /// `POST /api/v1/assignments` of `published` to the agent `uid`.
     pub async fn assign_to_agent(&self, published: &Published, uid: Uuid) {
-        let body = json!({
-            "configuration_id": published.configuration_id,
-            "version": published.version,
-            "target": {"instance_uid": uid.to_string()},
-        });
-        self.expect(
-            reqwest::Method::POST,
-            "/api/v1/assignments",
-            Some(body),
-            201,
-        )
-        .await;
+        self.assign(published, json!({"instance_uid": uid.to_string()}))
+            .await;
     }
 
     /// Creates, publishes and assigns `yaml` to the agent `uid`: what was published.

@@ -96,10 +96,13 @@ impl PostgresStore {
 #[async_trait]
 impl AgentStore for PostgresStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>> {
-        let row: Option<AgentRow<Uuid>> = sqlx::query_as(include_str!("queries/get_agent.sql"))
-            .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<AgentRow<Uuid>> = sqlx::query_as(concat!(
+            include_str!("queries/agent_select.sql"),
+            "WHERE a.instance_uid = $1"
+        ))
+        .bind(uid)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(AgentRecord::try_from).transpose()
     }
 
@@ -107,11 +110,13 @@ impl AgentStore for PostgresStore {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<AgentRow<Uuid>> =
-            sqlx::query_as(include_str!("postgres/queries/agents_select.sql"))
-                .bind(uids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<AgentRow<Uuid>> = sqlx::query_as(concat!(
+            include_str!("queries/agent_select.sql"),
+            "WHERE a.instance_uid = ANY($1::uuid[])"
+        ))
+        .bind(uids)
+        .fetch_all(&self.pool)
+        .await?;
         model::convert(rows)
     }
 

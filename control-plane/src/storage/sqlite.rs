@@ -130,17 +130,22 @@ impl SqliteStore {
 #[async_trait]
 impl AgentStore for SqliteStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>> {
-        let row: Option<AgentRow<Hyphenated>> =
-            sqlx::query_as(include_str!("queries/get_agent.sql"))
-                .bind(uid.hyphenated())
-                .fetch_optional(&self.reader)
-                .await?;
+        let row: Option<AgentRow<Hyphenated>> = sqlx::query_as(concat!(
+            include_str!("queries/agent_select.sql"),
+            "WHERE a.instance_uid = $1"
+        ))
+        .bind(uid.hyphenated())
+        .fetch_optional(&self.reader)
+        .await?;
         row.map(AgentRecord::try_from).transpose()
     }
 
     async fn get_agents(&self, uids: &[Uuid]) -> Result<Vec<AgentRecord>> {
         let mut connection = self.reader.acquire().await?;
-        let select = include_str!("sqlite/queries/agents_select.sql");
+        let select = concat!(
+            include_str!("queries/agent_select.sql"),
+            "WHERE a.instance_uid "
+        );
         let mut records = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(ROWS_PER_STATEMENT) {
             let rows: Vec<AgentRow<Hyphenated>> = in_uids(select, chunk)
