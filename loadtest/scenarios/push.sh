@@ -12,6 +12,8 @@
 # shows in the offers per agent, and the control-plane's `ampora_control_plane_config_offers_total`.
 # Reference, in the same run: the raw NATS publish rate, against the offers' fan-out rate. The
 # machine's load average and the CPU each part used during the push are printed with them.
+# PERF=1 records a whole-box profile (perf record -F 999 -a) from the assignment until every
+# agent is in sync, in target/loadtest/push.perf.data.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 AGENTS=${AGENTS:-100000}
@@ -138,26 +140,41 @@ log "published configuration $configuration version $version, hash $hash, proble
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu_snapshot "$loadtest" >"$WORK/cpu-before"
+if [[ -n ${PERF:-} ]]; then
+    perf record -F 999 -a -g -o "$RESULTS/push.perf.data" 2>"$WORK/perf.log" &
+    perf_pid=$!
+    sleep 1
+fi
 assigned_ns=$(now_ns)
 api POST /api/v1/assignments "{\"configuration_id\": $configuration, \"version\": $version, \"target\": {\"selector\": \"loadtest.fleet=push\"}}" >/dev/null
 answered_ns=$(now_ns)
 log "assigned to loadtest.fleet=push in $(((answered_ns - assigned_ns) / 1000000)) ms; waiting for every agent in sync"
 
-# Every APPLIED committed: the drift counts every agent in sync, none pending.
+# Every APPLIED committed: the drift counts every agent in sync, none pending. Parsed in bash,
+# so that polling costs the box little besides the query; the query's own time is reported.
 in_sync_ns=""
+in_sync="?" pending="?" failed="?" out_of_band="?"
+polls=0 poll_ms_total=0 poll_ms_max=0
 deadline=$((SECONDS + PUSH_TIMEOUT))
 while ((SECONDS < deadline)); do
-    counts=$(curl -sf "$API/api/v1/drift?limit=1" | python3 -c 'import json, sys
-c = json.load(sys.stdin)["counts"]
-print(c["in_sync"], c["pending"], c["failed"], c["out_of_band"])') || counts="? ? ? ?"
-    read -r in_sync pending failed out_of_band <<<"$counts"
+    answer=$(curl -sf -w ' %{time_total}' "$API/api/v1/drift?limit=1") || answer=""
+    took_ms=$(awk '{printf "%d", $NF * 1000}' <<<"${answer:-0}")
+    polls=$((polls + 1)) poll_ms_total=$((poll_ms_total + took_ms))
+    ((took_ms > poll_ms_max)) && poll_ms_max=$took_ms
+    for state in in_sync pending failed out_of_band; do
+        [[ $answer =~ \"$state\":([0-9]+) ]] && printf -v "$state" '%s' "${BASH_REMATCH[1]}"
+    done
     if [[ $in_sync == "$AGENTS" && $pending == 0 ]]; then
         in_sync_ns=$(now_ns)
         break
     fi
-    sleep 0.2
+    sleep "${POLL:-0.2}"
 done
 cpu_snapshot "$loadtest" >"$WORK/cpu-after"
+if [[ -n ${perf_pid:-} ]]; then
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 if [[ -z $in_sync_ns ]]; then
     log "not every agent in sync within $PUSH_TIMEOUT s: in_sync $in_sync pending $pending failed $failed out_of_band $out_of_band"
@@ -177,10 +194,11 @@ wait "$loadtest" || true
     grep -E '^(all agents ready|errors)' "$WORK/agents.txt" || true
     python3 - "$report" "$hash" "$AGENTS" "$assigned_ns" "$answered_ns" "${in_sync_ns:-0}" "$offers_metric" \
         "$reference_nats" "$WORK/cpu-before" "$WORK/cpu-after" "$(getconf CLK_TCK)" "$load_before" "$load_after" \
-        "in_sync $in_sync pending $pending failed $failed out_of_band $out_of_band" <<'PY'
+        "in_sync $in_sync pending $pending failed $failed out_of_band $out_of_band" \
+        "$polls polls of GET /api/v1/drift every ${POLL:-0.2} s, $((poll_ms_total / (polls > 0 ? polls : 1))) ms each on average, at most $poll_ms_max ms" <<'PY'
 import json, sys
 (report, hash_, agents, assigned, answered, in_sync, metric, nats, cpu0, cpu1, tck,
- load0, load1, last_counts) = sys.argv[1:]
+ load0, load1, last_counts, polls) = sys.argv[1:]
 agents, assigned, answered, in_sync, tck = int(agents), int(assigned), int(answered), int(in_sync), int(tck)
 rollout = json.load(open(report))["rollouts"].get(hash_)
 ms = lambda ns: ns / 1e6
@@ -210,6 +228,7 @@ if in_sync:
     print(f"applied: every agent in sync (APPLIED committed) {ms(in_sync - assigned):.0f} ms after the assignment")
 else:
     print(f"applied: NOT every agent in sync; last drift counts: {last_counts}")
+print(polls)
 print(f"control-plane ampora_control_plane_config_offers_total: {metric or '?'} (agents: {agents})")
 print(f"load average (1, 5, 15 min): {load0} before the assignment, {load1} when all were in sync")
 window = ((in_sync or answered) - assigned) / 1e9
