@@ -7,7 +7,7 @@
 #   offer   — until the last agent received its offer (the agents' own clocks, this machine's),
 #             with the offers per agent (exactly one each is the target), p50 and p99;
 #   applied — until `GET /api/v1/drift` counts every agent in sync (their APPLIED committed),
-#             polled every 200 ms.
+#             polled every POLL seconds (default 0.5).
 # Then HOLD seconds more (default: a heartbeat and 5 s), so any re-offer on a later message
 # shows in the offers per agent, and the control-plane's `ampora_control_plane_config_offers_total`.
 # Reference, in the same run: the raw NATS publish rate, against the offers' fan-out rate. The
@@ -25,6 +25,7 @@ HEARTBEAT=${HEARTBEAT:-30s}
 SETTLE=${SETTLE:-10}
 HOLD=${HOLD:-$((${HEARTBEAT%s} + 5))}
 PUSH_TIMEOUT=${PUSH_TIMEOUT:-300}
+POLL=${POLL:-0.5}
 SOURCES=${SOURCES:-127.0.4.1-127.0.4.16}
 OUT="$RESULTS/push.txt"
 if ! [[ $HEARTBEAT =~ ^[0-9]+s$ ]]; then
@@ -168,7 +169,7 @@ while ((SECONDS < deadline)); do
         in_sync_ns=$(now_ns)
         break
     fi
-    sleep "${POLL:-0.2}"
+    sleep "$POLL"
 done
 cpu_snapshot "$loadtest" >"$WORK/cpu-after"
 if [[ -n ${perf_pid:-} ]]; then
@@ -182,6 +183,9 @@ else
     log "every agent in sync $(((in_sync_ns - assigned_ns) / 1000000)) ms after the assignment; holding $HOLD s for re-offers"
 fi
 sleep "$HOLD"
+# The drift query once the push is over, on a quiet fleet: what each poll above cost.
+rest_ms=$(for _ in 1 2 3 4 5; do curl -sf -o /dev/null -w '%{time_total}\n' "$API/api/v1/drift?limit=1"; done |
+    sort -n | awk '{t[NR] = $1 * 1000} END {printf "%.0f", t[3]}')
 offers_metric=$(curl -sf "$API/metrics" | awk '/^ampora_control_plane_config_offers_total/ {print $NF}')
 kill -TERM "$loadtest"
 wait "$loadtest" || true
@@ -195,7 +199,7 @@ wait "$loadtest" || true
     python3 - "$report" "$hash" "$AGENTS" "$assigned_ns" "$answered_ns" "${in_sync_ns:-0}" "$offers_metric" \
         "$reference_nats" "$WORK/cpu-before" "$WORK/cpu-after" "$(getconf CLK_TCK)" "$load_before" "$load_after" \
         "in_sync $in_sync pending $pending failed $failed out_of_band $out_of_band" \
-        "$polls polls of GET /api/v1/drift every ${POLL:-0.2} s, $((poll_ms_total / (polls > 0 ? polls : 1))) ms each on average, at most $poll_ms_max ms" <<'PY'
+        "$polls polls of GET /api/v1/drift every $POLL s, $((poll_ms_total / (polls > 0 ? polls : 1))) ms each on average, at most $poll_ms_max ms; $rest_ms ms (median of 5) once the push was over" <<'PY'
 import json, sys
 (report, hash_, agents, assigned, answered, in_sync, metric, nats, cpu0, cpu1, tck,
  load0, load1, last_counts, polls) = sys.argv[1:]
