@@ -589,56 +589,79 @@ impl Worker {
         Some(remote_config::offer(&assignment))
     }
 
-    /// The assignments changed: resolves every cached agent again, writes the config rows of
-    /// those whose assignment changed, and offers it to those connected over WebSocket (HTTP
-    /// agents get it in the reply to their next poll).
+    /// The assignments changed: resolves every cached agent again and offers their new
+    /// config to those connected over WebSocket (HTTP agents get it in the reply to their next
+    /// poll). The assignment wrote the agents' assigned side already; the offers' history
+    /// events are committed, and the offers sent, a round's worth at a time, so the first
+    /// agents have theirs while the last are being written.
     async fn follow_assignments(&mut self) {
         let set = self.assignments.current();
-        let mut round = Uncommitted::default();
         let now = OffsetDateTime::now_utc();
+        let mut offers = Vec::new();
+        let mut resolved = 0usize;
         for (uid, record) in &mut self.cache {
             let view = self.configs.entry(*uid).or_default();
             if !view.resolve(&set, record, false) {
                 continue;
             }
-            round
-                .partitions
-                .insert(self.config.subjects.partition_of(uid));
-            let offer = match record.head.transport {
-                Transport::Websocket => view.offer(record),
-                // An HTTP agent is offered it in the reply to its next poll.
-                Transport::Http => None,
-            };
-            if offer.is_some() {
-                record.config.offered();
+            resolved += 1;
+            if record.head.transport != Transport::Websocket {
+                continue;
             }
-            round
-                .configs
-                .push(AgentConfig::of(record, view.assignment.as_deref()));
-            if let Some(assignment) = offer {
-                round.events.push(offered(*uid, &assignment, now));
-                self.config_offers.increment(1);
-                round.replies.push(Reply {
-                    gateway_id: record.head.gateway_id.clone(),
-                    connection_id: record.head.connection_id,
+            if let Some(assignment) = view.offer(record) {
+                record.config.offered();
+                offers.push((
+                    *uid,
+                    assignment,
+                    record.head.gateway_id.clone(),
+                    record.head.connection_id,
+                ));
+            }
+        }
+        if resolved == 0 {
+            return;
+        }
+        tracing::info!(
+            worker = self.index,
+            agents = resolved,
+            offers = offers.len(),
+            newest_assignment = set.newest_id(),
+            "assignments changed"
+        );
+        for chunk in offers.chunks(self.config.batch_max.max(1)) {
+            let subjects = &self.config.subjects;
+            let batch = WriteBatch {
+                events: chunk
+                    .iter()
+                    .map(|(uid, assignment, ..)| offered(*uid, assignment, now))
+                    .collect(),
+                fence: Some(
+                    self.ownership
+                        .fence(chunk.iter().map(|(uid, ..)| subjects.partition_of(uid))),
+                ),
+                ..WriteBatch::default()
+            };
+            if let Err(error) = self.store.write(&batch).await {
+                tracing::warn!(%error, agents = chunk.len(), "cannot record offers; each is made again on the agent's next message");
+                for (uid, ..) in chunk {
+                    self.configs.remove(uid);
+                }
+                continue;
+            }
+            self.config_offers.increment(chunk.len() as u64);
+            for (uid, assignment, gateway_id, connection_id) in chunk {
+                self.send(Reply {
+                    gateway_id: gateway_id.clone(),
+                    connection_id: *connection_id,
                     message: ServerToAgent {
                         instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
                         capabilities: SERVER_CAPABILITIES,
-                        remote_config: Some(remote_config::offer(&assignment)),
+                        remote_config: Some(remote_config::offer(assignment)),
                         ..Default::default()
                     },
-                });
+                })
+                .await;
             }
-        }
-        if !round.configs.is_empty() {
-            tracing::info!(
-                worker = self.index,
-                agents = round.configs.len(),
-                offers = round.replies.len(),
-                newest_assignment = set.newest_id(),
-                "assignments changed"
-            );
-            self.commit(round).await;
         }
     }
 
