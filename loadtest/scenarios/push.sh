@@ -13,7 +13,8 @@
 # Reference, in the same run: the raw NATS publish rate, against the offers' fan-out rate. The
 # machine's load average and the CPU each part used during the push are printed with them.
 # PERF=1 records a whole-box profile (perf record -F 999 -a) from the assignment until every
-# agent is in sync, in target/loadtest/push.perf.data.
+# agent is in sync, in target/loadtest/push.perf.data. STATEMENTS=1 loads pg_stat_statements and
+# prints PostgreSQL's time per statement over the same window.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 AGENTS=${AGENTS:-100000}
@@ -94,6 +95,9 @@ api() {
 
 now_ns() { date +%s%N; }
 
+if [[ -n ${STATEMENTS:-} ]]; then
+    POSTGRES_OPTIONS="${POSTGRES_OPTIONS:-} -c shared_preload_libraries=pg_stat_statements"
+fi
 prepare
 start_nats
 reference_nats=$("$LOADTEST" reference nats-publish --url "$NATS_URL" --duration 5s 2>/dev/null)
@@ -140,6 +144,9 @@ print(p["version"], p["hash"], json.dumps(p["problems"], separators=(",", ":")))
 log "published configuration $configuration version $version, hash $hash, problems: $problems"
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [[ -n ${STATEMENTS:-} ]]; then
+    psql_run -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+fi
 cpu_snapshot "$loadtest" >"$WORK/cpu-before"
 if [[ -n ${PERF:-} ]]; then
     perf record -F 999 -a -g -o "$RESULTS/push.perf.data" 2>"$WORK/perf.log" &
@@ -177,6 +184,12 @@ if [[ -n ${perf_pid:-} ]]; then
     wait "$perf_pid" || true
 fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+statements=""
+if [[ -n ${STATEMENTS:-} ]]; then
+    statements=$(psql_run -F ' | ' -c "SELECT round(total_exec_time)::bigint || ' ms', calls || ' calls', rows || ' rows',
+        left(regexp_replace(regexp_replace(query, '--[^\n]*', '', 'g'), '\s+', ' ', 'g'), 90)
+        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8")
+fi
 if [[ -z $in_sync_ns ]]; then
     log "not every agent in sync within $PUSH_TIMEOUT s: in_sync $in_sync pending $pending failed $failed out_of_band $out_of_band"
 else
@@ -243,4 +256,8 @@ if window > 0:
     total = (sum(after.values()) - sum(before.values())) / tck / window * 100
     print(f"CPU from the assignment to all in sync ({window:.1f} s), share of one core: {shares}; all {total:.0f} %")
 PY
+    if [[ -n $statements ]]; then
+        echo "PostgreSQL time per statement from the assignment to all in sync (pg_stat_statements):"
+        echo "$statements" | sed 's/^/  /'
+    fi
 } | tee -a "$OUT"
