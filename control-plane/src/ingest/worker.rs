@@ -25,15 +25,14 @@ use uuid::Uuid;
 use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
 use crate::agents::history::EventKind;
-use crate::agents::merge::event_payload;
 use crate::agents::merge::{
-    apply_connection_closed, apply_message, new_record, EventPayload, Origin,
+    apply_connection_closed, apply_message, event_payload, new_record, EventPayload, Origin,
 };
 use crate::agents::snapshot::{AgentRecord, AgentStatus, RemoteConfigStatus, Transport};
 use crate::assignments::{Assignment, AssignmentWatch};
 use crate::config::ControlPlaneConfig;
 use crate::remote_config::drift::AgentConfig;
-use crate::remote_config::{self, Report};
+use crate::remote_config::{self, AgentOffers, Report};
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
 
 pub enum WorkItem {
@@ -67,7 +66,7 @@ pub struct Worker {
     pending_seen: HashMap<Uuid, SeenUpdate>,
     assignments: AssignmentWatch,
     /// Per cached agent: its assignment and what it was offered.
-    configs: HashMap<Uuid, ConfigView>,
+    configs: HashMap<Uuid, AgentOffers>,
     applied_changes: Counter,
     config_offers: Counter,
     applied_heartbeats: Counter,
@@ -123,78 +122,6 @@ struct Heard<'a> {
     new_connection: bool,
     described: bool,
     at: OffsetDateTime,
-}
-
-/// What the worker knows of one agent's remote config beyond its record.
-#[derive(Default)]
-struct ConfigView {
-    /// The newest assignment id of the set the agent was last resolved against (`None`: not
-    /// yet resolved since it entered the cache).
-    resolved_against: Option<i64>,
-    assignment: Option<Arc<Assignment>>,
-    offered: Option<Offered>,
-}
-
-/// An offer made, and what the agent had reported when it was made: the same hash is not
-/// offered again while the agent reports the same on the same connection.
-struct Offered {
-    hash: String,
-    status: Option<RemoteConfigStatus>,
-    gateway_id: String,
-    connection_id: u64,
-}
-
-impl ConfigView {
-    /// Resolves the agent against `set` unless it already was (and its description has not
-    /// changed); returns whether its assignment changed.
-    fn resolve(
-        &mut self,
-        set: &crate::assignments::AssignmentSet,
-        record: &AgentRecord,
-        described: bool,
-    ) -> bool {
-        let first = self.resolved_against.is_none();
-        if !first && !described && self.resolved_against == Some(set.newest_id()) {
-            return false;
-        }
-        let resolved = set.resolve(
-            &record.head.instance_uid,
-            &record.head.summary.attribute_pairs(),
-        );
-        let id = |assignment: &Option<Arc<Assignment>>| assignment.as_ref().map(|a| a.id);
-        let changed = id(&resolved) != id(&self.assignment) || (first && resolved.is_some());
-        self.assignment = resolved;
-        self.resolved_against = Some(set.newest_id());
-        changed
-    }
-
-    /// The config to offer the agent now, if any: its assignment, when it wants it and has
-    /// not been offered it already on this connection with nothing reported since.
-    fn offer(&mut self, record: &AgentRecord) -> Option<Arc<Assignment>> {
-        let assignment = self.assignment.as_ref()?;
-        let head = &record.head;
-        let status = head.summary.remote_config_status.as_ref();
-        if !remote_config::wants(head.capabilities, status, &record.config, assignment) {
-            return None;
-        }
-        let repeated = self.offered.as_ref().is_some_and(|offered| {
-            offered.hash == assignment.hash
-                && offered.status.as_ref() == status
-                && (head.transport == Transport::Http
-                    || (offered.gateway_id == head.gateway_id
-                        && offered.connection_id == head.connection_id))
-        });
-        if repeated {
-            return None;
-        }
-        self.offered = Some(Offered {
-            hash: assignment.hash.clone(),
-            status: status.cloned(),
-            gateway_id: head.gateway_id.clone(),
-            connection_id: head.connection_id,
-        });
-        Some(assignment.clone())
-    }
 }
 
 impl Worker {
@@ -557,7 +484,7 @@ impl Worker {
         let view = self.configs.entry(uid).or_default();
         let assignment_changed = view.resolve(&set, record, heard.described);
         if heard.new_connection {
-            view.offered = None;
+            view.new_connection();
         }
         let status_after = record.head.summary.remote_config_status.as_ref();
         let report = Report {
@@ -573,7 +500,7 @@ impl Worker {
             at: heard.at,
         };
         let status_changed = report.before != report.after;
-        let mut track_changed = record.config.observe(&report, view.assignment.as_deref());
+        let mut track_changed = record.config.observe(&report, view.assignment());
         let offer = view.offer(record);
         if offer.is_some() {
             track_changed |= record.config.offered();
@@ -581,7 +508,7 @@ impl Worker {
         if assignment_changed || track_changed || status_changed {
             round
                 .configs
-                .push(AgentConfig::of(record, view.assignment.as_deref()));
+                .push(AgentConfig::of(record, view.assignment()));
         }
         let assignment = offer?;
         round.events.push(offered(uid, &assignment, heard.at));

@@ -8,6 +8,9 @@
 //! comparison would offer the rejected config forever).
 
 pub mod drift;
+mod offers;
+
+pub use offers::AgentOffers;
 
 use std::collections::HashMap;
 
