@@ -219,6 +219,10 @@ pub struct ControlPlaneOptions {
     /// How often a replica checks it has the newest assignments, should an announcement be lost.
     #[arg(long, env = "AMPORA_ASSIGNMENT_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub assignment_check_interval: Duration,
+    /// An agent that reports its remote config status and has not answered an offer this long
+    /// is offered the config again.
+    #[arg(long, env = "AMPORA_OFFER_RETRY_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub offer_retry_interval: Duration,
 }
 
 /// OpAMP carries heartbeat intervals in whole seconds, and 0 would turn heartbeats off.

@@ -195,6 +195,7 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         api_request_timeout: options.api_request_timeout,
         agent_heartbeat_interval: options.agent_heartbeat_interval,
         assignment_check_interval: options.assignment_check_interval,
+        offer_retry_interval: options.offer_retry_interval,
         ..defaults
     }
 }

@@ -386,3 +386,45 @@ async fn a_selector_assignment_through_one_replica_reaches_agents_on_every_repli
     assert!(extra.iter().all(|r| r.remote_config.is_none()));
     assert!(api.offered_hashes(dev.uid).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_offer_the_agent_never_answers_is_made_again_after_the_retry_interval() {
+    let ampora = Ampora::start(&[("AMPORA_OFFER_RETRY_INTERVAL", "1s")]).await;
+    let api = ConfigApi::new(ampora.api_base());
+    let mut agent = HttpAgent::new(&ampora.http_opamp_url());
+    let uid = agent.uid;
+    agent.exchange(full_state("deaf", "prod")).await;
+    let published = publish(&api, "deaf", CONFIG_V1).await;
+    api.assign(&published, json!({"instance_uid": uid})).await;
+    let first = agent.exchange(heartbeat()).await;
+    assert!(
+        first.remote_config.is_some(),
+        "the first poll gets the offer"
+    );
+
+    // As if the offer never arrived: the agent keeps reporting its old config. Polls go on
+    // until the offer comes again (bounded), never more than once per retry.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let reply = agent.exchange(heartbeat()).await;
+        if reply.remote_config.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never offered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        api.offered_hashes(uid).await,
+        [published.hash.clone(), published.hash.clone()]
+    );
+
+    // Once the agent answers, the offers end.
+    let mut applied = status(RemoteConfigStatuses::Applied, &published.hash, "");
+    effective(&mut applied, CONFIG_V1);
+    assert!(agent.exchange(applied).await.remote_config.is_none());
+    drift(&api, uid, "in_sync").await;
+    assert_eq!(api.offered_hashes(uid).await.len(), 2);
+}

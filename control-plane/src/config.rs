@@ -44,6 +44,9 @@ pub struct ControlPlaneConfig {
     /// How often a replica checks that it has the newest assignments, should an announcement
     /// be lost.
     pub assignment_check_interval: Duration,
+    /// An agent that reports its remote config status and has not answered an offer this long
+    /// after it was made is offered the config again, on its next message.
+    pub offer_retry_interval: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -66,6 +69,7 @@ impl Default for ControlPlaneConfig {
             api_request_timeout: Duration::from_secs(30),
             agent_heartbeat_interval: None,
             assignment_check_interval: Duration::from_secs(5),
+            offer_retry_interval: Duration::from_secs(60),
         }
     }
 }

@@ -501,7 +501,7 @@ impl Worker {
         };
         let status_changed = report.before != report.after;
         let mut track_changed = record.config.observe(&report, view.assignment());
-        let offer = view.offer(record);
+        let offer = view.offer(record, heard.at, self.config.offer_retry_interval);
         if offer.is_some() {
             track_changed |= record.config.offered();
         }
@@ -535,7 +535,7 @@ impl Worker {
             if record.head.transport != Transport::Websocket {
                 continue;
             }
-            if let Some(assignment) = view.offer(record) {
+            if let Some(assignment) = view.offer(record, now, self.config.offer_retry_interval) {
                 record.config.offered();
                 offers.push((
                     *uid,

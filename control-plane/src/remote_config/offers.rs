@@ -2,6 +2,10 @@
 //! made to it, so that a config is offered once per connection and hash.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use ampora_shared::pb::opamp::AgentCapabilities;
+use time::OffsetDateTime;
 
 use super::wants;
 use crate::agents::snapshot::{AgentRecord, RemoteConfigStatus, Transport};
@@ -25,6 +29,7 @@ struct Offered {
     status: Option<RemoteConfigStatus>,
     gateway_id: String,
     connection_id: u64,
+    at: OffsetDateTime,
 }
 
 impl AgentOffers {
@@ -46,21 +51,31 @@ impl AgentOffers {
         changed
     }
 
-    /// The config to offer the agent now, if any: its assignment, when it wants it and has
-    /// not been offered it already on this connection with nothing reported since.
-    pub fn offer(&mut self, record: &AgentRecord) -> Option<Arc<Assignment>> {
+    /// The config to offer the agent now (`now`), if any: its assignment, when it wants it and
+    /// has not been offered it already on this connection with nothing reported since. An agent
+    /// that reports its remote config status and has said nothing of an offer `retry` after it
+    /// was made is offered it again: the offer may have been lost on the way (the bus delivers
+    /// at most once), and such an agent answers every offer it gets.
+    pub fn offer(
+        &mut self,
+        record: &AgentRecord,
+        now: OffsetDateTime,
+        retry: Duration,
+    ) -> Option<Arc<Assignment>> {
         let assignment = self.assignment.as_ref()?;
         let head = &record.head;
         let status = head.summary.remote_config_status.as_ref();
         if !wants(head.capabilities, status, &record.config, assignment) {
             return None;
         }
+        let answers = head.capabilities & AgentCapabilities::ReportsRemoteConfig as u64 != 0;
         let repeated = self.offered.as_ref().is_some_and(|offered| {
             offered.hash == assignment.hash
                 && offered.status.as_ref() == status
                 && (head.transport == Transport::Http
                     || (offered.gateway_id == head.gateway_id
                         && offered.connection_id == head.connection_id))
+                && !(answers && now - offered.at >= retry)
         });
         if repeated {
             return None;
@@ -70,6 +85,7 @@ impl AgentOffers {
             status: status.cloned(),
             gateway_id: head.gateway_id.clone(),
             connection_id: head.connection_id,
+            at: now,
         });
         Some(assignment.clone())
     }
