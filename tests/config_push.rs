@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use agent::{full_state, heartbeat, HttpAgent, WsAgent, CAPABILITIES};
 use ampora_shared::pb::opamp::{
-    AgentConfigFile, AgentConfigMap, AgentToServer, EffectiveConfig, RemoteConfigStatus,
-    RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags,
+    AgentConfigFile, AgentConfigMap, AgentToServer, AvailableComponents, ComponentDetails,
+    EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags,
 };
 use serde_json::{json, Value};
 use support::cluster::{Cluster, ClusterOptions};
@@ -427,4 +427,74 @@ async fn an_offer_the_agent_never_answers_is_made_again_after_the_retry_interval
     assert!(agent.exchange(applied).await.remote_config.is_none());
     drift(&api, uid, "in_sync").await;
     assert_eq!(api.offered_hashes(uid).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_version_with_components_an_agent_lacks_is_not_assigned_to_it() {
+    let ampora = Ampora::start(&[]).await;
+    let api = ConfigApi::new(ampora.api_base());
+    let mut agent = WsAgent::connect(&ampora.ws_url()).await;
+    let uid = agent.uid;
+    let reports_available_components = 0x4000;
+    let mut state = full_state("slim", "prod");
+    state.capabilities |= reports_available_components;
+    let kind = |types: &[&str]| ComponentDetails {
+        sub_component_map: types
+            .iter()
+            .map(|name| (name.to_string(), ComponentDetails::default()))
+            .collect(),
+        ..Default::default()
+    };
+    state.available_components = Some(AvailableComponents {
+        components: [
+            ("receivers".to_owned(), kind(&["otlp"])),
+            ("processors".to_owned(), kind(&["memory_limiter", "batch"])),
+            ("exporters".to_owned(), kind(&["debug"])),
+        ]
+        .into(),
+        hash: vec![1, 2, 3].into(),
+    });
+    agent.exchange(state).await;
+    let published = publish(&api, "needs-otlp", CONFIG_V1).await;
+    api.wait_agent(
+        uid,
+        "components known",
+        WITHIN,
+        |a| !a["available_components"].is_null(),
+        String::new,
+    )
+    .await;
+
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/assignments",
+            Some(json!({
+                "configuration_id": published.configuration_id,
+                "version": published.version,
+                "target": {"instance_uid": uid},
+            })),
+        )
+        .await;
+    assert_eq!(status, 422, "{body:#}");
+    let problems = body["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{body:#}");
+    assert_eq!(problems[0]["rule"], "unknown-component-type");
+    assert_eq!(problems[0]["severity"], "error");
+    assert!(problems[0]["message"].as_str().unwrap().contains("otlp"));
+    assert!(api.agent(uid).await.unwrap()["drift"].is_null());
+
+    // A version made of what the agent has is assigned.
+    let fitting = publish(
+        &api,
+        "debug-only",
+        &CONFIG_V1
+            .replace(
+                "  otlp:\n    endpoint: https://127.0.0.1:4317\n",
+                "  debug: {}\n",
+            )
+            .replace("exporters: [otlp]", "exporters: [debug]"),
+    )
+    .await;
+    api.assign(&fitting, json!({"instance_uid": uid})).await;
 }

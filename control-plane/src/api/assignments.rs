@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::extract::JsonBody;
 use super::{ApiError, ApiState};
 use crate::assignments::{Assignment, NewAssignment, Selector, Target};
+use crate::configurations::{self, reported_components};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +55,37 @@ impl From<Assignment> for AssignmentView {
     }
 }
 
+/// Refuses to assign an agent a version that uses component types the agent reported it does
+/// not have (an agent not seen yet, or that reports no components, is not checked).
+async fn refuse_missing_components(
+    state: &ApiState,
+    uid: Uuid,
+    new: &NewAssignment,
+) -> Result<(), ApiError> {
+    let store = state.store.as_ref();
+    let Some(record) = store.get_agent(uid).await? else {
+        return Ok(());
+    };
+    let Some(reported) = record
+        .details
+        .available_components
+        .as_ref()
+        .and_then(reported_components)
+    else {
+        return Ok(());
+    };
+    let problems =
+        configurations::missing_components(store, new.configuration_id, new.version, &reported)
+            .await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Refused {
+        message: format!("agent {uid} reported that it lacks components this version uses"),
+        problems,
+    })
+}
+
 /// Records the assignment (and the assigned side of every agent it concerns), then tells every
 /// replica: the workers holding those agents offer it at once.
 pub async fn assignment_create(
@@ -71,6 +103,9 @@ pub async fn assignment_create(
         version: request.version,
         target,
     };
+    if let Target::Agent(uid) = &new.target {
+        refuse_missing_components(&state, *uid, &new).await?;
+    }
     let assignment = state
         .store
         .create_assignment(&new, OffsetDateTime::now_utc())

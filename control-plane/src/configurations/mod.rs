@@ -14,7 +14,9 @@ pub use lint_rules::{effective_lint_rules, set_lint_rule, LintRuleUpdate};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use ampora_collector_config::{analyze, Analysis, Catalog, Problem, ReportedComponents};
+use ampora_collector_config::{
+    analyze, rules, Analysis, Catalog, Problem, ReportedComponents, Severity,
+};
 use time::OffsetDateTime;
 
 use crate::remote_config::sha256_hex;
@@ -182,6 +184,25 @@ pub async fn get_version(store: &dyn Store, id: i64, version: i64) -> Result<Con
         .get_version(id, version)
         .await?
         .ok_or(ConfigurationError::NoVersion { id, version })
+}
+
+/// The problems that keep version `version` of configuration `id` from running on an agent that
+/// reported these components: component types it does not have.
+pub async fn missing_components(
+    store: &dyn Store,
+    id: i64,
+    version: i64,
+    reported: &ReportedComponents,
+) -> Result<Vec<Problem>> {
+    let version = get_version(store, id, version).await?;
+    let catalog = builtin_catalog().with_reported(reported);
+    Ok(analyze(&version.yaml, &catalog, &[])
+        .problems
+        .into_iter()
+        .filter(|problem| {
+            problem.rule == rules::UNKNOWN_COMPONENT_TYPE && problem.severity == Severity::Error
+        })
+        .collect())
 }
 
 /// Two versions as a unified diff of their text.
