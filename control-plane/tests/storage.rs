@@ -1413,7 +1413,7 @@ async fn published_versions_never_change(db: Db) {
             .unwrap(),
         Guarded::Stale { current: 2 }
     );
-    assert_eq!(store.list_versions(id).await.unwrap().len(), 1);
+    assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
     assert_eq!(
         store
             .publish(id, 2, second, &second_hash, at_micros(4, 22))
@@ -1447,7 +1447,7 @@ async fn published_versions_never_change(db: Db) {
         })
     );
     assert_eq!(store.get_version(id, 3).await.unwrap(), None);
-    let listed = store.list_versions(id).await.unwrap();
+    let listed = store.list_versions(&[id]).await.unwrap();
     assert_eq!(
         listed
             .iter()
@@ -1465,7 +1465,7 @@ async fn published_versions_never_change(db: Db) {
             .unwrap(),
         Guarded::NotFound
     );
-    assert!(store.list_versions(id + 1000).await.unwrap().is_empty());
+    assert!(store.list_versions(&[id + 1000]).await.unwrap().is_empty());
 }
 
 async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
@@ -1488,7 +1488,7 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
     let done = |version, created| Guarded::Done(Published { version, created });
     assert_eq!(publish(a, 1).await, done(1, true));
     assert_eq!(publish(a, 1).await, done(1, false));
-    assert_eq!(store.list_versions(id).await.unwrap().len(), 1);
+    assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
     store.update_draft(id, b, 1, at(2)).await.unwrap();
     assert_eq!(publish(b, 2).await, done(2, true));
     // Only the newest version counts: going back to earlier bytes is a new version.
@@ -1548,7 +1548,24 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
         }
     }
     assert_eq!(created, 1);
-    assert_eq!(store.list_versions(other).await.unwrap().len(), 9);
+    assert_eq!(store.list_versions(&[other]).await.unwrap().len(), 9);
+    let both: Vec<(i64, i64)> = store
+        .list_versions(&[other, id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| (v.configuration_id, v.version))
+        .collect();
+    let mut expected: Vec<(i64, i64)> = store
+        .list_versions(&[id])
+        .await
+        .unwrap()
+        .iter()
+        .chain(store.list_versions(&[other]).await.unwrap().iter())
+        .map(|v| (v.configuration_id, v.version))
+        .collect();
+    expected.sort();
+    assert_eq!(both, expected, "by configuration, then version");
 }
 
 async fn lint_rule_settings_are_per_workspace(db: Db) {

@@ -217,11 +217,29 @@ pub async fn configurations_list(
         .list_configurations(DEFAULT_WORKSPACE, after, limit)
         .await?;
     let next_page_token = next_page_token(&listed, limit, |c| c.id);
-    let mut configurations = Vec::with_capacity(listed.len());
-    for configuration in listed {
-        let versions = state.store.list_versions(configuration.id).await?;
-        configurations.push(ConfigurationView::new(configuration, versions));
-    }
+    let ids: Vec<i64> = listed
+        .iter()
+        .map(|configuration| configuration.id)
+        .collect();
+    let mut versions = state
+        .store
+        .list_versions(&ids)
+        .await?
+        .into_iter()
+        .peekable();
+    let configurations = listed
+        .into_iter()
+        .map(|configuration| {
+            // Versions come by configuration, in the page's order.
+            let mut own = Vec::new();
+            while let Some(version) =
+                versions.next_if(|version| version.configuration_id == configuration.id)
+            {
+                own.push(version);
+            }
+            ConfigurationView::new(configuration, own)
+        })
+        .collect();
     Ok(Json(ConfigurationsPage {
         configurations,
         next_page_token,
@@ -234,7 +252,7 @@ pub async fn configuration_get(
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let store = state.store.as_ref();
     let configuration = configurations::get(store, id).await?;
-    let versions = store.list_versions(id).await?;
+    let versions = store.list_versions(&[id]).await?;
     Ok(Json(ConfigurationView::new(configuration, versions)))
 }
 

@@ -294,7 +294,7 @@ where
     Ok(Guarded::Done(published))
 }
 
-pub async fn list_versions<DB>(pool: &Pool<DB>, id: i64) -> Result<Vec<ConfigurationVersion>>
+pub async fn list_versions<DB>(pool: &Pool<DB>, ids: &[i64]) -> Result<Vec<ConfigurationVersion>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -302,14 +302,22 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'r> VersionRow: FromRow<'r, DB::Row>,
 {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
     // The YAML stays in the database: a listing shows numbers, hashes and times.
-    let rows: Vec<VersionRow> = sqlx::query_as(
+    let sql = format!(
         "SELECT configuration_id, version, '' AS yaml, hash, created_at \
-         FROM configuration_versions WHERE configuration_id = $1 ORDER BY version",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
+         FROM configuration_versions WHERE configuration_id IN ({}) \
+         ORDER BY configuration_id, version",
+        placeholders.join(", ")
+    );
+    let mut select = sqlx::query_as(&sql);
+    for id in ids {
+        select = select.bind(*id);
+    }
+    let rows: Vec<VersionRow> = select.fetch_all(pool).await?;
     rows.into_iter()
         .map(ConfigurationVersion::try_from)
         .collect()

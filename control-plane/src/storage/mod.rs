@@ -347,8 +347,9 @@ pub trait ConfigurationStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Guarded<Published>>;
 
-    /// A configuration's versions, oldest first, without their YAML.
-    async fn list_versions(&self, id: i64) -> Result<Vec<ConfigurationVersion>>;
+    /// The versions of configurations `ids`, by configuration and oldest first, without their
+    /// YAML: one query for a page of configurations.
+    async fn list_versions(&self, ids: &[i64]) -> Result<Vec<ConfigurationVersion>>;
 
     async fn get_version(&self, id: i64, version: i64) -> Result<Option<ConfigurationVersion>>;
 

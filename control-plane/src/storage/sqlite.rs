@@ -301,8 +301,8 @@ impl ConfigurationStore for SqliteStore {
         configurations::publish(transaction, id, row_version, draft, hash, now).await
     }
 
-    async fn list_versions(&self, id: i64) -> Result<Vec<ConfigurationVersion>> {
-        configurations::list_versions(&self.reader, id).await
+    async fn list_versions(&self, ids: &[i64]) -> Result<Vec<ConfigurationVersion>> {
+        configurations::list_versions(&self.reader, ids).await
     }
 
     async fn get_version(&self, id: i64, version: i64) -> Result<Option<ConfigurationVersion>> {
