@@ -21,6 +21,39 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Role(Role),
+    /// Collector configurations: `validate FILE` checks one on this machine, no server needed.
+    #[command(subcommand)]
+    Configs(ConfigsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigsCommand {
+    /// Validates and lints a Collector configuration file (`-` for standard input) with the
+    /// built-in rules; exits 1 when a problem of error severity stands.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The YAML file, or `-` for standard input.
+    pub file: PathBuf,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people (and editors: `FILE:LINE:COLUMN: …`).
+    Table,
+    Json,
+}
+
+/// The processes Ampora runs as.
+#[derive(Debug, Subcommand)]
+pub enum Role {
     /// Everything in one process: gateway + control-plane on SQLite and an in-process bus.
     Serve(ServeArgs),
     /// A gateway: terminates agent connections and relays them over the bus.

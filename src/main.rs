@@ -1,6 +1,8 @@
-//! `ampora`: parse the configuration, start the chosen roles, run until a signal, drain.
+//! `ampora`: parse the configuration, start the chosen roles, run until a signal, drain; or run
+//! an operator command.
 
 mod cli;
+mod operator;
 mod roles;
 
 use clap::Parser;
@@ -19,12 +21,18 @@ fn main() {
         let _ = error.print();
         std::process::exit(code);
     });
+    let role = match command.command {
+        cli::Command::Configs(cli::ConfigsCommand::Validate(args)) => {
+            std::process::exit(operator::validate(&args))
+        }
+        cli::Command::Role(role) => role,
+    };
     ampora_shared::telemetry::init_tracing();
     // Installed before anything records, so no early measurement is lost.
     ampora_shared::telemetry::prometheus();
     tracing::info!("starting");
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
-    if let Err(error) = runtime.block_on(roles::run(command.command)) {
+    if let Err(error) = runtime.block_on(roles::run(role)) {
         eprintln!("ampora: {error:#}");
         let code = if error.is::<roles::ConfigError>() {
             EXIT_BAD_CONFIG

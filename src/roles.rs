@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    BusArgs, Command, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions,
-    ServeArgs, StorageArgs,
+    BusArgs, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions, Role, ServeArgs,
+    StorageArgs,
 };
 
 /// A mistake in the configuration (exit status 64), as opposed to a failure while running.
@@ -25,13 +25,13 @@ use crate::cli::{
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+pub async fn run(role: Role) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal(shutdown.clone()));
-    match command {
-        Command::Serve(args) => serve(args, shutdown).await,
-        Command::Gateway(args) => gateway(args, shutdown).await,
-        Command::ControlPlane(args) => control_plane(args, shutdown).await,
+    match role {
+        Role::Serve(args) => serve(args, shutdown).await,
+        Role::Gateway(args) => gateway(args, shutdown).await,
+        Role::ControlPlane(args) => control_plane(args, shutdown).await,
     }
 }
 
@@ -314,17 +314,20 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::cli::{Cli, Command};
     use clap::Parser;
 
-    fn parse(args: &[&str]) -> Command {
-        Cli::try_parse_from(args).unwrap().command
+    fn parse(args: &[&str]) -> Role {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Role(role) => role,
+            Command::Configs(_) => unreachable!("parsed as a role"),
+        }
     }
 
     /// The flags' documented defaults are the libraries' own: one set of defaults, not two.
     #[test]
     fn flags_default_to_the_library_defaults() {
-        let Command::Gateway(args) = parse(&["ampora", "gateway", "--nats-url", "nats://x"]) else {
+        let Role::Gateway(args) = parse(&["ampora", "gateway", "--nats-url", "nats://x"]) else {
             unreachable!("parsed as the gateway role");
         };
         let gateway = GatewayConfig {
@@ -337,7 +340,7 @@ mod tests {
         };
         assert_eq!(format!("{gateway:?}"), format!("{library:?}"));
 
-        let Command::ControlPlane(args) =
+        let Role::ControlPlane(args) =
             parse(&["ampora", "control-plane", "--nats-url", "nats://x"])
         else {
             unreachable!("parsed as the control-plane role");
@@ -361,8 +364,7 @@ mod tests {
     fn a_ticket_key_file_goes_with_the_tls_settings() {
         let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
         let ticket_keys = ["--tls-ticket-key-file", "/etc/ampora/tickets"];
-        let Command::Serve(args) =
-            parse(&[&["ampora", "serve"], &tls[..], &ticket_keys[..]].concat())
+        let Role::Serve(args) = parse(&[&["ampora", "serve"], &tls[..], &ticket_keys[..]].concat())
         else {
             unreachable!("parsed as serve");
         };

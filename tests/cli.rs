@@ -92,3 +92,94 @@ fn unusable_tls_files_are_refused_before_ready() {
     assert!(stderr.contains("cert.pem"), "{stderr}");
     assert!(!stdout.contains("ready"), "said ready first: {stdout}");
 }
+
+/// `ampora configs validate FILE` on a file: exit status, standard output, standard error.
+fn validate(yaml: &str, extra: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collector.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut args = vec!["configs", "validate", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ampora_output(&args, &[])
+}
+
+const VALID: &str = "\
+receivers:
+  otlp:
+    protocols:
+      grpc: {}
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 512
+  batch: {}
+exporters:
+  otlp:
+    endpoint: https://collector.example:4317
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp]
+";
+
+#[test]
+fn configs_validate_passes_a_sound_config_with_no_server() {
+    let (code, stdout, stderr) = validate(VALID, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.ends_with("0 error(s), 0 warning(s)\n"), "{stderr}");
+}
+
+#[test]
+fn configs_validate_fails_on_an_error_and_says_where() {
+    let broken = VALID.replace("exporters: [otlp]", "exporters: [otlphttp/missing]");
+    let (code, stdout, stderr) = validate(&broken, &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.lines().any(|line| line.ends_with(
+            "collector.yaml:18:19: error [undefined-component] service::pipelines::traces: \
+             references exporter \"otlphttp/missing\", which is not defined"
+        )),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = validate(&broken, &["-o", "json"]);
+    assert_eq!(code, 1);
+    let body: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let problem = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|problem| problem["severity"] == "error")
+        .unwrap();
+    assert_eq!(
+        (
+            problem["rule"].as_str(),
+            problem["line"].as_u64(),
+            problem["column"].as_u64()
+        ),
+        (Some("undefined-component"), Some(18), Some(19))
+    );
+    // Warnings alone do not fail it.
+    let (code, stdout, _) = validate(
+        &VALID.replace(
+            "processors: [memory_limiter, batch]",
+            "processors: [memory_limiter]",
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("warning [batch-processor]"), "{stdout}");
+}
+
+#[test]
+fn configs_validate_says_when_it_cannot_read_the_file() {
+    let (code, _, stderr) = ampora_output(&["configs", "validate", "/no/such/collector.yaml"], &[]);
+    assert_eq!(code, 66, "{stderr}");
+    assert!(
+        stderr.contains("cannot read /no/such/collector.yaml"),
+        "{stderr}"
+    );
+}
