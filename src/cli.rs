@@ -21,8 +21,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    // Boxed: a role's settings are large beside an operator command's.
     #[command(flatten)]
-    Role(Role),
+    Role(Box<Role>),
     /// Collector configurations: `validate FILE` checks one on this machine, no server needed.
     #[command(subcommand)]
     Configs(ConfigsCommand),

@@ -25,7 +25,7 @@ fn main() {
         cli::Command::Configs(cli::ConfigsCommand::Validate(args)) => {
             std::process::exit(operator::validate(&args))
         }
-        cli::Command::Role(role) => role,
+        cli::Command::Role(role) => *role,
     };
     ampora_shared::telemetry::init_tracing();
     // Installed before anything records, so no early measurement is lost.

@@ -319,7 +319,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Role {
         match Cli::try_parse_from(args).unwrap().command {
-            Command::Role(role) => role,
+            Command::Role(role) => *role,
             Command::Configs(_) => unreachable!("parsed as a role"),
         }
     }
