@@ -341,7 +341,7 @@ pub async fn version_get(
     Path((id, version)): Path<(i64, i64)>,
 ) -> Result<Json<VersionView>, ApiError> {
     let version = configurations::get_version(state.store.as_ref(), id, version).await?;
-    let graph = configurations::graph_of(&version.yaml).graph;
+    let graph = configurations::graph_of(&version.yaml);
     Ok(Json(VersionView {
         configuration_id: version.configuration_id,
         version: version.version,
@@ -367,14 +367,12 @@ pub async fn swimlane_get(
     Path((id, version)): Path<(i64, i64)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let version = configurations::get_version(state.store.as_ref(), id, version).await?;
-    let graph = configurations::graph_of(&version.yaml)
-        .graph
-        .ok_or_else(|| {
-            ApiError::Invalid(format!(
-                "version {} of configuration {id} has no pipelines to draw",
-                version.version
-            ))
-        })?;
+    let graph = configurations::graph_of(&version.yaml).ok_or_else(|| {
+        ApiError::Invalid(format!(
+            "version {} of configuration {id} has no pipelines to draw",
+            version.version
+        ))
+    })?;
     Ok((
         [(header::CONTENT_TYPE, "image/svg+xml")],
         render_swimlane(&graph),

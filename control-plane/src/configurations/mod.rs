@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use ampora_collector_config::{
-    analyze, rules, Analysis, Catalog, Problem, ReportedComponents, Severity,
+    analyze, rules, Analysis, Catalog, Graph, Problem, ReportedComponents, Severity,
 };
 use time::OffsetDateTime;
 
@@ -218,12 +218,7 @@ pub async fn diff(store: &dyn Store, id: i64, from: i64, to: i64) -> Result<Stri
         .to_string())
 }
 
-/// A version's pipeline graph, and the problems that kept it from having one (none, for a
-/// published version, unless the components table changed since).
-pub fn graph_of(yaml: &str) -> Analysis {
-    analyze(
-        yaml,
-        builtin_catalog(),
-        &ampora_collector_config::builtin_lint_rules(),
-    )
+/// A version's pipeline graph (`None` when its YAML is not a configuration at all).
+pub fn graph_of(yaml: &str) -> Option<Graph> {
+    analyze(yaml, builtin_catalog(), &[]).graph
 }
