@@ -498,3 +498,38 @@ async fn a_version_with_components_an_agent_lacks_is_not_assigned_to_it() {
     .await;
     api.assign(&fitting, json!({"instance_uid": uid})).await;
 }
+
+#[tokio::test]
+async fn an_agent_offline_when_assigned_gets_its_config_when_it_returns() {
+    let ampora = Ampora::start(&[]).await;
+    let api = ConfigApi::new(ampora.api_base());
+    let mut agent = WsAgent::connect(&ampora.ws_url()).await;
+    let uid = agent.uid;
+    agent.exchange(full_state("away", "prod")).await;
+    agent.close().await;
+    api.wait_agent(
+        uid,
+        "offline",
+        WITHIN,
+        |a| a["status"] == "offline",
+        String::new,
+    )
+    .await;
+
+    let published = publish(&api, "away", CONFIG_V1).await;
+    api.assign(&published, json!({"instance_uid": uid})).await;
+    drift(&api, uid, "pending").await;
+    assert!(
+        api.offered_hashes(uid).await.is_empty(),
+        "nobody to offer it to"
+    );
+
+    let mut agent = WsAgent::connect_as(&ampora.ws_url(), uid).await;
+    let first = agent.exchange(full_state("away", "prod")).await;
+    assert_eq!(
+        offered(&first),
+        Some((published.hash.clone(), CONFIG_V1.to_owned())),
+        "the first reply on the new connection carries the config"
+    );
+    assert_eq!(api.offered_hashes(uid).await, [published.hash]);
+}
