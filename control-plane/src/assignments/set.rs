@@ -56,10 +56,6 @@ impl AssignmentSet {
         self.newest
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.newest == 0
-    }
-
     /// What agent `uid`, with these attribute pairs (sorted), should run: the newest
     /// assignment naming it or selecting it.
     pub fn resolve(&self, uid: &Uuid, attributes: &[(String, String)]) -> Option<Arc<Assignment>> {
