@@ -251,12 +251,21 @@ pub struct ControlPlaneOptions {
     #[arg(long, env = "AMPORA_AGENT_HEARTBEAT_INTERVAL", value_parser = heartbeat_interval)]
     pub agent_heartbeat_interval: Option<Duration>,
     /// How often a replica checks it has the newest assignments, should an announcement be lost.
-    #[arg(long, env = "AMPORA_ASSIGNMENT_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AMPORA_ASSIGNMENT_CHECK_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub assignment_check_interval: Duration,
     /// An agent that reports its remote config status and has not answered an offer this long
     /// is offered the config again.
-    #[arg(long, env = "AMPORA_OFFER_RETRY_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AMPORA_OFFER_RETRY_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub offer_retry_interval: Duration,
+}
+
+/// A period that must pass between two checks or offers: zero would spin.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(duration)
 }
 
 /// OpAMP carries heartbeat intervals in whole seconds, and 0 would turn heartbeats off.

@@ -71,6 +71,31 @@ fn zero_sized_queues_and_buffers_are_usage_errors() {
 }
 
 #[test]
+fn zero_config_push_periods_are_usage_errors() {
+    for (variable, value, flag) in [
+        (
+            "AMPORA_ASSIGNMENT_CHECK_INTERVAL",
+            "0s",
+            "--assignment-check-interval",
+        ),
+        (
+            "AMPORA_OFFER_RETRY_INTERVAL",
+            "0s",
+            "--offer-retry-interval",
+        ),
+        (
+            "AMPORA_AGENT_HEARTBEAT_INTERVAL",
+            "500ms",
+            "--agent-heartbeat-interval",
+        ),
+    ] {
+        let (code, stderr) = ampora(&["serve"], &[(variable, value)]);
+        assert_eq!(code, 64, "{variable}: {stderr}");
+        assert!(stderr.contains(flag), "{variable}: {stderr}");
+    }
+}
+
+#[test]
 fn unusable_tls_files_are_refused_before_ready() {
     let missing = tempfile::tempdir().unwrap();
     let cert = missing.path().join("cert.pem");
