@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::encoding::{from_micros, micros};
+use super::shared::{attributes_match, Placeholders};
 use super::{Result, StoreError};
 use crate::assignments::{Assignment, NewAssignment, Selector, Target};
 use crate::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
@@ -230,17 +231,11 @@ where
     let statement = match &new.target {
         Target::Agent(_) => format!("{INSERT} VALUES ($6, $1, $2, $3, $4, $5){ASSIGNED}"),
         Target::Selector(selector) => {
-            let mut sql =
-                format!("{INSERT} SELECT instance_uid, $1, $2, $3, $4, $5 FROM agents WHERE 1 = 1");
-            for index in 0..selector.pairs().len() {
-                let (key, value) = (6 + 2 * index, 7 + 2 * index);
-                sql += &format!(
-                    " AND EXISTS (SELECT 1 FROM agent_attributes a \
-                     WHERE a.instance_uid = agents.instance_uid AND a.key = ${key} \
-                     AND a.value = ${value})"
-                );
-            }
-            sql + ASSIGNED
+            let matching = attributes_match(&mut Placeholders::after(5), selector.pairs().len());
+            format!(
+                "{INSERT} SELECT instance_uid, $1, $2, $3, $4, $5 FROM agents \
+                 WHERE 1 = 1{matching}{ASSIGNED}"
+            )
         }
     };
     let mut upsert = sqlx::query(&statement)

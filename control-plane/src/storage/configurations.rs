@@ -8,6 +8,7 @@ use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Tra
 use time::OffsetDateTime;
 
 use super::encoding::{from_micros, micros};
+use super::shared::Placeholders;
 use super::{
     Configuration, ConfigurationVersion, Guarded, LintRuleSetting, NewConfiguration, Published,
     Result, StoreError,
@@ -305,7 +306,8 @@ where
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let mut numbering = Placeholders::default();
+    let placeholders: Vec<String> = ids.iter().map(|_| numbering.next()).collect();
     // The YAML stays in the database: a listing shows numbers, hashes and times.
     let sql = format!(
         "SELECT configuration_id, version, '' AS yaml, hash, created_at \

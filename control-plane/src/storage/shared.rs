@@ -29,14 +29,7 @@ where
     if query.status.is_some() {
         sql += &format!(" AND status = {}", placeholders.next());
     }
-    for _ in &query.attributes {
-        sql += &format!(
-            " AND EXISTS (SELECT 1 FROM agent_attributes a \
-             WHERE a.instance_uid = agents.instance_uid AND a.key = {} AND a.value = {})",
-            placeholders.next(),
-            placeholders.next()
-        );
-    }
+    sql += &attributes_match(&mut placeholders, query.attributes.len());
     if after.is_some() {
         sql += &format!(" AND instance_uid > {}", placeholders.next());
     }
@@ -81,12 +74,32 @@ where
         .await?)
 }
 
+/// Conditions that `agents` has each of `pairs` attribute (key, value) pairs, identifying or
+/// not; the key and value of each pair are bound in that order, at the next placeholders.
+pub fn attributes_match(placeholders: &mut Placeholders, pairs: usize) -> String {
+    (0..pairs)
+        .map(|_| {
+            format!(
+                " AND EXISTS (SELECT 1 FROM agent_attributes a \
+                 WHERE a.instance_uid = agents.instance_uid AND a.key = {} AND a.value = {})",
+                placeholders.next(),
+                placeholders.next()
+            )
+        })
+        .collect()
+}
+
 /// Numbers statement parameters `$1`, `$2`, … in the order they are asked for.
 #[derive(Default)]
-struct Placeholders(usize);
+pub struct Placeholders(usize);
 
 impl Placeholders {
-    fn next(&mut self) -> String {
+    /// Numbering that goes on after `$taken`.
+    pub fn after(taken: usize) -> Placeholders {
+        Placeholders(taken)
+    }
+
+    pub fn next(&mut self) -> String {
         self.0 += 1;
         format!("${}", self.0)
     }
