@@ -350,7 +350,11 @@ async fn write_fenced<'c>(
         .collect();
     let epochs: Vec<i64> = leases.iter().map(|lease| lease.epoch).collect();
     let (agents, events, configs) = (&columns.agents, &columns.events, &columns.configs);
-    let held: bool = sqlx::query_scalar(include_str!("postgres/queries/round.sql"))
+    let held: bool = sqlx::query_scalar(concat!(
+        include_str!("postgres/queries/round.sql"),
+        include_str!("queries/agent_configs_conflict.sql"),
+        ")\nSELECT held FROM fence_check\n"
+    ))
         .bind(&partitions)
         .bind(&epochs)
         .bind(owner)

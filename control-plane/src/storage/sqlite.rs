@@ -493,7 +493,7 @@ async fn upsert_configs(connection: &mut SqliteConnection, configs: &ConfigColum
          applied_at, failed_hash, failed_assignment_id, failed_error, failed_at, \
          out_of_band_at, expects_effective, effective_since_status) ",
         &rows,
-        include_str!("sqlite/queries/agent_configs_conflict.sql"),
+        include_str!("queries/agent_configs_conflict.sql"),
         |row, &i| {
             row.push_bind(configs.instance_uid[i].hyphenated())
                 .push_bind(configs.assignment_id[i])

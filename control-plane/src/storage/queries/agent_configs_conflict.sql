@@ -1,5 +1,5 @@
--- The tail of ingest's agent_configs upsert: the reported side as it is, the assigned side
--- only over an older assignment (one made through the API meanwhile wins).
+-- The tail of ingest's agent_configs upsert, on both backends: the reported side as it is,
+-- the assigned side only over an older assignment (one made through the API meanwhile wins).
 ON CONFLICT (instance_uid) DO UPDATE SET
         remote_hash = excluded.remote_hash,
         remote_state = excluded.remote_state,

@@ -62,27 +62,5 @@ written_configs AS (
                          $33::text[], $34::int8[], $35::text[], $36::int8[], $37::int8[],
                          $38::bool[], $39::bool[])
     WHERE (SELECT held FROM fence_check)
-    ON CONFLICT (instance_uid) DO UPDATE SET
-        remote_hash = excluded.remote_hash,
-        remote_state = excluded.remote_state,
-        applied_hash = excluded.applied_hash,
-        applied_at = excluded.applied_at,
-        failed_hash = excluded.failed_hash,
-        failed_assignment_id = excluded.failed_assignment_id,
-        failed_error = excluded.failed_error,
-        failed_at = excluded.failed_at,
-        out_of_band_at = excluded.out_of_band_at,
-        expects_effective = excluded.expects_effective,
-        effective_since_status = excluded.effective_since_status,
-        assignment_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
-            THEN excluded.assignment_id ELSE agent_configs.assignment_id END,
-        configuration_id = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
-            THEN excluded.configuration_id ELSE agent_configs.configuration_id END,
-        config_version = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
-            THEN excluded.config_version ELSE agent_configs.config_version END,
-        assigned_hash = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
-            THEN excluded.assigned_hash ELSE agent_configs.assigned_hash END,
-        assigned_at = CASE WHEN excluded.assignment_id > COALESCE(agent_configs.assignment_id, 0)
-            THEN excluded.assigned_at ELSE agent_configs.assigned_at END
-)
-SELECT held FROM fence_check
+    -- The conflict clause, shared with SQLite, follows from queries/agent_configs_conflict.sql;
+    -- then the statement ends with: ) SELECT held FROM fence_check
