@@ -13,6 +13,22 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    /// The name it is written with (in JSON too): `error` or `warning`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Severity> {
+        [Severity::Error, Severity::Warning]
+            .into_iter()
+            .find(|severity| severity.as_str() == text)
+    }
+}
+
 /// One finding, located at a 1-based line and column of the analysed YAML.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {

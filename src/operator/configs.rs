@@ -65,15 +65,12 @@ fn read(file: &Path) -> std::io::Result<String> {
 /// `FILE:LINE:COLUMN: severity [rule] message (hint)`, as compilers print, so editors and CI
 /// logs link to the place.
 fn line(file: &Path, problem: &Problem) -> String {
-    let severity = match problem.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-    };
     let mut text = format!(
-        "{}:{}:{}: {severity} [{}] {}",
+        "{}:{}:{}: {} [{}] {}",
         file.display(),
         problem.line,
         problem.column,
+        problem.severity.as_str(),
         problem.rule,
         problem.message
     );

@@ -58,7 +58,7 @@ pub async fn set_lint_rule(
     let setting = LintRuleSetting {
         rule: rule.id.clone(),
         enabled: rule.enabled,
-        severity: severity_name(rule.severity).to_owned(),
+        severity: rule.severity.as_str().to_owned(),
         message: rule.message.clone(),
         hint: rule.hint.clone(),
     };
@@ -69,18 +69,7 @@ pub async fn set_lint_rule(
 }
 
 fn parse_severity(text: &str) -> Result<Severity> {
-    match text {
-        "error" => Ok(Severity::Error),
-        "warning" => Ok(Severity::Warning),
-        other => Err(ConfigurationError::Invalid(format!(
-            "severity must be error or warning, not {other:?}"
-        ))),
-    }
-}
-
-fn severity_name(severity: Severity) -> &'static str {
-    match severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-    }
+    Severity::parse(text).ok_or_else(|| {
+        ConfigurationError::Invalid(format!("severity must be error or warning, not {text:?}"))
+    })
 }
