@@ -66,12 +66,7 @@ async fn refuse_missing_components(
     let Some(record) = store.get_agent(uid).await? else {
         return Ok(());
     };
-    let Some(reported) = record
-        .details
-        .available_components
-        .as_ref()
-        .and_then(reported_components)
-    else {
+    let Some(reported) = reported_components(&record.details) else {
         return Ok(());
     };
     let problems =

@@ -301,11 +301,7 @@ async fn validate(
                 .get_agent(uid)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no agent {uid}")))?;
-            record
-                .details
-                .available_components
-                .as_ref()
-                .and_then(reported_components)
+            reported_components(&record.details)
         }
         None => None,
     };

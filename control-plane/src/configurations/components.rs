@@ -5,10 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use ampora_collector_config::{Kind, ReportedComponents};
 use serde_json::Value;
 
+use crate::agents::snapshot::AgentDetails;
+
+/// The component types an agent reported, by kind: `None` when it reported none.
+pub fn reported_components(details: &AgentDetails) -> Option<ReportedComponents> {
+    details
+        .available_components
+        .as_ref()
+        .and_then(types_by_kind)
+}
+
 /// The component types under each kind in an agent's stored `available_components`
 /// (`{"components": {"receivers": {"sub_components": {"otlp": …}}, …}}`, as the Collector's
 /// opamp extension reports them). `None` when the agent reported none of the kinds.
-pub fn reported_components(available: &Value) -> Option<ReportedComponents> {
+fn types_by_kind(available: &Value) -> Option<ReportedComponents> {
     let kinds = [
         ("receivers", Kind::Receiver),
         ("processors", Kind::Processor),
@@ -44,10 +54,11 @@ mod tests {
             "exporters": {"metadata": {}, "sub_components": {"debug": {}}},
             "other": {"sub_components": {"x": {}}},
         }});
-        let reported = reported_components(&available).unwrap();
+        let reported = types_by_kind(&available).unwrap();
         assert_eq!(reported.types.len(), 2);
         assert!(reported.types[&Kind::Receiver].contains("hostmetrics"));
         assert!(reported.types[&Kind::Exporter].contains("debug"));
-        assert!(reported_components(&json!({"components": {}})).is_none());
+        assert!(types_by_kind(&json!({"components": {}})).is_none());
+        assert!(reported_components(&AgentDetails::default()).is_none());
     }
 }
