@@ -178,14 +178,11 @@ impl AgentDetailView {
     fn new(record: AgentRecord, config: Option<(AgentConfig, Option<DriftState>)>) -> Self {
         let details = record.details;
         let effective_config_hash = details.effective_config.as_ref().and_then(effective_hash);
-        let (assigned_config_hash, drift) = match &config {
-            Some((config, Some(state))) => (
-                config.assigned.as_ref().map(|a| a.hash.clone()),
-                config.drift(*state),
-            ),
-            Some((config, None)) => (config.assigned.as_ref().map(|a| a.hash.clone()), None),
-            None => (None, None),
-        };
+        let assigned_config_hash = config
+            .as_ref()
+            .and_then(|(config, _)| config.assigned.as_ref())
+            .map(|assigned| assigned.hash.clone());
+        let drift = config.and_then(|(config, state)| config.drift(state?));
         AgentDetailView {
             agent: record.head.into(),
             effective_config: details

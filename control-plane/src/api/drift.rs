@@ -3,13 +3,12 @@
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::extract::Query;
 use super::paging::{next_page_token, page_token, Limit};
 use super::{ApiError, ApiState};
-use crate::remote_config::drift::{DriftCounts, DriftState};
+use crate::remote_config::drift::{Drift, DriftCounts};
 
 /// `GET /api/v1/drift?limit=…&page_token=…`
 #[derive(Debug, Deserialize)]
@@ -21,13 +20,12 @@ pub struct DriftQuery {
     page_token: Option<Uuid>,
 }
 
+/// `{instance_uid, state, reason, since}`.
 #[derive(Debug, Serialize)]
 pub struct DriftingAgent {
     instance_uid: Uuid,
-    state: DriftState,
-    reason: String,
-    #[serde(with = "time::serde::rfc3339")]
-    since: OffsetDateTime,
+    #[serde(flatten)]
+    drift: Drift,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,12 +46,9 @@ pub async fn drift_get(
     let agents = drifting
         .into_iter()
         .filter_map(|(config, state)| {
-            let drift = config.drift(state)?;
             Some(DriftingAgent {
                 instance_uid: config.instance_uid,
-                state: drift.state,
-                reason: drift.reason,
-                since: drift.since,
+                drift: config.drift(state)?,
             })
         })
         .collect();
