@@ -145,6 +145,33 @@ async fn online(api: &ConfigApi, uid: Uuid, context: impl Fn() -> String) -> Val
     .await
 }
 
+/// Pushes `yaml` to `uid` and waits until its drift is `state`, the snapshot assigning the
+/// pushed hash and the agent reporting `status` for it: what was published, the snapshot, and
+/// the context to show should a later check fail.
+async fn push_until(
+    api: &ConfigApi,
+    uid: Uuid,
+    name: &str,
+    yaml: &str,
+    (state, status_name): (&str, &str),
+    context: impl Fn() -> String,
+) -> (Published, Value, String) {
+    let published = api.push(name, yaml, uid).await;
+    let agent = api.wait_drift(uid, state, APPLY_WITHIN, &context).await;
+    let context = format!("{agent:#}\n{}", context());
+    assert_eq!(
+        agent["assigned_config_hash"],
+        published.hash.as_str(),
+        "{context}"
+    );
+    assert_eq!(
+        status(&agent),
+        (status_name, published.hash.as_str()),
+        "{context}"
+    );
+    (published, agent, context)
+}
+
 /// Pushes `yaml` to `uid` and waits until its drift is `in_sync`: checks what the snapshot says
 /// then (the assigned hash, the agent's APPLIED status for it, an effective config) and
 /// returns it with what was published.
@@ -155,19 +182,8 @@ async fn push_in_sync(
     yaml: &str,
     context: impl Fn() -> String,
 ) -> (Published, Value) {
-    let published = api.push(name, yaml, uid).await;
-    let agent = api.wait_drift(uid, "in_sync", APPLY_WITHIN, &context).await;
-    let context = format!("{agent:#}\n{}", context());
-    assert_eq!(
-        agent["assigned_config_hash"],
-        published.hash.as_str(),
-        "{context}"
-    );
-    assert_eq!(
-        status(&agent),
-        ("APPLIED", published.hash.as_str()),
-        "{context}"
-    );
+    let (published, agent, context) =
+        push_until(api, uid, name, yaml, ("in_sync", "APPLIED"), context).await;
     assert!(agent["effective_config_hash"].is_string(), "{context}");
     assert!(agent["drift"]["since"].is_string(), "{context}");
     (published, agent)
@@ -183,19 +199,8 @@ async fn push_failed(
     error: &str,
     context: impl Fn() -> String,
 ) -> (Published, Value) {
-    let published = api.push(name, yaml, uid).await;
-    let agent = api.wait_drift(uid, "failed", APPLY_WITHIN, &context).await;
-    let context = format!("{agent:#}\n{}", context());
-    assert_eq!(
-        agent["assigned_config_hash"],
-        published.hash.as_str(),
-        "{context}"
-    );
-    assert_eq!(
-        status(&agent),
-        ("FAILED", published.hash.as_str()),
-        "{context}"
-    );
+    let (published, agent, context) =
+        push_until(api, uid, name, yaml, ("failed", "FAILED"), context).await;
     let reported = agent["remote_config_status"]["error_message"]
         .as_str()
         .unwrap_or_default();
