@@ -57,6 +57,7 @@ fn envelope(uid: Uuid, request: u64, message: AgentToServer) -> Bytes {
         received_unix_nano: OffsetDateTime::now_utc().unix_timestamp_nanos() as u64,
         remote_addr: "127.0.0.1:4000".into(),
         event: Some(Event::AgentToServer(message.encode_to_vec().into())),
+        ..Default::default()
     }
     .encode_to_vec()
     .into()

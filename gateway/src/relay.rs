@@ -268,6 +268,7 @@ impl Relay {
                 .map_or(0, |d| d.as_nanos() as u64),
             remote_addr: peer.remote_addr.clone(),
             event: Some(event),
+            ..Default::default()
         };
         let result = self
             .bus

@@ -106,6 +106,7 @@ fn envelope(c: &mut Criterion) {
                 received_unix_nano: 1_700_000_000_000_000_000,
                 remote_addr: "127.0.0.1:40000".into(),
                 event: Some(Event::AgentToServer(black_box(payload.clone()).into())),
+                ..Default::default()
             }
             .encode_to_vec()
         })

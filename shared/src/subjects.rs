@@ -8,6 +8,8 @@
 //! - `{prefix}.heartbeat.gateway` / `{prefix}.heartbeat.control-plane`: liveness, every second.
 //! - `{prefix}.evictions`: control-plane → control-planes, agents changed by a sweep.
 //! - `{prefix}.assignments`: control-plane → control-planes, a new assignment was made.
+//! - `{prefix}.trust.state`: control-plane → gateways, the trusted CAs and revoked certificates.
+//! - `{prefix}.trust.request`: gateway → control-planes, "publish the trust state now".
 
 use uuid::Uuid;
 
@@ -92,6 +94,14 @@ impl Subjects {
 
     pub fn evictions(&self) -> String {
         format!("{}.evictions", self.prefix)
+    }
+
+    pub fn trust_state(&self) -> String {
+        format!("{}.trust.state", self.prefix)
+    }
+
+    pub fn trust_request(&self) -> String {
+        format!("{}.trust.request", self.prefix)
     }
 }
 
