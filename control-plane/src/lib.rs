@@ -11,6 +11,8 @@
 //! - [`remote_config`]: per agent, when to offer its config, what it answered, and drift.
 //! - [`storage`]: the [`storage::Store`] trait and its PostgreSQL and SQLite implementations.
 //! - [`api`]: the operator REST API and health endpoints (axum).
+//! - [`trust`]: Ampora's CA, bootstrap tokens, agents' certificates, and the identity check of
+//!   every agent message.
 //! - [`config`]: settings and defaults.
 
 pub mod agents;
@@ -23,6 +25,7 @@ pub mod remote_config;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trust;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -25,8 +25,13 @@ mod model;
 mod postgres;
 mod shared;
 mod sqlite;
+mod trust;
 
 pub use error::StoreError;
+pub use trust::{
+    AgentCertificate, BootstrapToken, EnrolRefusal, NewBootstrapToken, NewCa, NewCertificate,
+    StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
+};
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -406,6 +411,7 @@ pub trait Store:
     + ConfigurationStore
     + AssignmentStore
     + DriftStore
+    + TrustStore
     + 'static
 {
     /// Cheap round trip for readiness checks.

@@ -23,6 +23,10 @@ use super::columns::{
     AgentColumns, AttributeColumns, BatchColumns, ConfigColumns, EventColumns, SeenColumns,
 };
 use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
+use super::trust::{
+    self, AgentCertificate, BootstrapToken, EnrolRefusal, NewBootstrapToken, NewCa, NewCertificate,
+    StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
+};
 use super::{
     assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
     AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
@@ -587,4 +591,110 @@ async fn execute_values<'a, Row>(
         statement.build().execute(&mut *connection).await?;
     }
     Ok(())
+}
+
+#[async_trait]
+impl TrustStore for SqliteStore {
+    async fn current_ca(&self) -> Result<Option<StoredCa>> {
+        trust::current_ca(&self.reader).await
+    }
+
+    async fn create_ca(&self, ca: &NewCa, now: OffsetDateTime) -> Result<StoredCa> {
+        if let Some(created) = trust::create_ca(self.begin_write().await?, ca, now).await? {
+            return Ok(created);
+        }
+        // Another replica created it first: read from the writer, which saw that commit.
+        trust::current_ca(&self.writer)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("no current CA after a conflicting create".into()))
+    }
+
+    async fn rotate_ca(
+        &self,
+        current_id: i64,
+        ca: &NewCa,
+        now: OffsetDateTime,
+    ) -> Result<Option<StoredCa>> {
+        trust::rotate_ca(self.begin_write().await?, current_id, ca, now).await
+    }
+
+    async fn get_ca(&self, id: i64) -> Result<Option<StoredCa>> {
+        trust::get_ca(&self.reader, id).await
+    }
+
+    async fn trust_snapshot(&self, now: OffsetDateTime) -> Result<TrustSnapshot> {
+        trust::trust_snapshot(&self.reader, now).await
+    }
+
+    async fn create_bootstrap_token(
+        &self,
+        new: &NewBootstrapToken,
+        now: OffsetDateTime,
+    ) -> Result<BootstrapToken> {
+        trust::create_bootstrap_token(self.begin_write().await?, new, now).await
+    }
+
+    async fn list_bootstrap_tokens(&self, after: i64, limit: u32) -> Result<Vec<BootstrapToken>> {
+        trust::list_bootstrap_tokens(&self.reader, after, limit).await
+    }
+
+    async fn revoke_bootstrap_token(
+        &self,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<Option<BootstrapToken>> {
+        trust::revoke_bootstrap_token(self.begin_write().await?, id, now).await
+    }
+
+    async fn check_bootstrap_token(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<BootstrapToken, TokenRefusal>> {
+        trust::check_bootstrap_token(&self.reader, token_hash, now).await
+    }
+
+    async fn enrol(
+        &self,
+        token_hash: Option<&str>,
+        certificate: &NewCertificate,
+        now: OffsetDateTime,
+    ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>> {
+        trust::enrol(self.begin_write().await?, token_hash, certificate, now).await
+    }
+
+    async fn list_certificates(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentCertificate>> {
+        trust::list_certificates(&self.reader, after, limit).await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        fingerprint: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<AgentCertificate>> {
+        trust::revoke_certificate(self.begin_write().await?, fingerprint, reason, now).await
+    }
+
+    async fn certificate_bindings(
+        &self,
+        fingerprints: &[String],
+        uids: &[Uuid],
+        now: OffsetDateTime,
+    ) -> Result<Vec<AgentCertificate>> {
+        trust::certificate_bindings(&self.reader, fingerprints, uids, now).await
+    }
+
+    async fn retire_superseded(
+        &self,
+        uid: Uuid,
+        fingerprint: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>> {
+        trust::retire_superseded(self.begin_write().await?, uid, fingerprint, now).await
+    }
 }
