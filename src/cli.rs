@@ -257,6 +257,62 @@ pub struct ControlPlaneOptions {
     /// is offered the config again.
     #[arg(long, env = "AMPORA_OFFER_RETRY_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub offer_retry_interval: Duration,
+    #[command(flatten)]
+    pub trust: TrustOptions,
+}
+
+/// Ampora's CA and agent enrolment.
+#[derive(Debug, Args)]
+pub struct TrustOptions {
+    /// A file holding the CA key-encryption key (base64 of 32 bytes). Default: `ca.kek` in the
+    /// data dir, created (mode 0600) when missing; replicas must share one.
+    #[arg(long, env = "AMPORA_CA_KEK_FILE")]
+    pub ca_kek_file: Option<PathBuf>,
+    /// The CA key-encryption key itself (base64 of 32 bytes).
+    #[arg(
+        long,
+        env = "AMPORA_CA_KEK",
+        hide_env_values = true,
+        conflicts_with = "ca_kek_file"
+    )]
+    pub ca_kek: Option<String>,
+    /// A PKCS#11 library: the CA key lives in its token instead of the database.
+    #[arg(long, env = "AMPORA_CA_PKCS11_MODULE")]
+    pub ca_pkcs11_module: Option<PathBuf>,
+    /// The token holding the CA key, by label.
+    #[arg(
+        long,
+        env = "AMPORA_CA_PKCS11_TOKEN_LABEL",
+        requires = "ca_pkcs11_module"
+    )]
+    pub ca_pkcs11_token_label: Option<String>,
+    /// The token holding the CA key, by slot id (when no token label is given).
+    #[arg(long, env = "AMPORA_CA_PKCS11_SLOT", requires = "ca_pkcs11_module")]
+    pub ca_pkcs11_slot: Option<u64>,
+    /// The token's user PIN.
+    #[arg(
+        long,
+        env = "AMPORA_CA_PKCS11_PIN",
+        hide_env_values = true,
+        requires = "ca_pkcs11_module"
+    )]
+    pub ca_pkcs11_pin: Option<String>,
+    /// The CA key's label in the token (created there when missing).
+    #[arg(long, env = "AMPORA_CA_PKCS11_KEY_LABEL", default_value = "ampora-ca")]
+    pub ca_pkcs11_key_label: String,
+    /// A bootstrap token created without a lifetime lasts this long.
+    #[arg(long, env = "AMPORA_BOOTSTRAP_TOKEN_TTL", default_value = "24h", value_parser = positive_duration)]
+    pub bootstrap_token_ttl: Duration,
+    /// How long an agent certificate is valid.
+    #[arg(long, env = "AMPORA_CERTIFICATE_LIFETIME", default_value = "90days", value_parser = positive_duration)]
+    pub certificate_lifetime: Duration,
+    /// An agent may renew its certificate once it expires within this.
+    #[arg(long, env = "AMPORA_CERTIFICATE_RENEWAL_WINDOW", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub certificate_renewal_window: Duration,
+    /// How often the trust state (CAs, revocations) is published to gateways besides after
+    /// each change.
+    #[arg(long, env = "AMPORA_TRUST_PUBLISH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub trust_publish_interval: Duration,
 }
 
 /// A period that must pass between two checks or offers: zero would spin.

@@ -8,6 +8,9 @@ use std::time::Duration;
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::Readiness;
 use ampora_control_plane::storage::{self, StoreOptions};
+use ampora_control_plane::trust::ca::Kek;
+use ampora_control_plane::trust::signer::Pkcs11Settings;
+use ampora_control_plane::trust::TrustConfig;
 use ampora_gateway::{Gateway, GatewayConfig, GatewayError, TlsConfig};
 use ampora_shared::bus::{Bus, InProcessBus, NatsBus, NatsOptions};
 use ampora_shared::subjects::{Subjects, DEFAULT_PARTITIONS};
@@ -17,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
     BusArgs, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions, Role, ServeArgs,
-    StorageArgs,
+    StorageArgs, TrustOptions,
 };
 
 /// A mistake in the configuration (exit status 64), as opposed to a failure while running.
@@ -78,7 +81,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let readiness = Readiness::default();
     let mut control_plane = tokio::spawn(ampora_control_plane::run(
         http_listener,
-        control_plane_config(&control_plane, subjects.clone()),
+        control_plane_config(&control_plane, subjects.clone(), &storage.data_dir)?,
         store,
         bus.clone(),
         readiness.clone(),
@@ -175,9 +178,13 @@ fn store_options(options: &ControlPlaneOptions) -> StoreOptions {
     }
 }
 
-fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> ControlPlaneConfig {
+fn control_plane_config(
+    options: &ControlPlaneOptions,
+    subjects: Subjects,
+    data_dir: &Path,
+) -> anyhow::Result<ControlPlaneConfig> {
     let defaults = ControlPlaneConfig::default();
-    ControlPlaneConfig {
+    Ok(ControlPlaneConfig {
         replica_id: options.replica_id.clone().unwrap_or(defaults.replica_id),
         subjects,
         workers: options.ingest_workers.max(1),
@@ -196,8 +203,59 @@ fn control_plane_config(options: &ControlPlaneOptions, subjects: Subjects) -> Co
         agent_heartbeat_interval: options.agent_heartbeat_interval,
         assignment_check_interval: options.assignment_check_interval,
         offer_retry_interval: options.offer_retry_interval,
+        trust: trust_config(&options.trust, data_dir)?,
         ..defaults
-    }
+    })
+}
+
+/// The CA's key: in a PKCS#11 token, or sealed with the key-encryption key from
+/// `AMPORA_CA_KEK_FILE`, `AMPORA_CA_KEK`, or else a `ca.kek` file in the data dir (created when
+/// missing, and said so).
+fn trust_config(options: &TrustOptions, data_dir: &Path) -> anyhow::Result<TrustConfig> {
+    let kek = match (&options.ca_kek_file, &options.ca_kek) {
+        (Some(path), _) => {
+            Kek::from_file(path).map_err(|e| ConfigError(format!("AMPORA_CA_KEK_FILE: {e}")))?
+        }
+        (None, Some(text)) => {
+            Kek::from_base64(text).map_err(|e| ConfigError(format!("AMPORA_CA_KEK: {e}")))?
+        }
+        (None, None) => {
+            let path = data_dir.join("ca.kek");
+            let (kek, created) = Kek::load_or_create(&path).map_err(|e| {
+                ConfigError(format!(
+                    "no AMPORA_CA_KEK_FILE or AMPORA_CA_KEK, and the data dir's: {e}"
+                ))
+            })?;
+            if created {
+                println!(
+                    "Created the CA key-encryption key {} (mode 0600); keep it safe, and give \
+                     every replica the same one (AMPORA_CA_KEK_FILE).",
+                    path.display()
+                );
+            }
+            tracing::info!(path = %path.display(), created, "CA key-encryption key from the data dir");
+            kek
+        }
+    };
+    let pkcs11 = options
+        .ca_pkcs11_module
+        .as_ref()
+        .map(|module| Pkcs11Settings {
+            module: module.clone(),
+            token_label: options.ca_pkcs11_token_label.clone(),
+            slot: options.ca_pkcs11_slot,
+            pin: options.ca_pkcs11_pin.clone().unwrap_or_default(),
+            key_label: options.ca_pkcs11_key_label.clone(),
+        });
+    Ok(TrustConfig {
+        kek: Some(Arc::new(kek)),
+        pkcs11,
+        bootstrap_token_ttl: options.bootstrap_token_ttl,
+        certificate_lifetime: options.certificate_lifetime,
+        renewal_window: options.certificate_renewal_window,
+        publish_interval: options.trust_publish_interval,
+        ..TrustConfig::default()
+    })
 }
 
 fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig {
@@ -299,7 +357,7 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
     println!("Ampora control-plane is ready.");
     println!("  API: http://{addr}/api/v1/agents");
     tracing::info!(%addr, database = %redact(&database_url), "control-plane ready");
-    let config = control_plane_config(&control_plane, subjects(&bus));
+    let config = control_plane_config(&control_plane, subjects(&bus), &storage.data_dir)?;
     ampora_control_plane::run(
         listener,
         config,
@@ -345,12 +403,20 @@ mod tests {
         else {
             unreachable!("parsed as the control-plane role");
         };
+        let data_dir = tempfile::tempdir().unwrap();
         let control_plane = ControlPlaneConfig {
             replica_id: "one".to_owned(),
-            ..control_plane_config(&args.control_plane, subjects(&args.bus))
+            ..control_plane_config(&args.control_plane, subjects(&args.bus), data_dir.path())
+                .unwrap()
         };
+        // With no key-encryption key set, one is made in the data dir.
+        assert!(data_dir.path().join("ca.kek").exists());
         let library = ControlPlaneConfig {
             replica_id: "one".to_owned(),
+            trust: TrustConfig {
+                kek: control_plane.trust.kek.clone(),
+                ..TrustConfig::default()
+            },
             ..ControlPlaneConfig::default()
         };
         assert_eq!(format!("{control_plane:?}"), format!("{library:?}"));

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
 
+use crate::trust::TrustConfig;
+
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
     /// Unique per replica; owns partition leases under this name.
@@ -47,6 +49,8 @@ pub struct ControlPlaneConfig {
     /// An agent that reports its remote config status and has not answered an offer this long
     /// after it was made is offered the config again, on its next message.
     pub offer_retry_interval: Duration,
+    /// The CA, bootstrap tokens and agent certificates.
+    pub trust: TrustConfig,
 }
 
 impl Default for ControlPlaneConfig {
@@ -70,6 +74,7 @@ impl Default for ControlPlaneConfig {
             agent_heartbeat_interval: None,
             assignment_check_interval: Duration::from_secs(5),
             offer_retry_interval: Duration::from_secs(60),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -86,6 +91,7 @@ impl ControlPlaneConfig {
             heartbeat_interval: Duration::from_millis(250),
             gateway_timeout: Duration::from_secs(2),
             assignment_check_interval: Duration::from_millis(500),
+            trust: TrustConfig::for_test(),
             ..Self::default()
         }
     }

@@ -52,18 +52,27 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let request_timeout = config.api_request_timeout;
     let assignments = AssignmentWatch::default();
+    let trust = trust::Trust::start(store.clone(), config.trust.clone()).await?;
+    let publisher = tokio::spawn(trust::publisher::run(
+        trust.clone(),
+        bus.clone(),
+        config.subjects.clone(),
+        cancel.clone(),
+    ));
     let state = api::ApiState {
         store: store.clone(),
         readiness: readiness.clone(),
         bus: bus.clone(),
         subjects: config.subjects.clone(),
         assignments: assignments.clone(),
+        trust: trust.clone(),
     };
     let ingest = tokio::spawn(ingest::run(
         bus,
         store,
         config,
         assignments,
+        trust,
         readiness,
         cancel.clone(),
     ));
@@ -78,5 +87,6 @@ pub async fn run(
     .await;
     cancel.cancel();
     ingest.await??;
+    publisher.await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::{self, Readiness};
 use ampora_control_plane::storage::{self, EventQuery, Store, StoreOptions};
 use ampora_control_plane::testing::TestPostgres;
+use ampora_control_plane::trust::Trust;
 use ampora_shared::bus::{Bus, InProcessBus, Subscription};
 use ampora_shared::pb::bus::{agent_envelope::Event, AgentEnvelope, Transport as WireTransport};
 use ampora_shared::pb::opamp::AgentToServer;
@@ -97,11 +98,15 @@ async fn a_lost_eviction_does_not_keep_a_live_agent_offline(url: String) {
     let mut replies = bus.subscribe(&subjects.gateway(GATEWAY)).await.unwrap();
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
+    let trust = Trust::start(store.clone(), config.trust.clone())
+        .await
+        .unwrap();
     let ingest = tokio::spawn(ingest::run(
         bus.clone(),
         store.clone(),
         config,
         AssignmentWatch::default(),
+        trust,
         readiness.clone(),
         shutdown.clone(),
     ));

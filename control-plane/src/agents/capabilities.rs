@@ -95,9 +95,13 @@ pub fn is_full_state_report(message: &AgentToServer) -> bool {
     })
 }
 
-/// What this server does: accept status and effective config. Claims nothing it does not do.
-pub const SERVER_CAPABILITIES: u64 =
-    ServerCapabilities::AcceptsStatus as u64 | ServerCapabilities::AcceptsEffectiveConfig as u64;
+/// What this server does: accept status and effective config, offer connection settings (its
+/// heartbeat interval, certificates) and accept certificate requests. Claims nothing it does not
+/// do.
+pub const SERVER_CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
+    | ServerCapabilities::AcceptsEffectiveConfig as u64
+    | ServerCapabilities::OffersConnectionSettings as u64
+    | ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,11 @@ pub enum EventKind {
     AvailableComponents,
     /// The server offered the agent a remote config (payload: hash, version, configuration_id).
     ConfigOffered,
+    /// The agent was issued a client certificate (payload: fingerprint, not_after, labels).
+    Enrolled,
+    /// A message claiming this agent's uid came with another agent's certificate and was
+    /// refused (payload: fingerprint, certificate_instance_uid, remote_addr, gateway_id).
+    IdentityRefused,
 }
 
 impl EventKind {
@@ -36,6 +41,8 @@ impl EventKind {
             EventKind::PackageStatuses => "package_statuses",
             EventKind::AvailableComponents => "available_components",
             EventKind::ConfigOffered => "config_offered",
+            EventKind::Enrolled => "enrolled",
+            EventKind::IdentityRefused => "identity_refused",
         }
     }
 

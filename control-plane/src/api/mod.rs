@@ -14,6 +14,7 @@ mod extract;
 mod paging;
 #[cfg(test)]
 mod tests;
+mod trust;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use ampora_shared::subjects::Subjects;
 use ampora_shared::{http1, telemetry};
 use axum::extract::{Request, State};
 use axum::http::{Extensions, HeaderName, StatusCode};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -39,6 +40,7 @@ use tower_http::trace::TraceLayer;
 use crate::assignments::AssignmentWatch;
 use crate::ingest::Readiness;
 use crate::storage::Store;
+use crate::trust::Trust;
 
 pub use error::ApiError;
 
@@ -56,6 +58,8 @@ pub struct ApiState {
     pub subjects: Subjects,
     /// This replica's assignment set, reloaded at once after an assignment made here.
     pub assignments: AssignmentWatch,
+    /// The CA, bootstrap tokens and agents' certificates.
+    pub trust: Arc<Trust>,
 }
 
 /// The API's routes and layers. A request not complete (head, body and answer) within
@@ -132,6 +136,24 @@ pub fn app(state: ApiState, request_timeout: Duration) -> Router {
         )
         .route("/api/v1/assignments", post(assignments::assignment_create))
         .route("/api/v1/drift", get(drift::drift_get))
+        .route(
+            "/api/v1/bootstrap-tokens",
+            get(trust::bootstrap_tokens_list).post(trust::bootstrap_token_create),
+        )
+        .route(
+            "/api/v1/bootstrap-tokens/{id}",
+            delete(trust::bootstrap_token_delete),
+        )
+        .route("/api/v1/ca.pem", get(trust::ca_pem_get))
+        .route("/api/v1/ca/rotate", post(trust::ca_rotate))
+        .route(
+            "/api/v1/certificates",
+            get(trust::certificates_list).post(trust::certificate_create),
+        )
+        .route(
+            "/api/v1/certificates/{fingerprint}/revoke",
+            post(trust::certificate_revoke),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::metrics_get))

@@ -29,11 +29,14 @@ async fn state() -> ApiState {
         .await
         .expect("an in-memory store");
     ApiState {
-        store,
+        store: store.clone(),
         readiness: Readiness::default(),
         bus: Arc::new(InProcessBus::default()),
         subjects: Subjects::default(),
         assignments: AssignmentWatch::default(),
+        trust: crate::trust::Trust::start(store, crate::trust::TrustConfig::for_test())
+            .await
+            .expect("a CA"),
     }
 }
 
@@ -1043,4 +1046,284 @@ async fn configurations_and_drift_page_by_their_tokens() {
         (StatusCode::OK, &json!([])),
         "{body}"
     );
+}
+
+// === trust ===
+
+async fn create_token(state: &ApiState, body: Value) -> (i64, String) {
+    let (status, body) = send(state, Method::POST, "/api/v1/bootstrap-tokens", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (
+        body["id"].as_i64().unwrap(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn csr_for(common_name: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn bootstrap_tokens_are_shown_once_listed_and_revoked() {
+    let state = state().await;
+    let before = OffsetDateTime::now_utc().unix_timestamp();
+    let (status, created) = send(
+        &state,
+        Method::POST,
+        "/api/v1/bootstrap-tokens",
+        &json!({"labels": {"env": "prod"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("ampbt_"), "{token}");
+    // The default lifetime is a day.
+    let expires_at = created["expires_at"].as_i64().unwrap();
+    assert!((before + 86_400..=before + 86_401 + 5).contains(&expires_at));
+    let (short, _) = create_token(&state, json!({"ttl_seconds": 60})).await;
+
+    let (status, listed) = get(&state, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(status, StatusCode::OK);
+    let tokens = listed["bootstrap_tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0]["labels"]["env"], "prod");
+    assert_eq!(tokens[0]["state"], "active");
+    assert!(
+        !listed.to_string().contains(token),
+        "a listing never shows a token"
+    );
+
+    let (status, revoked) = send(
+        &state,
+        Method::DELETE,
+        &format!("/api/v1/bootstrap-tokens/{short}"),
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked["state"], "revoked");
+    let (status, body) = send(
+        &state,
+        Method::DELETE,
+        "/api/v1/bootstrap-tokens/999",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_text(&body).contains("999"));
+
+    for (bad, why) in [
+        (json!({"ttl_seconds": 0}), "at least 1"),
+        (json!({"ttl_seconds": 100_000_000}), "at most"),
+        (json!({"labels": {"": "x"}}), "keys must be"),
+        (json!({"lifetime": 3}), "unknown field"),
+    ] {
+        let (status, body) = send(&state, Method::POST, "/api/v1/bootstrap-tokens", &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(error_text(&body).contains(why), "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_buys_one_certificate_and_is_refused_used_expired_or_revoked() {
+    let state = state().await;
+    let (_, token) = create_token(&state, json!({"labels": {"site": "berlin"}})).await;
+    let csr = csr_for("collector");
+    let (status, issued) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": token, "csr_pem": csr}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert!(issued["certificate_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE"));
+    assert!(issued.get("private_key_pem").is_none(), "{issued}");
+    assert_eq!(issued["fingerprint"].as_str().unwrap().len(), 64);
+    let uid: Uuid = issued["instance_uid"].as_str().unwrap().parse().unwrap();
+
+    // Reused: refused, with why.
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": token, "csr_pem": csr}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_text(&body), "bootstrap token already used");
+
+    // Expired.
+    let expired = state
+        .store
+        .create_bootstrap_token(
+            &storage::NewBootstrapToken {
+                token_hash: crate::trust::tokens::hash("ampbt_expired"),
+                labels: Default::default(),
+                expires_at: OffsetDateTime::now_utc() - time::Duration::seconds(1),
+            },
+            OffsetDateTime::now_utc() - time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert!(expired.id > 0);
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": "ampbt_expired"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_text(&body), "bootstrap token expired");
+
+    // Revoked.
+    let (id, revoked) = create_token(&state, json!({})).await;
+    let (status, _) = send(
+        &state,
+        Method::DELETE,
+        &format!("/api/v1/bootstrap-tokens/{id}"),
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": revoked}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(error_text(&body), "bootstrap token revoked");
+
+    // Unknown, and a CSR that is no CSR.
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": "ampbt_nope"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(error_text(&body), "unknown bootstrap token");
+    let (_, fresh) = create_token(&state, json!({})).await;
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": fresh, "csr_pem": "garbage"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_text(&body).contains("certificate signing request"),
+        "{body}"
+    );
+    // The refused CSR did not use the token up.
+    let (status, generated) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": fresh}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{generated}");
+    assert!(generated["private_key_pem"]
+        .as_str()
+        .unwrap()
+        .contains("PRIVATE KEY"));
+
+    // Listed with the token's labels; the used token names its agent.
+    let (_, listed) = get(&state, "/api/v1/certificates").await;
+    let certificates = listed["certificates"].as_array().unwrap();
+    assert_eq!(certificates.len(), 2);
+    let first = certificates
+        .iter()
+        .find(|c| c["fingerprint"] == issued["fingerprint"])
+        .unwrap();
+    assert_eq!(first["labels"]["site"], "berlin");
+    assert_eq!(first["instance_uid"], uid.to_string());
+    let (_, tokens) = get(&state, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(tokens["bootstrap_tokens"][0]["state"], "used");
+    assert_eq!(tokens["bootstrap_tokens"][0]["used_by"], uid.to_string());
+    let (status, body) = send(
+        &state,
+        Method::DELETE,
+        "/api/v1/bootstrap-tokens/1",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test]
+async fn certificates_are_revoked_and_the_ca_rotated_keeping_the_old_one_trusted() {
+    let state = state().await;
+    let (_, token) = create_token(&state, json!({})).await;
+    let (_, issued) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": token}),
+    )
+    .await;
+    let fingerprint = issued["fingerprint"].as_str().unwrap();
+
+    let (status, content_type, pem) = get_text(&state, "/api/v1/ca.pem").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/x-pem-file");
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 1);
+    assert_eq!(pem, issued["ca_pem"].as_str().unwrap());
+
+    let (status, rotated) = send(&state, Method::POST, "/api/v1/ca/rotate", &json!(null)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_ne!(rotated["ca_pem"], issued["ca_pem"]);
+    // The old CA issued a certificate still valid: both are trusted, the new one first.
+    let (_, _, pem) = get_text(&state, "/api/v1/ca.pem").await;
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(pem.starts_with(rotated["ca_pem"].as_str().unwrap()));
+    // New certificates come from the new CA.
+    let (_, token) = create_token(&state, json!({})).await;
+    let (_, renewed) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        &json!({"token": token}),
+    )
+    .await;
+    assert_eq!(renewed["ca_pem"], rotated["ca_pem"]);
+
+    let (status, revoked) = send(
+        &state,
+        Method::POST,
+        &format!("/api/v1/certificates/{}/revoke", fingerprint.to_uppercase()),
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_i64());
+    assert_eq!(revoked["revoked_reason"], "revoked by an operator");
+    let snapshot = state
+        .store
+        .trust_snapshot(OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(snapshot.revoked, [fingerprint.to_owned()]);
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates/00ff/revoke",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::assignments::AssignmentWatch;
 use crate::config::ControlPlaneConfig;
 use crate::storage::Store;
+use crate::trust::Trust;
 use ownership::Ownership;
 use worker::{WorkItem, Worker};
 
@@ -87,6 +88,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     config: ControlPlaneConfig,
     assignments: AssignmentWatch,
+    trust: Arc<Trust>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -107,6 +109,7 @@ pub async fn run(
                 config.clone(),
                 ownership.clone(),
                 assignments.clone(),
+                trust.clone(),
             );
             workers.spawn(worker.run(receiver));
             sender

@@ -34,6 +34,8 @@ use crate::config::ControlPlaneConfig;
 use crate::remote_config::drift::AgentConfig;
 use crate::remote_config::{self, AgentOffers, Report};
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
+use crate::trust::identity::{Admission, Presented};
+use crate::trust::{enrolment, Trust};
 
 pub enum WorkItem {
     Envelope(Uuid, AgentEnvelope),
@@ -67,6 +69,8 @@ pub struct Worker {
     assignments: AssignmentWatch,
     /// Per cached agent: its assignment and what it was offered.
     configs: HashMap<Uuid, AgentOffers>,
+    /// Who is speaking: the identity check and enrolment.
+    trust: Arc<Trust>,
     applied_changes: Counter,
     config_offers: Counter,
     applied_heartbeats: Counter,
@@ -132,6 +136,7 @@ impl Worker {
         config: Arc<ControlPlaneConfig>,
         ownership: Arc<Ownership>,
         assignments: AssignmentWatch,
+        trust: Arc<Trust>,
     ) -> Self {
         Self {
             index,
@@ -145,6 +150,7 @@ impl Worker {
             pending_seen: HashMap::new(),
             assignments,
             configs: HashMap::new(),
+            trust,
             config_offers: metrics::counter!("ampora_control_plane_config_offers_total"),
             applied_changes: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "change"),
             applied_heartbeats: metrics::counter!("ampora_control_plane_messages_applied_total", "kind" => "heartbeat"),
@@ -179,6 +185,7 @@ impl Worker {
             gather(&mut receiver, &mut items, self.config.batch_max, next_round).await;
             next_round = tokio::time::Instant::now() + self.config.round_interval;
             metrics::histogram!("ampora_control_plane_round_messages").record(items.len() as f64);
+            self.prefetch_identities(&items).await;
             let mut round = Uncommitted {
                 loaded: self.load_uncached(&items).await,
                 ..Uncommitted::default()
@@ -281,7 +288,60 @@ impl Worker {
                         return;
                     }
                 };
-                let reply = self.apply(uid, &message, digest, &origin, round).await;
+                let presented = Presented {
+                    uid,
+                    fingerprint: &envelope.client_certificate_sha256,
+                    enrolment_only: envelope.enrolment_only,
+                };
+                let admission = match self
+                    .trust
+                    .identities()
+                    .admit(self.store.as_ref(), presented)
+                    .await
+                {
+                    Ok(admission) => admission,
+                    Err(error) => {
+                        tracing::warn!(instance_uid = %uid, %error, "cannot check the agent's identity");
+                        round.replies.push(reply_to(server_error::reply(
+                            Bytes::copy_from_slice(uid.as_bytes()),
+                            ServerErrorResponseType::Unavailable,
+                            "state storage unavailable",
+                            Some(self.config.retry_after),
+                        )));
+                        return;
+                    }
+                };
+                let reply = match &admission {
+                    Admission::Refused(refusal) => {
+                        self.refuse(uid, refusal, &origin, round);
+                        Some(server_error::reply(
+                            Bytes::copy_from_slice(uid.as_bytes()),
+                            ServerErrorResponseType::BadRequest,
+                            &refusal.reason,
+                            None,
+                        ))
+                    }
+                    Admission::EnrolmentOnly => Some(
+                        self.enrol_only(uid, &message, &envelope.bearer_token, &origin, round)
+                            .await,
+                    ),
+                    Admission::Certified(_) | Admission::Plain => {
+                        if let Admission::Certified(certificate) = &admission {
+                            self.retire_superseded(certificate).await;
+                        }
+                        let reply = self.apply(uid, &message, digest, &origin, round).await;
+                        self.enrol(
+                            uid,
+                            &message,
+                            &envelope.bearer_token,
+                            &admission,
+                            &origin,
+                            reply,
+                            round,
+                        )
+                        .await
+                    }
+                };
                 if let Some(reply) = reply {
                     round.replies.push(reply_to(reply));
                 }
@@ -296,6 +356,204 @@ impl Worker {
                 }
             }
             None => tracing::warn!(instance_uid = %uid, "envelope without an event"),
+        }
+    }
+
+    /// Reads, in one query, the identities a round's messages need that the cache lacks. If
+    /// the read fails, each message reads its own (and fails there with the usual answer).
+    async fn prefetch_identities(&self, items: &[WorkItem]) {
+        let presented: Vec<Presented<'_>> = items
+            .iter()
+            .filter_map(|item| match item {
+                WorkItem::Envelope(uid, envelope)
+                    if matches!(envelope.event, Some(Event::AgentToServer(_))) =>
+                {
+                    Some(Presented {
+                        uid: *uid,
+                        fingerprint: &envelope.client_certificate_sha256,
+                        enrolment_only: envelope.enrolment_only,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(error) = self
+            .trust
+            .identities()
+            .prefetch(self.store.as_ref(), &presented)
+            .await
+        {
+            tracing::warn!(%error, "cannot read agents' identities");
+        }
+    }
+
+    /// A message turned away by the identity check: a valid certificate of another agent
+    /// claiming `uid` is recorded in `uid`'s history, and nothing else of it changes.
+    fn refuse(
+        &self,
+        uid: Uuid,
+        refusal: &crate::trust::identity::Refusal,
+        origin: &Origin,
+        round: &mut Uncommitted,
+    ) {
+        metrics::counter!("ampora_control_plane_identity_refusals_total").increment(1);
+        tracing::warn!(instance_uid = %uid, reason = %refusal.reason, remote_addr = %origin.remote_addr, "agent message refused");
+        let Some(certificate) = &refusal.impersonated_by else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "fingerprint": certificate.fingerprint,
+            "certificate_instance_uid": certificate.instance_uid,
+            "remote_addr": origin.remote_addr,
+            "gateway_id": origin.gateway_id,
+        });
+        round
+            .partitions
+            .insert(self.config.subjects.partition_of(&uid));
+        round.events.push(event(
+            uid,
+            origin.received_at,
+            EventKind::IdentityRefused,
+            event_payload(&payload),
+        ));
+    }
+
+    /// A connection without a certificate that may only enrol: its message is an enrolment
+    /// or is refused; nothing of the agent's state is stored.
+    async fn enrol_only(
+        &self,
+        uid: Uuid,
+        message: &AgentToServer,
+        bearer_token: &str,
+        origin: &Origin,
+        round: &mut Uncommitted,
+    ) -> ServerToAgent {
+        let refused = |reason: &str| {
+            server_error::reply(
+                Bytes::copy_from_slice(uid.as_bytes()),
+                ServerErrorResponseType::BadRequest,
+                reason,
+                None,
+            )
+        };
+        match self
+            .trust
+            .enrol_over_opamp(uid, message, bearer_token, &Admission::EnrolmentOnly)
+            .await
+        {
+            None => refused(
+                "this connection has no client certificate: only enrolment is accepted (a \
+                 certificate signing request, or connection settings accepted, with a valid \
+                 bootstrap token)",
+            ),
+            Some(Err(error)) => refused(&format!("enrolment refused: {error}")),
+            Some(Ok(enrolled)) => {
+                self.enrolled(uid, &enrolled, origin, round);
+                let mut reply = ServerToAgent {
+                    instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+                    capabilities: SERVER_CAPABILITIES,
+                    ..Default::default()
+                };
+                enrolment::offer(&mut reply, &enrolled);
+                reply
+            }
+        }
+    }
+
+    /// After an admitted message was applied: the enrolment or renewal it asks for, if any,
+    /// rides on its reply (the offer, or the reason it was refused).
+    #[allow(clippy::too_many_arguments)]
+    async fn enrol(
+        &self,
+        uid: Uuid,
+        message: &AgentToServer,
+        bearer_token: &str,
+        admission: &Admission,
+        origin: &Origin,
+        reply: Option<ServerToAgent>,
+        round: &mut Uncommitted,
+    ) -> Option<ServerToAgent> {
+        // An agent that asked for a new uid is enrolled under it on a later message.
+        if message.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0 {
+            return reply;
+        }
+        let outcome = self
+            .trust
+            .enrol_over_opamp(uid, message, bearer_token, admission)
+            .await?;
+        let mut reply = reply.unwrap_or_else(|| ServerToAgent {
+            instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+            capabilities: SERVER_CAPABILITIES,
+            ..Default::default()
+        });
+        match outcome {
+            Ok(enrolled) => {
+                self.enrolled(uid, &enrolled, origin, round);
+                enrolment::offer(&mut reply, &enrolled);
+            }
+            Err(error) => {
+                reply.error_response = server_error::reply(
+                    reply.instance_uid.clone(),
+                    ServerErrorResponseType::BadRequest,
+                    &format!("enrolment refused: {error}"),
+                    None,
+                )
+                .error_response;
+            }
+        }
+        Some(reply)
+    }
+
+    /// Records an issued certificate in the agent's history.
+    fn enrolled(
+        &self,
+        uid: Uuid,
+        enrolled: &enrolment::Enrolled,
+        origin: &Origin,
+        round: &mut Uncommitted,
+    ) {
+        let payload = serde_json::json!({
+            "fingerprint": enrolled.certificate.fingerprint,
+            "not_after": enrolled.certificate.not_after.unix_timestamp(),
+            "labels": enrolled.certificate.labels,
+            "renewal": enrolled.certificate.token_id.is_none(),
+            "server_generated_key": enrolled.issued.private_key_pem.is_some(),
+        });
+        round
+            .partitions
+            .insert(self.config.subjects.partition_of(&uid));
+        round.events.push(event(
+            uid,
+            origin.received_at,
+            EventKind::Enrolled,
+            event_payload(&payload),
+        ));
+    }
+
+    /// An agent presented a certificate: any it held before that one is retired (revoked as
+    /// superseded), once per certificate and replica.
+    async fn retire_superseded(&self, certificate: &crate::storage::AgentCertificate) {
+        if !self.trust.identities().first_use(&certificate.fingerprint) {
+            return;
+        }
+        match self
+            .store
+            .retire_superseded(
+                certificate.instance_uid,
+                &certificate.fingerprint,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+        {
+            Ok(retired) if !retired.is_empty() => {
+                tracing::info!(instance_uid = %certificate.instance_uid, retired = retired.len(), "superseded certificates retired");
+                self.trust.identities().revoked(&retired);
+                self.trust.changed();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot retire superseded certificates; they expire on their own");
+            }
         }
     }
 
