@@ -13,9 +13,10 @@ use ampora_control_plane::assignments::{Assignment, NewAssignment, Selector, Tar
 use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
 use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
-    self, AgentEvent, AgentQuery, Configuration, ConfigurationVersion, EventQuery, Fence, Guarded,
-    Lease, LintRuleSetting, NewConfiguration, NewEvent, Published, SeenUpdate, Store, StoreError,
-    StoreOptions, WriteBatch,
+    self, AgentEvent, AgentQuery, BootstrapToken, Configuration, ConfigurationVersion,
+    EnrolRefusal, EventQuery, Fence, Guarded, Lease, LintRuleSetting, NewBootstrapToken, NewCa,
+    NewCertificate, NewConfiguration, NewEvent, Published, SeenUpdate, Store, StoreError,
+    StoreOptions, TokenRefusal, TrustSnapshot, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -2196,6 +2197,10 @@ storage_suite!(
     a_worker_with_an_older_assignment_keeps_the_newer_assigned_side,
     drift_states_are_derived_by_the_database,
     agents_read_back_with_their_config_track,
+    the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_has_certificates,
+    bootstrap_tokens_enrol_once_and_say_why_not,
+    certificates_bind_uids_and_are_revoked_and_superseded,
+    concurrent_enrolments_with_one_token_have_exactly_one_winner,
 );
 
 /// Waits until `sessions` sessions of this database wait on a lock.
@@ -2491,4 +2496,318 @@ async fn postgres_agents_written_with_text_uids_survive_the_uuid_migration() {
             .collect::<Vec<_>>(),
         ["health", "connected"]
     );
+}
+
+// === trust ===
+
+fn new_ca(tag: u8) -> NewCa {
+    NewCa {
+        certificate_der: vec![tag; 32],
+        key_sealed: Some(vec![tag; 48]),
+        key_label: String::new(),
+        not_after: at(10_000_000),
+    }
+}
+
+fn new_certificate(
+    uid: Uuid,
+    ca_id: i64,
+    tag: &str,
+    issued: i64,
+    not_after: i64,
+) -> NewCertificate {
+    NewCertificate {
+        fingerprint: format!("{tag:0>64}"),
+        instance_uid: uid,
+        certificate_der: tag.as_bytes().to_vec(),
+        ca_id,
+        labels: BTreeMap::from([("renewed".to_owned(), "yes".to_owned())]),
+        issued_at: at(issued),
+        not_after: at(not_after),
+    }
+}
+
+async fn token(store: &dyn Store, hash: &str, expires: i64) -> BootstrapToken {
+    store
+        .create_bootstrap_token(
+            &NewBootstrapToken {
+                token_hash: hash.to_owned(),
+                labels: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+                expires_at: at(expires),
+            },
+            at(0),
+        )
+        .await
+        .unwrap()
+}
+
+async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_has_certificates(
+    db: Db,
+) {
+    let store = db.open().await;
+    assert_eq!(store.current_ca().await.unwrap(), None);
+    let first = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    // A second replica starting at the same time gets the first one's CA.
+    let again = store.create_ca(&new_ca(2), at(1)).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(first.key_sealed, Some(vec![1; 48]));
+    assert_eq!(store.current_ca().await.unwrap(), Some(first.clone()));
+
+    // A certificate of the first CA, valid until 500.
+    let uid = Uuid::now_v7();
+    let issued = store
+        .enrol(None, &new_certificate(uid, first.id, "a1", 10, 500), at(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(issued.labels["renewed"], "yes");
+
+    let second = store
+        .rotate_ca(first.id, &new_ca(3), at(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!(store.current_ca().await.unwrap(), Some(second.clone()));
+    assert_eq!(
+        store.get_ca(first.id).await.unwrap().unwrap().retired_at,
+        Some(at(20))
+    );
+    // A rotation from a stale view changes nothing.
+    assert_eq!(
+        store.rotate_ca(first.id, &new_ca(4), at(21)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.current_ca().await.unwrap().unwrap().id, second.id);
+
+    let trusted =
+        |snapshot: TrustSnapshot| -> Vec<i64> { snapshot.cas.iter().map(|ca| ca.id).collect() };
+    assert_eq!(
+        trusted(store.trust_snapshot(at(100)).await.unwrap()),
+        [second.id, first.id]
+    );
+    // Once its last certificate expired, the old CA is no longer trusted.
+    assert_eq!(
+        trusted(store.trust_snapshot(at(500)).await.unwrap()),
+        [second.id]
+    );
+}
+
+async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
+    let store = db.open().await;
+    let ca = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let created = token(store.as_ref(), "h1", 100).await;
+    assert_eq!(created.labels["env"], "prod");
+    assert_eq!(created.used_at, None);
+    let expired = token(store.as_ref(), "h2", 5).await;
+    let revoked = token(store.as_ref(), "h3", 100).await;
+    let revoked = store
+        .revoke_bootstrap_token(revoked.id, at(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(2)));
+    assert_eq!(
+        store.revoke_bootstrap_token(9999, at(2)).await.unwrap(),
+        None
+    );
+
+    assert_eq!(
+        store.check_bootstrap_token("h1", at(10)).await.unwrap(),
+        Ok(created.clone())
+    );
+    for (hash, why) in [
+        ("nope", TokenRefusal::Unknown),
+        ("h2", TokenRefusal::Expired),
+        ("h3", TokenRefusal::Revoked),
+    ] {
+        assert_eq!(
+            store.check_bootstrap_token(hash, at(10)).await.unwrap(),
+            Err(why)
+        );
+        let refused = store
+            .enrol(
+                Some(hash),
+                &new_certificate(Uuid::now_v7(), ca.id, hash, 10, 1000),
+                at(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(EnrolRefusal::Token(why)));
+    }
+    assert_eq!(expired.expires_at, at(5));
+
+    let uid = Uuid::now_v7();
+    let enrolled = store
+        .enrol(
+            Some("h1"),
+            &new_certificate(uid, ca.id, "c1", 10, 1000),
+            at(10),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // The token's labels, not the caller's, go to an enrolled agent.
+    assert_eq!(enrolled.labels, created.labels);
+    assert_eq!(enrolled.token_id, Some(created.id));
+    let again = store
+        .enrol(
+            Some("h1"),
+            &new_certificate(uid, ca.id, "c2", 11, 1000),
+            at(11),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Err(EnrolRefusal::Token(TokenRefusal::Used)));
+    assert_eq!(
+        store.check_bootstrap_token("h1", at(11)).await.unwrap(),
+        Err(TokenRefusal::Used)
+    );
+    let listed = store.list_bootstrap_tokens(0, 10).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].used_by, Some(uid));
+    assert_eq!(listed[0].used_at, Some(at(10)));
+    assert_eq!(
+        store
+            .list_bootstrap_tokens(listed[1].id, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A used token stays used when revoked.
+    let used = store
+        .revoke_bootstrap_token(created.id, at(12))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((used.used_at, used.revoked_at), (Some(at(10)), None));
+
+    // A uid that holds a valid certificate is not enrolled again, and the token is not spent.
+    token(store.as_ref(), "h4", 100).await;
+    let refused = store
+        .enrol(
+            Some("h4"),
+            &new_certificate(uid, ca.id, "c3", 12, 1000),
+            at(12),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Err(EnrolRefusal::AlreadyEnrolled(uid)));
+    assert!(store
+        .check_bootstrap_token("h4", at(12))
+        .await
+        .unwrap()
+        .is_ok());
+}
+
+async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
+    let store = db.open().await;
+    let ca = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+    let old = store
+        .enrol(None, &new_certificate(one, ca.id, "01", 10, 1000), at(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = store
+        .enrol(None, &new_certificate(one, ca.id, "02", 20, 1000), at(20))
+        .await
+        .unwrap()
+        .unwrap();
+    let other = store
+        .enrol(None, &new_certificate(two, ca.id, "03", 20, 30), at(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.is_valid(at(21)) && !other.is_valid(at(30)));
+
+    // By fingerprint (valid or not), and the valid certificates of the uids asked about.
+    let mut found = store
+        .certificate_bindings(&[other.fingerprint.clone()], &[one, Uuid::now_v7()], at(40))
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    assert_eq!(found, [old.clone(), new.clone(), other.clone()]);
+    assert!(store
+        .certificate_bindings(&[], &[two], at(40))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .certificate_bindings(&[], &[], at(40))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The agent presents its new certificate: the old one is retired, once.
+    assert_eq!(
+        store
+            .retire_superseded(one, &new.fingerprint, at(25))
+            .await
+            .unwrap(),
+        [old.fingerprint.clone()]
+    );
+    assert!(store
+        .retire_superseded(one, &new.fingerprint, at(26))
+        .await
+        .unwrap()
+        .is_empty());
+    let revoked = store
+        .revoke_certificate(&new.fingerprint, "compromised", at(27))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(27)));
+    assert_eq!(revoked.revoked_reason.as_deref(), Some("compromised"));
+    // Revoking again keeps the first revocation.
+    let again = store
+        .revoke_certificate(&new.fingerprint, "again", at(28))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, revoked);
+    assert_eq!(
+        store.revoke_certificate("ff", "x", at(28)).await.unwrap(),
+        None
+    );
+    let snapshot = store.trust_snapshot(at(29)).await.unwrap();
+    assert_eq!(
+        snapshot.revoked,
+        [old.fingerprint.clone(), new.fingerprint.clone()]
+    );
+
+    let page = store.list_certificates(None, 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = store
+        .list_certificates(Some(&page[1].fingerprint), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest, [other]);
+}
+
+/// Two enrolments with one token, through two stores on one database (two replicas): exactly
+/// one wins, whatever the interleaving.
+async fn concurrent_enrolments_with_one_token_have_exactly_one_winner(db: Db) {
+    let (first, second) = (db.open().await, db.open().await);
+    let ca = first.create_ca(&new_ca(1), at(0)).await.unwrap();
+    for round in 0..10 {
+        let hash = format!("race-{round}");
+        token(first.as_ref(), &hash, 100).await;
+        let (a, b) = (
+            new_certificate(Uuid::now_v7(), ca.id, &format!("a{round}"), 10, 1000),
+            new_certificate(Uuid::now_v7(), ca.id, &format!("b{round}"), 10, 1000),
+        );
+        let (one, two) = tokio::join!(
+            first.enrol(Some(&hash), &a, at(10)),
+            second.enrol(Some(&hash), &b, at(10)),
+        );
+        let outcomes = [one.unwrap(), two.unwrap()];
+        let winners = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        assert_eq!(winners, 1, "round {round}: {outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .any(|outcome| *outcome == Err(EnrolRefusal::Token(TokenRefusal::Used))));
+    }
+    assert_eq!(first.list_certificates(None, 100).await.unwrap().len(), 10);
 }
