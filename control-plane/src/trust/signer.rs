@@ -157,13 +157,27 @@ impl Pkcs11Token {
                 settings.module.display()
             ))
         })?;
-        library.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+        match library.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            // Opened again in this process (a restart in place): the library is ready.
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                _,
+            )) => {}
+            Err(error) => return Err(error.into()),
+        }
         let slot = find_slot(&library, &settings)?;
         let session = library.open_rw_session(slot)?;
-        session.login(
-            UserType::User,
-            Some(&AuthPin::new(settings.pin.clone().into())),
-        )?;
+        let pin = AuthPin::new(settings.pin.clone().into());
+        match session.login(UserType::User, Some(&pin)) {
+            // PKCS#11 logins are per application: another session of ours logged in already.
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::UserAlreadyLoggedIn,
+                _,
+            )) => {}
+            Err(error) => return Err(error.into()),
+        }
         Ok(Self {
             settings,
             _library: library,
