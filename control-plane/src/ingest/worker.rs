@@ -477,10 +477,13 @@ impl Worker {
         if message.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0 {
             return reply;
         }
-        let outcome = self
+        let Some(outcome) = self
             .trust
             .enrol_over_opamp(uid, message, bearer_token, admission)
-            .await?;
+            .await
+        else {
+            return reply;
+        };
         let mut reply = reply.unwrap_or_else(|| ServerToAgent {
             instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
             capabilities: SERVER_CAPABILITIES,
