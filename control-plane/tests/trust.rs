@@ -564,3 +564,85 @@ async fn an_agent_without_a_csr_is_offered_a_server_generated_key() {
     assert_eq!(error_of(&reply), None);
     control_plane.stop().await;
 }
+
+// === the trust state ===
+
+/// Gateways hear the trusted CAs and the revocations: when they ask, and after every change.
+#[tokio::test]
+async fn the_trust_state_goes_out_on_request_and_after_every_change() {
+    let store = storage::connect("sqlite::memory:", StoreOptions::default())
+        .await
+        .unwrap();
+    let trust = Trust::start(
+        store.clone(),
+        TrustConfig {
+            // Only requests and changes publish during this test.
+            publish_interval: Duration::from_secs(3600),
+            ..TrustConfig::for_test()
+        },
+    )
+    .await
+    .unwrap();
+    let bus = Arc::new(InProcessBus::default());
+    let subjects = ampora_shared::subjects::Subjects::new("trust-state", 4);
+    let mut states = bus.subscribe(&subjects.trust_state()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let publisher = tokio::spawn(ampora_control_plane::trust::publisher::run(
+        trust.clone(),
+        bus.clone(),
+        subjects.clone(),
+        shutdown.clone(),
+    ));
+    // The first interval tick publishes at start.
+    let first = next_state(&mut states).await;
+    assert_eq!(first.ca_certificates_der.len(), 1);
+    assert_eq!(first.ca_certificates_der[0], trust.ca().certificate_der);
+    assert!(first.revoked_certificate_sha256.is_empty());
+
+    let request = ampora_shared::pb::bus::TrustRequest {
+        gateway_id: "gw-new".into(),
+    };
+    bus.publish(&subjects.trust_request(), request.encode_to_vec().into())
+        .await
+        .unwrap();
+    let answered = next_state(&mut states).await;
+    assert!(answered.read_unix_nano >= first.read_unix_nano);
+
+    let token = trust
+        .create_token(None, Default::default())
+        .await
+        .unwrap()
+        .0;
+    let fingerprint = trust
+        .enrol_with_token(&token, None, None)
+        .await
+        .unwrap()
+        .issued
+        .fingerprint;
+    trust
+        .revoke_certificate(&fingerprint)
+        .await
+        .unwrap()
+        .unwrap();
+    let revoked = next_state(&mut states).await;
+    assert_eq!(revoked.revoked_certificate_sha256, [fingerprint]);
+
+    let rotated = trust.rotate_ca().await.unwrap();
+    let after_rotation = next_state(&mut states).await;
+    // The new CA first; the old one still has a certificate that has not expired.
+    assert_eq!(after_rotation.ca_certificates_der.len(), 2);
+    assert_eq!(
+        after_rotation.ca_certificates_der[0],
+        rotated.certificate_der
+    );
+    shutdown.cancel();
+    publisher.await.unwrap();
+}
+
+async fn next_state(states: &mut Subscription) -> ampora_shared::pb::bus::TrustState {
+    let message = tokio::time::timeout(WAIT, states.next())
+        .await
+        .expect("a trust state")
+        .unwrap();
+    ampora_shared::pb::bus::TrustState::decode(message.payload).unwrap()
+}
