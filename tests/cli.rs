@@ -208,3 +208,14 @@ fn configs_validate_says_when_it_cannot_read_the_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bad_ca_key_encryption_key_is_a_usage_error() {
+    let (code, stderr) = ampora(&["serve"], &[("AMPORA_CA_KEK", "c2hvcnQ=")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("AMPORA_CA_KEK"), "{stderr}");
+    assert!(stderr.contains("32 bytes"), "{stderr}");
+    let (code, stderr) = ampora(&["serve"], &[("AMPORA_CA_KEK_FILE", "/nonexistent/ca.kek")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("AMPORA_CA_KEK_FILE"), "{stderr}");
+}

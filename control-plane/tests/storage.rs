@@ -2724,7 +2724,11 @@ async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
 
     // By fingerprint (valid or not), and the valid certificates of the uids asked about.
     let mut found = store
-        .certificate_bindings(&[other.fingerprint.clone()], &[one, Uuid::now_v7()], at(40))
+        .certificate_bindings(
+            std::slice::from_ref(&other.fingerprint),
+            &[one, Uuid::now_v7()],
+            at(40),
+        )
         .await
         .unwrap();
     found.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
@@ -2746,7 +2750,7 @@ async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
             .retire_superseded(one, &new.fingerprint, at(25))
             .await
             .unwrap(),
-        [old.fingerprint.clone()]
+        std::slice::from_ref(&old.fingerprint)
     );
     assert!(store
         .retire_superseded(one, &new.fingerprint, at(26))
@@ -2805,9 +2809,7 @@ async fn concurrent_enrolments_with_one_token_have_exactly_one_winner(db: Db) {
         let outcomes = [one.unwrap(), two.unwrap()];
         let winners = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
         assert_eq!(winners, 1, "round {round}: {outcomes:?}");
-        assert!(outcomes
-            .iter()
-            .any(|outcome| *outcome == Err(EnrolRefusal::Token(TokenRefusal::Used))));
+        assert!(outcomes.contains(&Err(EnrolRefusal::Token(TokenRefusal::Used))));
     }
     assert_eq!(first.list_certificates(None, 100).await.unwrap().len(), 10);
 }

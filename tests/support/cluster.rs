@@ -168,10 +168,18 @@ impl Cluster {
         let postgres = TestPostgres::start();
         let database = postgres.create_database().await;
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        // Every control-plane replica seals and unseals the CA key with the same key: 43 hex
+        // digits (base64 digits too) and a pad are 32 bytes of base64.
+        let ca_kek = format!(
+            "{}{}=",
+            uuid::Uuid::new_v4().simple(),
+            &uuid::Uuid::new_v4().simple().to_string()[..11]
+        );
         let common = |extra: &[(&str, String)]| -> Vec<(String, String)> {
             let mut env: Vec<(String, String)> = [
                 ("AMPORA_NATS_URL", TestNats::urls(&nats)),
                 ("AMPORA_BUS_PREFIX", prefix.clone()),
+                ("AMPORA_CA_KEK", ca_kek.clone()),
                 ("AMPORA_HEARTBEAT_INTERVAL", "250ms".into()),
                 ("AMPORA_CONTROL_PLANE_TIMEOUT", "3s".into()),
                 ("AMPORA_GATEWAY_TIMEOUT", "3s".into()),

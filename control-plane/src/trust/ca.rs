@@ -91,9 +91,17 @@ impl Kek {
             .fill(&mut bytes)
             .map_err(|_| CaError::Kek("no randomness".into()))?;
         let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-        write_private(path, format!("{text}\n").as_bytes())
-            .map_err(|e| CaError::Kek(format!("cannot write {}: {e}", path.display())))?;
-        Ok((Self::from_bytes(&bytes)?, true))
+        match write_private(path, format!("{text}\n").as_bytes()) {
+            Ok(()) => Ok((Self::from_bytes(&bytes)?, true)),
+            // Another process sharing the data dir made it first: use that one.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((Self::from_file(path)?, false))
+            }
+            Err(error) => Err(CaError::Kek(format!(
+                "cannot write {}: {error}",
+                path.display()
+            ))),
+        }
     }
 
     /// nonce || ciphertext || tag.
@@ -128,20 +136,29 @@ impl Kek {
     }
 }
 
-/// Creates `path` readable by its owner only, and writes `contents`.
+/// Creates `path` readable by its owner only, with `contents`, whole or not at all: written
+/// beside it first, then linked into place, which fails if `path` exists meanwhile.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let staging = dir.join(format!(
+        ".{}.{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&staging)?;
     file.write_all(contents)?;
-    file.sync_all()
+    file.sync_all()?;
+    let linked = std::fs::hard_link(&staging, path);
+    std::fs::remove_file(&staging)?;
+    linked
 }
 
 /// Where CA keys are kept: sealed with the KEK, or in a PKCS#11 token. New CAs go to the token
