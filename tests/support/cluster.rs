@@ -168,12 +168,13 @@ impl Cluster {
         let postgres = TestPostgres::start();
         let database = postgres.create_database().await;
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-        // Every control-plane replica seals and unseals the CA key with the same key: 43 hex
-        // digits (base64 digits too) and a pad are 32 bytes of base64.
+        // Every control-plane replica seals and unseals the CA key with the same key: 32 bytes
+        // in base64 are 43 digits (hex digits are base64 digits; the last one, '0', leaves the
+        // unused bits clear) and a pad.
         let ca_kek = format!(
-            "{}{}=",
+            "{}{}0=",
             uuid::Uuid::new_v4().simple(),
-            &uuid::Uuid::new_v4().simple().to_string()[..11]
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
         let common = |extra: &[(&str, String)]| -> Vec<(String, String)> {
             let mut env: Vec<(String, String)> = [
