@@ -533,10 +533,14 @@ impl Worker {
         ));
     }
 
-    /// An agent presented a certificate: any it held before that one is retired (revoked as
-    /// superseded), once per certificate and replica.
+    /// An agent presented a renewed certificate: any it held before that one is retired
+    /// (revoked as superseded), once per certificate and replica. A certificate from a token
+    /// has no predecessor to retire (its uid held no valid one), so a reconnecting fleet costs
+    /// no writes here.
     async fn retire_superseded(&self, certificate: &crate::storage::AgentCertificate) {
-        if !self.trust.identities().first_use(&certificate.fingerprint) {
+        if certificate.token_id.is_some()
+            || !self.trust.identities().first_use(&certificate.fingerprint)
+        {
             return;
         }
         match self
