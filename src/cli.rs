@@ -108,6 +108,11 @@ pub struct HttpArgs {
     /// The operator API, health and metrics.
     #[arg(long, env = "AMPORA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// PEM certificate chain; with --http-tls-key, the API is served over HTTPS.
+    #[arg(long, env = "AMPORA_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "AMPORA_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

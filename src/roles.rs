@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    BusArgs, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions, Role, ServeArgs,
-    StorageArgs, TrustOptions,
+    BusArgs, ControlPlaneArgs, ControlPlaneOptions, GatewayArgs, GatewayOptions, HttpArgs, Role,
+    ServeArgs, StorageArgs, TrustOptions,
 };
 
 /// A mistake in the configuration (exit status 64), as opposed to a failure while running.
@@ -81,7 +81,10 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let readiness = Readiness::default();
     let mut control_plane = tokio::spawn(ampora_control_plane::run(
         http_listener,
-        control_plane_config(&control_plane, subjects.clone(), &storage.data_dir)?,
+        ControlPlaneConfig {
+            http_tls: http_tls(&http)?,
+            ..control_plane_config(&control_plane, subjects.clone(), &storage.data_dir)?
+        },
         store,
         bus.clone(),
         readiness.clone(),
@@ -112,7 +115,12 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!("Ampora is ready.");
     println!("  OpAMP WebSocket: {ws}://{opamp_addr}/v1/opamp");
     println!("  OpAMP HTTP:      {http_scheme}://{opamp_addr}/v1/opamp");
-    println!("  API:             http://{http_addr}/api/v1/agents");
+    let api_scheme = if http.http_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("  API:             {api_scheme}://{http_addr}/api/v1/agents");
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
     let gateway_result = gateway.await;
@@ -206,6 +214,16 @@ fn control_plane_config(
         trust: trust_config(&options.trust, data_dir)?,
         ..defaults
     })
+}
+
+/// HTTPS for the API, when a certificate and key are given.
+fn http_tls(http: &HttpArgs) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (Some(cert), Some(key)) = (&http.http_tls_cert, &http.http_tls_key) else {
+        return Ok(None);
+    };
+    let config = ampora_control_plane::api::tls::server_config(cert, key)
+        .map_err(|e| ConfigError(format!("AMPORA_HTTP_TLS_CERT/KEY: {e}")))?;
+    Ok(Some(config))
 }
 
 /// The CA's key: in a PKCS#11 token, or sealed with the key-encryption key from
@@ -354,10 +372,18 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
     let connection = connect_bus(&bus, "ampora-control-plane").await?;
     let listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
     let addr = listener.local_addr()?;
+    let config = ControlPlaneConfig {
+        http_tls: http_tls(&http)?,
+        ..control_plane_config(&control_plane, subjects(&bus), &storage.data_dir)?
+    };
+    let scheme = if config.http_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("Ampora control-plane is ready.");
-    println!("  API: http://{addr}/api/v1/agents");
+    println!("  API: {scheme}://{addr}/api/v1/agents");
     tracing::info!(%addr, database = %redact(&database_url), "control-plane ready");
-    let config = control_plane_config(&control_plane, subjects(&bus), &storage.data_dir)?;
     ampora_control_plane::run(
         listener,
         config,

@@ -1,5 +1,6 @@
 //! Control-plane settings; the defaults are documented in the README.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
@@ -51,6 +52,8 @@ pub struct ControlPlaneConfig {
     pub offer_retry_interval: Duration,
     /// The CA, bootstrap tokens and agent certificates.
     pub trust: TrustConfig,
+    /// Serves the API over HTTPS ([`crate::api::tls::server_config`]).
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -75,6 +78,7 @@ impl Default for ControlPlaneConfig {
             assignment_check_interval: Duration::from_secs(5),
             offer_retry_interval: Duration::from_secs(60),
             trust: TrustConfig::default(),
+            http_tls: None,
         }
     }
 }

@@ -51,6 +51,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let request_timeout = config.api_request_timeout;
+    let http_tls = config.http_tls.clone();
     let assignments = AssignmentWatch::default();
     let trust = trust::Trust::start(store.clone(), config.trust.clone()).await?;
     let publisher = tokio::spawn(trust::publisher::run(
@@ -78,7 +79,7 @@ pub async fn run(
     ));
     let router = api::app(state, request_timeout);
     let serve_cancel = cancel.clone();
-    api::serve(listener, router, request_timeout, async move {
+    api::serve(listener, router, request_timeout, http_tls, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = serve_cancel.cancelled() => {}

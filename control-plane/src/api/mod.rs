@@ -14,6 +14,7 @@ mod extract;
 mod paging;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 mod trust;
 
 use std::future::Future;
@@ -167,14 +168,17 @@ pub fn app(state: ApiState, request_timeout: Duration) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in progress
-/// finish. A connection must send each request head within `request_timeout`, or is closed;
-/// the rest of the request is timed by [`app`]'s layers.
+/// finish; over TLS with `tls`. A connection must finish its TLS handshake and send each
+/// request head within `request_timeout`, or is closed; the rest of the request is timed by
+/// [`app`]'s layers.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     request_timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -191,13 +195,35 @@ pub async fn serve(
                 }
             },
         };
-        connections.spawn(http1::serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            router.clone(),
-            Extensions::new(),
-            request_timeout,
-            stop.clone().cancelled_owned(),
-        ));
+        let Some(tls) = &tls else {
+            connections.spawn(http1::serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                router.clone(),
+                Extensions::new(),
+                request_timeout,
+                stop.clone().cancelled_owned(),
+            ));
+            continue;
+        };
+        let (tls, router, stop) = (tls.clone(), router.clone(), stop.clone());
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(request_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            http1::serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                router,
+                Extensions::new(),
+                request_timeout,
+                stop.cancelled_owned(),
+            )
+            .await;
+        });
     }
     drop(listener);
     stop.cancel();

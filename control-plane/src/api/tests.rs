@@ -368,6 +368,7 @@ async fn listening() -> (std::net::SocketAddr, CancellationToken) {
         listener,
         router,
         timeout,
+        None,
         stop.clone().cancelled_owned(),
     ));
     (addr, stop)
@@ -1326,4 +1327,70 @@ async fn certificates_are_revoked_and_the_ca_rotated_keeping_the_old_one_trusted
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+/// With a certificate and key, the API answers over HTTPS only; unusable files are refused
+/// with what is wrong.
+#[tokio::test]
+async fn the_api_is_served_over_https_when_given_a_certificate() {
+    use tokio_rustls::rustls;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, certificate.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = tls::server_config(&cert_path, &key_path).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let timeout = Duration::from_secs(5);
+    tokio::spawn(serve(
+        listener,
+        app(state().await, timeout),
+        timeout,
+        Some(config),
+        stop.clone().cancelled_owned(),
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("a TLS handshake");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    // Plain HTTP gets no HTTP answer from it.
+    let plain = answer_then_close(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("the connection is closed");
+    assert!(!plain.contains("200 OK"), "{plain}");
+    stop.cancel();
+
+    let error = tls::server_config(&dir.path().join("missing.pem"), &key_path).unwrap_err();
+    assert!(error.contains("missing.pem"), "{error}");
+    let error = tls::server_config(&key_path, &key_path).unwrap_err();
+    assert!(error.contains("no certificate"), "{error}");
 }
