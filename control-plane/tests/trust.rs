@@ -213,12 +213,14 @@ fn refused_because(reply: &ServerToAgent, reason: &str) {
 /// The certificate an answer offers.
 fn offered(reply: &ServerToAgent) -> &TlsCertificate {
     assert_eq!(error_of(reply), None);
-    reply
+    let opamp = reply
         .connection_settings
         .as_ref()
         .and_then(|settings| settings.opamp.as_ref())
-        .and_then(|opamp| opamp.certificate.as_ref())
-        .expect("a certificate offered")
+        .expect("connection settings offered");
+    // Never 0 beside a certificate: opamp-go would take it for "no heartbeats".
+    assert_eq!(opamp.heartbeat_interval_seconds, 30);
+    opamp.certificate.as_ref().expect("a certificate offered")
 }
 
 /// Checks an offered certificate: signed by the offered CA, for `uid`, for client

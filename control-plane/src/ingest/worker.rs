@@ -454,7 +454,7 @@ impl Worker {
                     capabilities: SERVER_CAPABILITIES,
                     ..Default::default()
                 };
-                enrolment::offer(&mut reply, &enrolled);
+                enrolment::offer(&mut reply, &enrolled, self.config.agent_heartbeat_interval);
                 reply
             }
         }
@@ -492,7 +492,7 @@ impl Worker {
         match outcome {
             Ok(enrolled) => {
                 self.enrolled(uid, &enrolled, origin, round);
-                enrolment::offer(&mut reply, &enrolled);
+                enrolment::offer(&mut reply, &enrolled, self.config.agent_heartbeat_interval);
             }
             Err(error) => {
                 reply.error_response = server_error::reply(

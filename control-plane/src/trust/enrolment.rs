@@ -5,6 +5,8 @@
 //! made here with its certificate. Over the API, the same exchange for agents that take their
 //! certificate out of band.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -183,14 +185,26 @@ pub fn csr_of(message: &AgentToServer) -> Option<&[u8]> {
     (!csr.is_empty()).then_some(csr.as_ref())
 }
 
+/// The specification's default heartbeat interval.
+const DEFAULT_HEARTBEAT_SECONDS: u64 = 30;
+
 /// Puts the certificate offer in `reply`, beside any other connection settings it carries.
-pub fn offer(reply: &mut ServerToAgent, enrolled: &Enrolled) {
+/// Agents apply an offer's heartbeat interval with its certificate, and opamp-go takes 0 for
+/// "no heartbeats": the offer names `heartbeat` (the server's setting) or the specification's
+/// default.
+pub fn offer(reply: &mut ServerToAgent, enrolled: &Enrolled, heartbeat: Option<Duration>) {
     let settings = reply
         .connection_settings
         .get_or_insert_with(ConnectionSettingsOffers::default);
     let opamp = settings
         .opamp
         .get_or_insert_with(OpAmpConnectionSettings::default);
+    if opamp.heartbeat_interval_seconds == 0 {
+        opamp.heartbeat_interval_seconds = heartbeat
+            .map_or(DEFAULT_HEARTBEAT_SECONDS, |interval| {
+                interval.as_secs().max(1)
+            });
+    }
     opamp.certificate = Some(TlsCertificate {
         cert: Bytes::from(enrolled.issued.certificate_pem.clone().into_bytes()),
         private_key: enrolled
