@@ -7,15 +7,22 @@
 //
 // It applies the remote configs it is offered (see apply), and prints one stdout line per offer,
 // "offer hash=<hex>", then "applied hash=<hex>" or "failed hash=<hex> error=<text>".
+//
+// It can enrol for a client certificate and reconnect with it (see enrol.go): -token, -csr;
+// -cert and -key start it with a certificate already installed, -server-ca names the CA that
+// signs the server's own certificate for wss:// and https:// URLs.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -125,6 +132,11 @@ func main() {
 	pollInterval := flag.Duration("poll-interval", time.Second, "HTTP polling interval (HTTP only; opamp-go also uses it as the heartbeat)")
 	heartbeat := flag.Duration("heartbeat", 30*time.Second, "WebSocket heartbeat interval (0 disables)")
 	debug := flag.Bool("debug", false, "log the library's debug messages to stderr")
+	token := flag.String("token", "", "bootstrap token, sent as Authorization: Bearer until the agent has a certificate")
+	sendCSR := flag.Bool("csr", false, "send a certificate signing request (with -token); without, the server may make the key")
+	certFile := flag.String("cert", "", "client certificate (PEM) to connect with")
+	keyFile := flag.String("key", "", "the client certificate's key (PEM)")
+	serverCA := flag.String("server-ca", "", "CA (PEM) that signs the server's certificate")
 	var extra pairs
 	flag.Var(&extra, "attr", "non-identifying attribute key=value (repeatable)")
 	flag.Parse()
@@ -138,24 +150,18 @@ func main() {
 	}
 
 	logger := stderrLogger{debug: *debug}
-	var opamp client.OpAMPClient
 	// For HTTP, opamp-go turns the heartbeat interval into the polling interval, so both are the
 	// poll interval there.
 	interval := *heartbeat
-	switch *transport {
-	case "ws":
-		opamp = client.NewWebSocket(logger)
-	case "http":
+	if *transport == "http" {
 		if *pollInterval <= 0 {
 			log.Fatalf("-poll-interval must be positive")
 		}
-		httpClient := client.NewHTTP(logger)
-		httpClient.SetPollingInterval(*pollInterval)
 		interval = *pollInterval
-		opamp = httpClient
-	default:
+	} else if *transport != "ws" {
 		log.Fatalf("unknown -transport %q (want ws or http)", *transport)
 	}
+	enrolling := *token != "" || *certFile != ""
 
 	nonIdentifying := []*protobufs.KeyValue{
 		{Key: "os.type", Value: str("linux")},
@@ -164,35 +170,58 @@ func main() {
 		key, value, _ := strings.Cut(pair, "=")
 		nonIdentifying = append(nonIdentifying, &protobufs.KeyValue{Key: key, Value: str(value)})
 	}
-	if err := opamp.SetAgentDescription(&protobufs.AgentDescription{
-		IdentifyingAttributes: []*protobufs.KeyValue{
-			{Key: "service.name", Value: str(*name)},
-			{Key: "service.version", Value: str("0.0.1")},
-		},
-		NonIdentifyingAttributes: nonIdentifying,
-	}); err != nil {
-		log.Fatalf("agent description: %v", err)
-	}
-
 	started := time.Now()
-	if err := opamp.SetHealth(&protobufs.ComponentHealth{
-		Healthy:            true,
-		Status:             "running",
-		StartTimeUnixNano:  uint64(started.UnixNano()),
-		StatusTimeUnixNano: uint64(started.UnixNano()),
-	}); err != nil {
-		log.Fatalf("health: %v", err)
-	}
 
-	// opamp-go rejects ReportsHealth until a health is set, so this comes after SetHealth.
-	capabilities := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
-		protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
-		protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig |
-		protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
-		protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
-		protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
-	if err := opamp.SetCapabilities(&capabilities); err != nil {
-		log.Fatalf("capabilities: %v", err)
+	// newClient makes a client that describes the agent; one per connection's credentials.
+	newClient := func() client.OpAMPClient {
+		var opamp client.OpAMPClient
+		if *transport == "http" {
+			httpClient := client.NewHTTP(logger)
+			httpClient.SetPollingInterval(*pollInterval)
+			opamp = httpClient
+		} else {
+			opamp = client.NewWebSocket(logger)
+		}
+		if err := opamp.SetAgentDescription(&protobufs.AgentDescription{
+			IdentifyingAttributes: []*protobufs.KeyValue{
+				{Key: "service.name", Value: str(*name)},
+				{Key: "service.version", Value: str("0.0.1")},
+			},
+			NonIdentifyingAttributes: nonIdentifying,
+		}); err != nil {
+			log.Fatalf("agent description: %v", err)
+		}
+		if err := opamp.SetHealth(&protobufs.ComponentHealth{
+			Healthy:            true,
+			Status:             "running",
+			StartTimeUnixNano:  uint64(started.UnixNano()),
+			StatusTimeUnixNano: uint64(started.UnixNano()),
+		}); err != nil {
+			log.Fatalf("health: %v", err)
+		}
+		// opamp-go rejects ReportsHealth until a health is set, so this comes after SetHealth.
+		capabilities := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
+			protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
+			protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig |
+			protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
+			protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
+			protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+		if enrolling {
+			capabilities |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsOpAMPConnectionSettings
+		}
+		if err := opamp.SetCapabilities(&capabilities); err != nil {
+			log.Fatalf("capabilities: %v", err)
+		}
+		return opamp
+	}
+	var current struct {
+		sync.Mutex
+		client client.OpAMPClient
+	}
+	currentClient := func() client.OpAMPClient {
+		current.Lock()
+		defer current.Unlock()
+		return current.client
 	}
 
 	configBody := fmt.Sprintf("# go-agent %s\nreceivers:\n  otlp:\n    protocols:\n      grpc: {}\nservice:\n  pipelines: {}\n", *name)
@@ -222,11 +251,11 @@ func main() {
 				contentType = "text/yaml"
 			}
 			config.set(file.GetBody(), contentType)
-			if err := opamp.UpdateEffectiveConfig(ctx); err != nil {
+			if err := currentClient().UpdateEffectiveConfig(ctx); err != nil {
 				log.Printf("update effective config: %v", err)
 			}
 		}
-		if err := opamp.SetRemoteConfigStatus(status); err != nil {
+		if err := currentClient().SetRemoteConfigStatus(status); err != nil {
 			log.Printf("set remote config status: %v", err)
 		}
 		if err != nil {
@@ -236,6 +265,26 @@ func main() {
 		}
 	}
 
+	enrol := newEnrolment()
+	tlsConfig := &tls.Config{}
+	if *serverCA != "" {
+		pemBytes, err := os.ReadFile(*serverCA)
+		if err != nil {
+			log.Fatalf("-server-ca: %v", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemBytes) {
+			log.Fatalf("-server-ca %s: no certificate", *serverCA)
+		}
+		tlsConfig.RootCAs = roots
+	}
+	if *certFile != "" {
+		pair, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			log.Fatalf("-cert/-key: %v", err)
+		}
+		tlsConfig.Certificates = []tls.Certificate{pair}
+	}
 	settings := types.StartSettings{
 		OpAMPServerURL:    *url,
 		InstanceUid:       types.InstanceUid(uid),
@@ -255,24 +304,70 @@ func main() {
 			GetEffectiveConfig: func(context.Context) (*protobufs.EffectiveConfig, error) {
 				return config.get(), nil
 			},
-			OnMessage: onMessage,
+			OnMessage:                 onMessage,
+			OnOpampConnectionSettings: enrol.onSettings,
 		},
+	}
+	if *serverCA != "" || *certFile != "" {
+		settings.TLSConfig = tlsConfig
+	}
+	if *token != "" && *certFile == "" {
+		settings.Header = http.Header{"Authorization": {"Bearer " + *token}}
 	}
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 
+	opamp := newClient()
+	current.client = opamp
 	if err := opamp.Start(context.Background(), settings); err != nil {
 		log.Fatalf("start: %v", err)
 	}
 	say("instance_uid=%s", uid.String())
 	opampReady.Done()
+	if *sendCSR {
+		csr, err := enrol.request(uid)
+		if err != nil {
+			log.Fatalf("certificate signing request: %v", err)
+		}
+		if err := opamp.RequestConnectionSettings(&protobufs.ConnectionSettingsRequest{
+			Opamp: &protobufs.OpAMPConnectionSettingsRequest{
+				CertificateRequest: &protobufs.CertificateRequest{Csr: csr},
+			},
+		}); err != nil {
+			log.Fatalf("request connection settings: %v", err)
+		}
+	}
 
-	received := <-signals
-	log.Printf("%v: stopping", received)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := opamp.Stop(ctx); err != nil {
-		log.Printf("stop: %v", err)
+	for {
+		select {
+		case received := <-signals:
+			log.Printf("%v: stopping", received)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := currentClient().Stop(ctx); err != nil {
+				log.Printf("stop: %v", err)
+			}
+			return
+		case pair := <-enrol.certificates:
+			// The old credential is retired: reconnect with the certificate, without the token.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := currentClient().Stop(ctx); err != nil {
+				log.Printf("stop before reconnecting: %v", err)
+			}
+			cancel()
+			withCertificate := tlsConfig.Clone()
+			withCertificate.Certificates = []tls.Certificate{pair}
+			settings.TLSConfig = withCertificate
+			settings.Header = nil
+			next := newClient()
+			current.Lock()
+			current.client = next
+			current.Unlock()
+			if err := next.Start(context.Background(), settings); err != nil {
+				log.Fatalf("restart with the certificate: %v", err)
+			}
+			say("reconnected fingerprint=%s", fingerprint(pair))
+		}
 	}
 }
