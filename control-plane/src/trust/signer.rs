@@ -117,7 +117,7 @@ impl Signer for FileSigner {
 // === PKCS#11 ===
 
 /// Which PKCS#11 token holds the CA key, and how to log in.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pkcs11Settings {
     /// The vendor's PKCS#11 library (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
     pub module: PathBuf,
@@ -129,6 +129,18 @@ pub struct Pkcs11Settings {
     pub pin: String,
     /// The CA key's label; rotation creates keys labelled `{key_label}-{n}`.
     pub key_label: String,
+}
+
+/// Never the PIN.
+impl std::fmt::Debug for Pkcs11Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Settings")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("slot", &self.slot)
+            .field("key_label", &self.key_label)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An open PKCS#11 library and a logged-in session on the token that holds the CA keys.
@@ -337,5 +349,24 @@ impl Signer for Pkcs11Signer {
             self.label,
             self.token.settings.module.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_show_the_pin() {
+        let settings = Pkcs11Settings {
+            module: "/lib/x.so".into(),
+            token_label: Some("ca".into()),
+            slot: None,
+            pin: "s3cret-pin".into(),
+            key_label: "ampora-ca".into(),
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret-pin"), "{shown}");
+        assert!(shown.contains("ampora-ca"), "{shown}");
     }
 }
