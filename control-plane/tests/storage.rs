@@ -2586,6 +2586,8 @@ async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_ha
         trusted(store.trust_snapshot(at(100)).await.unwrap()),
         [second.id, first.id]
     );
+    assert!(store.trust_snapshot(at(100)).await.unwrap().any_valid);
+    assert!(!store.trust_snapshot(at(500)).await.unwrap().any_valid);
     // Once its last certificate expired, the old CA is no longer trusted.
     assert_eq!(
         trusted(store.trust_snapshot(at(500)).await.unwrap()),

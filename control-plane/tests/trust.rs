@@ -648,3 +648,44 @@ async fn next_state(states: &mut Subscription) -> ampora_shared::pb::bus::TrustS
         .unwrap();
     ampora_shared::pb::bus::TrustState::decode(message.payload).unwrap()
 }
+
+/// A fleet without certificates costs no look-ups, until an agent is enrolled, here or on
+/// another replica: from this replica's next trust-state read on, its uid answers only with its
+/// certificate.
+#[tokio::test]
+async fn an_enrolment_on_another_replica_binds_the_uid_here_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("ampora.db").display());
+    let trust_config = TrustConfig::for_test();
+    let mut here = ControlPlane::start(&url, trust_config.clone()).await;
+    let uid = Uuid::now_v7();
+    let reply = here
+        .send(uid, message(uid, 0, 1), Connection::default())
+        .await;
+    assert_eq!(error_of(&reply), None);
+
+    // Another replica's API enrols the agent.
+    let other_store = storage::connect(&url, StoreOptions::default())
+        .await
+        .unwrap();
+    let there = Trust::start(other_store, trust_config).await.unwrap();
+    let (token, _) = there.create_token(None, Default::default()).await.unwrap();
+    there
+        .enrol_with_token(&token, None, Some(uid))
+        .await
+        .unwrap();
+
+    // This replica reads the trust state (as it does every few seconds).
+    ampora_control_plane::trust::publisher::publish(
+        &here.trust,
+        here.bus.as_ref(),
+        &here.config.subjects,
+    )
+    .await
+    .unwrap();
+    let reply = here
+        .send(uid, message(uid, 1, 1), Connection::default())
+        .await;
+    refused_because(&reply, "enrolled with a client certificate");
+    here.stop().await;
+}

@@ -118,6 +118,8 @@ pub struct TrustSnapshot {
     pub cas: Vec<StoredCa>,
     /// Fingerprints of revoked certificates not yet expired.
     pub revoked: Vec<String>,
+    /// Whether any agent holds a valid certificate: until one does, no uid is bound.
+    pub any_valid: bool,
 }
 
 /// Ampora's CA, bootstrap tokens and agents' certificates.
@@ -454,9 +456,10 @@ where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
     for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> CaRow: FromRow<'r, DB::Row>,
 {
     let cas: Vec<CaRow> = sqlx::query_as(&format!(
@@ -474,9 +477,17 @@ where
     .bind(micros(now))
     .fetch_all(pool)
     .await?;
+    let valid: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM agent_certificates \
+         WHERE revoked_at IS NULL AND not_after > $1 LIMIT 1) AS any_valid",
+    )
+    .bind(micros(now))
+    .fetch_one(pool)
+    .await?;
     Ok(TrustSnapshot {
         cas: convert(cas)?,
         revoked,
+        any_valid: valid > 0,
     })
 }
 

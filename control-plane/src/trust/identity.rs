@@ -4,6 +4,7 @@
 //! valid certificate; entries live a short while, and revocations heard on the bus apply at once.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,10 @@ pub struct Identities {
     cache: Mutex<Cache>,
     ttl: Duration,
     capacity: usize,
+    /// Whether any agent may hold a certificate. Until one does, a message without a
+    /// certificate needs no look-up: a fleet that does not use certificates pays nothing.
+    /// Set by an enrolment here or by the trust state; never unset.
+    any_bound: AtomicBool,
 }
 
 impl Identities {
@@ -78,7 +83,25 @@ impl Identities {
             cache: Mutex::new(Cache::default()),
             ttl,
             capacity: capacity.max(1),
+            any_bound: AtomicBool::new(true),
         }
+    }
+
+    /// What the database says: whether any agent holds a valid certificate. Only ever turns
+    /// the look-ups on: an enrolment made here since the read must not be missed.
+    pub fn certificates_exist(&self, any: bool) {
+        if any {
+            self.any_bound.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// At start, before any message: whether any agent holds a valid certificate.
+    pub fn start_with(&self, any: bool) {
+        self.any_bound.store(any, Ordering::Relaxed);
+    }
+
+    fn any_bound(&self) -> bool {
+        self.any_bound.load(Ordering::Relaxed)
     }
 
     /// Reads, in one query, what the cache lacks for a round of messages.
@@ -98,6 +121,7 @@ impl Identities {
                         fingerprints.push(message.fingerprint.to_owned());
                     }
                 } else if !message.enrolment_only
+                    && self.any_bound()
                     && !cache.bound.get(&message.uid).is_some_and(|b| fresh(b.at))
                 {
                     uids.push(message.uid);
@@ -172,6 +196,9 @@ impl Identities {
         if presented.enrolment_only {
             return Some(Admission::EnrolmentOnly);
         }
+        if !self.any_bound() {
+            return Some(Admission::Plain);
+        }
         let bound = cache.bound.get(&presented.uid).filter(|b| fresh(b.at))?;
         Some(if bound.value {
             Refusal::because(format!(
@@ -185,6 +212,7 @@ impl Identities {
 
     /// A certificate was issued to `uid` here: its messages must now come with one.
     pub fn enrolled(&self, certificate: &AgentCertificate) {
+        self.any_bound.store(true, Ordering::Relaxed);
         let mut cache = self.cache.lock().expect("identity cache lock");
         self.make_room(&mut cache, 2);
         let at = Instant::now();

@@ -146,6 +146,8 @@ impl Trust {
         };
         tracing::info!(ca_id = ca.id, key = %ca.describe(), "agent CA loaded");
         let identities = Identities::new(config.identity_cache_ttl, config.identity_cache_capacity);
+        let snapshot = store.trust_snapshot(OffsetDateTime::now_utc()).await?;
+        identities.start_with(snapshot.any_valid);
         Ok(Arc::new(Self {
             store,
             config,

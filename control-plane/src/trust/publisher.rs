@@ -58,6 +58,7 @@ pub async fn publish(trust: &Trust, bus: &dyn Bus, subjects: &Subjects) -> Resul
     let now = OffsetDateTime::now_utc();
     let snapshot = trust.store().trust_snapshot(now).await?;
     trust.identities().revoked(&snapshot.revoked);
+    trust.identities().certificates_exist(snapshot.any_valid);
     let state = TrustState {
         ca_certificates_der: snapshot
             .cas
