@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
 
+use crate::audit::retention::RetentionPolicy;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
     /// Unique per replica; owns partition leases under this name.
@@ -47,6 +51,12 @@ pub struct ControlPlaneConfig {
     /// An agent that reports its remote config status and has not answered an offer this long
     /// after it was made is offered the config again, on its next message.
     pub offer_retry_interval: Duration,
+    /// An operator's session lasts this long from sign-in.
+    pub session_ttl: Duration,
+    /// How long audit entries stay in the hot table, and in all.
+    pub audit_retention: RetentionPolicy,
+    /// How often each replica tries to run audit retention (one at a time does).
+    pub audit_retention_interval: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -70,6 +80,12 @@ impl Default for ControlPlaneConfig {
             agent_heartbeat_interval: None,
             assignment_check_interval: Duration::from_secs(5),
             offer_retry_interval: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(12 * 3600),
+            audit_retention: RetentionPolicy {
+                hot: 90 * DAY,
+                retain: 2555 * DAY,
+            },
+            audit_retention_interval: Duration::from_secs(3600),
         }
     }
 }

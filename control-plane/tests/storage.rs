@@ -10,6 +10,8 @@ use ampora_control_plane::agents::snapshot::{
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
 use ampora_control_plane::assignments::{Assignment, NewAssignment, Selector, Target};
+use ampora_control_plane::audit::AuditContext;
+use ampora_control_plane::operators::Actor;
 use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
 use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
@@ -22,6 +24,15 @@ use serde_json::json;
 use sqlx::Connection;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// Who the suite's writes are by, for their audit entries.
+fn audit() -> AuditContext {
+    AuditContext {
+        actor: Actor::Account("tester".into()),
+        address: "192.0.2.1".into(),
+        request_id: "suite".into(),
+    }
+}
 
 fn at(seconds: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_700_000_000 + seconds).unwrap()
@@ -1107,7 +1118,11 @@ fn new_configuration(workspace: &str, name: &str, draft: &str) -> NewConfigurati
 /// versions 1, 2, …; returns its id and the versions' hashes.
 async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<String>) {
     let created = store
-        .create_configuration(&new_configuration("default", name, drafts[0]), at(0))
+        .create_configuration(
+            &new_configuration("default", name, drafts[0]),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap();
     let mut row_version = created.row_version;
@@ -1115,7 +1130,7 @@ async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<
     for (index, draft) in drafts.iter().enumerate() {
         if index > 0 {
             row_version = match store
-                .update_draft(created.id, draft, row_version, at(0))
+                .update_draft(created.id, draft, row_version, at(0), &audit())
                 .await
                 .unwrap()
             {
@@ -1125,7 +1140,7 @@ async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<
         }
         let hash = sha256_hex(draft.as_bytes());
         let outcome = store
-            .publish(created.id, row_version, draft, &hash, at(1))
+            .publish(created.id, row_version, draft, &hash, at(1), &audit())
             .await
             .unwrap();
         assert_eq!(
@@ -1173,6 +1188,7 @@ async fn assign(
                 target,
             },
             now,
+            &audit(),
         )
         .await
         .unwrap()
@@ -1232,6 +1248,7 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
         .create_configuration(
             &new_configuration("default", "edge", "receivers: {}\n"),
             created_at,
+            &audit(),
         )
         .await
         .unwrap();
@@ -1256,7 +1273,11 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
     assert_eq!(store.get_configuration(edge.id + 1000).await.unwrap(), None);
 
     let duplicate = store
-        .create_configuration(&new_configuration("default", "edge", "other: 1\n"), at(6))
+        .create_configuration(
+            &new_configuration("default", "edge", "other: 1\n"),
+            at(6),
+            &audit(),
+        )
         .await;
     assert!(
         matches!(duplicate, Err(StoreError::Duplicate(_))),
@@ -1269,15 +1290,27 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
     );
     // The name is free in another workspace, and the store writes on after the refusal.
     let elsewhere = store
-        .create_configuration(&new_configuration("other", "edge", "x: 1\n"), at(7))
+        .create_configuration(
+            &new_configuration("other", "edge", "x: 1\n"),
+            at(7),
+            &audit(),
+        )
         .await
         .unwrap();
     let gateway = store
-        .create_configuration(&new_configuration("default", "gateway", "y: 1\n"), at(8))
+        .create_configuration(
+            &new_configuration("default", "gateway", "y: 1\n"),
+            at(8),
+            &audit(),
+        )
         .await
         .unwrap();
     let agent = store
-        .create_configuration(&new_configuration("default", "agent", "z: 1\n"), at(9))
+        .create_configuration(
+            &new_configuration("default", "agent", "z: 1\n"),
+            at(9),
+            &audit(),
+        )
         .await
         .unwrap();
     assert!(edge.id < gateway.id && gateway.id < agent.id);
@@ -1310,7 +1343,11 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
 async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
     let store = db.open().await;
     let created = store
-        .create_configuration(&new_configuration("default", "edge", "v: 0\n"), at(0))
+        .create_configuration(
+            &new_configuration("default", "edge", "v: 0\n"),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap();
     let id = created.id;
@@ -1320,7 +1357,7 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
             tokio::spawn(async move {
                 let draft = format!("v: {editor}\n");
                 let outcome = store
-                    .update_draft(id, &draft, 1, at_micros(10, editor))
+                    .update_draft(id, &draft, 1, at_micros(10, editor), &audit())
                     .await
                     .unwrap();
                 (draft, outcome)
@@ -1349,14 +1386,14 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
 
     assert_eq!(
         store
-            .update_draft(id, "late: 1\n", 1, at(11))
+            .update_draft(id, "late: 1\n", 1, at(11), &audit())
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
     );
     assert_eq!(
         store
-            .update_draft(id, "next: 1\n", 2, at_micros(12, 1))
+            .update_draft(id, "next: 1\n", 2, at_micros(12, 1), &audit())
             .await
             .unwrap(),
         Guarded::Done(3)
@@ -1368,7 +1405,7 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
     );
     assert_eq!(
         store
-            .update_draft(id + 1000, "x: 1\n", 1, at(13))
+            .update_draft(id + 1000, "x: 1\n", 1, at(13), &audit())
             .await
             .unwrap(),
         Guarded::NotFound
@@ -1380,13 +1417,17 @@ async fn published_versions_never_change(db: Db) {
     let (first, second) = ("receivers: {a: 1}\n", "receivers: {a: 2}\n");
     let (first_hash, second_hash) = (sha256_hex(first.as_bytes()), sha256_hex(second.as_bytes()));
     let id = store
-        .create_configuration(&new_configuration("default", "edge", first), at(0))
+        .create_configuration(
+            &new_configuration("default", "edge", first),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap()
         .id;
     assert_eq!(
         store
-            .publish(id, 1, first, &first_hash, at_micros(1, 11))
+            .publish(id, 1, first, &first_hash, at_micros(1, 11), &audit())
             .await
             .unwrap(),
         Guarded::Done(Published {
@@ -1395,20 +1436,30 @@ async fn published_versions_never_change(db: Db) {
         })
     );
     assert_eq!(
-        store.update_draft(id, second, 1, at(2)).await.unwrap(),
+        store
+            .update_draft(id, second, 1, at(2), &audit())
+            .await
+            .unwrap(),
         Guarded::Done(2)
     );
     // A publish that read the draft before the edit publishes nothing.
     assert_eq!(
         store
-            .publish(id, 1, first, &first_hash, at(3))
+            .publish(id, 1, first, &first_hash, at(3), &audit())
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
     );
     assert_eq!(
         store
-            .publish(id, 1, "other: 1\n", &sha256_hex(b"other: 1\n"), at(3))
+            .publish(
+                id,
+                1,
+                "other: 1\n",
+                &sha256_hex(b"other: 1\n"),
+                at(3),
+                &audit()
+            )
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
@@ -1416,7 +1467,7 @@ async fn published_versions_never_change(db: Db) {
     assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
     assert_eq!(
         store
-            .publish(id, 2, second, &second_hash, at_micros(4, 22))
+            .publish(id, 2, second, &second_hash, at_micros(4, 22), &audit())
             .await
             .unwrap(),
         Guarded::Done(Published {
@@ -1460,7 +1511,7 @@ async fn published_versions_never_change(db: Db) {
     );
     assert_eq!(
         store
-            .publish(id + 1000, 1, first, &first_hash, at(5))
+            .publish(id + 1000, 1, first, &first_hash, at(5), &audit())
             .await
             .unwrap(),
         Guarded::NotFound
@@ -1472,7 +1523,7 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
     let store = db.open().await;
     let (a, b) = ("a: 1\n", "b: 1\n");
     let id = store
-        .create_configuration(&new_configuration("default", "edge", a), at(0))
+        .create_configuration(&new_configuration("default", "edge", a), at(0), &audit())
         .await
         .unwrap()
         .id;
@@ -1480,7 +1531,14 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
         let store = store.clone();
         async move {
             store
-                .publish(id, row_version, draft, &sha256_hex(draft.as_bytes()), at(1))
+                .publish(
+                    id,
+                    row_version,
+                    draft,
+                    &sha256_hex(draft.as_bytes()),
+                    at(1),
+                    &audit(),
+                )
                 .await
                 .unwrap()
         }
@@ -1489,17 +1547,21 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
     assert_eq!(publish(a, 1).await, done(1, true));
     assert_eq!(publish(a, 1).await, done(1, false));
     assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
-    store.update_draft(id, b, 1, at(2)).await.unwrap();
+    store.update_draft(id, b, 1, at(2), &audit()).await.unwrap();
     assert_eq!(publish(b, 2).await, done(2, true));
     // Only the newest version counts: going back to earlier bytes is a new version.
-    store.update_draft(id, a, 2, at(3)).await.unwrap();
+    store.update_draft(id, a, 2, at(3), &audit()).await.unwrap();
     assert_eq!(publish(a, 3).await, done(3, true));
     assert_eq!(publish(a, 3).await, done(3, false));
 
     // Concurrent publishes of one configuration take turns: distinct bytes get distinct
     // versions, the same bytes one version.
     let other = store
-        .create_configuration(&new_configuration("default", "gateway", "x: 0\n"), at(0))
+        .create_configuration(
+            &new_configuration("default", "gateway", "x: 0\n"),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap()
         .id;
@@ -1509,7 +1571,10 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
             tokio::spawn(async move {
                 let draft = format!("x: {n}\n");
                 let hash = sha256_hex(draft.as_bytes());
-                store.publish(other, 1, &draft, &hash, at(4)).await.unwrap()
+                store
+                    .publish(other, 1, &draft, &hash, at(4), &audit())
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -1531,7 +1596,14 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .publish(other, 1, "same: 1\n", &sha256_hex(b"same: 1\n"), at(5))
+                    .publish(
+                        other,
+                        1,
+                        "same: 1\n",
+                        &sha256_hex(b"same: 1\n"),
+                        at(5),
+                        &audit(),
+                    )
                     .await
                     .unwrap()
             })
@@ -1586,15 +1658,15 @@ async fn lint_rule_settings_are_per_workspace(db: Db) {
     let unused = setting("unused-component", false, "warning", "unused");
     let elsewhere = setting("batch-processor", true, "warning", "elsewhere");
     store
-        .put_lint_rule_setting("default", &unused, at(0))
+        .put_lint_rule_setting("default", &unused, at(0), &audit())
         .await
         .unwrap();
     store
-        .put_lint_rule_setting("default", &batch, at(0))
+        .put_lint_rule_setting("default", &batch, at(0), &audit())
         .await
         .unwrap();
     store
-        .put_lint_rule_setting("other", &elsewhere, at(0))
+        .put_lint_rule_setting("other", &elsewhere, at(0), &audit())
         .await
         .unwrap();
     assert_eq!(
@@ -1605,7 +1677,7 @@ async fn lint_rule_settings_are_per_workspace(db: Db) {
 
     let overwritten = setting("batch-processor", false, "warning", "changed my mind");
     store
-        .put_lint_rule_setting("default", &overwritten, at(1))
+        .put_lint_rule_setting("default", &overwritten, at(1), &audit())
         .await
         .unwrap();
     assert_eq!(
@@ -1650,7 +1722,10 @@ async fn assignments_reach_named_and_selected_agents_newest_first(db: Db) {
         target: Target::Agent(direct),
     };
     assert_eq!(
-        store.create_assignment(&missing, at(2)).await.unwrap(),
+        store
+            .create_assignment(&missing, at(2), &audit())
+            .await
+            .unwrap(),
         None
     );
     let no_configuration = NewAssignment {
@@ -1660,7 +1735,7 @@ async fn assignments_reach_named_and_selected_agents_newest_first(db: Db) {
     };
     assert_eq!(
         store
-            .create_assignment(&no_configuration, at(2))
+            .create_assignment(&no_configuration, at(2), &audit())
             .await
             .unwrap(),
         None
