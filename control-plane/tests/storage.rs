@@ -10,14 +10,15 @@ use ampora_control_plane::agents::snapshot::{
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
 use ampora_control_plane::assignments::{Assignment, NewAssignment, Selector, Target};
-use ampora_control_plane::audit::AuditContext;
-use ampora_control_plane::operators::Actor;
+use ampora_control_plane::audit::retention::{self, RetentionPolicy};
+use ampora_control_plane::audit::{AuditContext, AuditEntry, AuditQuery, Retained, Verification};
+use ampora_control_plane::operators::{Actor, Role};
 use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
 use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
-    self, AgentEvent, AgentQuery, Configuration, ConfigurationVersion, EventQuery, Fence, Guarded,
-    Lease, LintRuleSetting, NewConfiguration, NewEvent, Published, SeenUpdate, Store, StoreError,
-    StoreOptions, WriteBatch,
+    self, AccountUpdate, AgentEvent, AgentQuery, Changed, Configuration, ConfigurationVersion,
+    EventQuery, Fence, Guarded, Lease, LintRuleSetting, NewAccount, NewApiToken, NewConfiguration,
+    NewEvent, NewSession, Published, SeenUpdate, Store, StoreError, StoreOptions, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -2223,6 +2224,590 @@ async fn agents_read_back_with_their_config_track(db: Db) {
     );
 }
 
+// === operators and the audit log ===
+
+fn account(username: &str, role: Role) -> NewAccount {
+    NewAccount {
+        username: username.into(),
+        password_hash: format!("$argon2id$hash-of-{username}"),
+        role,
+    }
+}
+
+fn day(days: i64) -> OffsetDateTime {
+    at(days * 86_400)
+}
+
+async fn audit_entries(store: &dyn Store, query: AuditQuery) -> Vec<AuditEntry> {
+    store
+        .list_audit(&AuditQuery {
+            limit: 1000,
+            ..query
+        })
+        .await
+        .unwrap()
+}
+
+async fn actions(store: &dyn Store) -> Vec<String> {
+    let mut entries = audit_entries(store, AuditQuery::default()).await;
+    entries.reverse();
+    entries.into_iter().map(|entry| entry.action).collect()
+}
+
+async fn accounts_sessions_and_api_tokens(db: Db) {
+    let store = db.open().await;
+    let system = AuditContext::system();
+    assert_eq!(store.count_accounts().await.unwrap(), 0);
+    let admin = account("admin", Role::Admin);
+    assert!(store
+        .create_first_account(&admin, at(0), &system)
+        .await
+        .unwrap());
+    assert!(!store
+        .create_first_account(&account("other", Role::Admin), at(0), &system)
+        .await
+        .unwrap());
+    let ada = store
+        .create_account(&account("ada", Role::Viewer), at(1), &audit())
+        .await
+        .unwrap();
+    assert_eq!((ada.role, ada.created_at), (Role::Viewer, at(1)));
+    assert!(matches!(
+        store
+            .create_account(&account("ada", Role::Admin), at(1), &audit())
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let names: Vec<String> = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|account| account.username)
+        .collect();
+    assert_eq!(names, ["ada", "admin"]);
+    assert_eq!(
+        store
+            .get_account("admin")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        admin.password_hash
+    );
+
+    // Sessions carry the account's current role and end at their expiry.
+    let session = NewSession {
+        id_hash: "s1".into(),
+        username: "ada".into(),
+        created_at: at(10),
+        expires_at: at(100),
+    };
+    store.create_session(&session, &audit()).await.unwrap();
+    let found = store.session("s1", at(50)).await.unwrap().unwrap();
+    assert_eq!((found.username.as_str(), found.role), ("ada", Role::Viewer));
+    assert_eq!(store.session("s1", at(100)).await.unwrap(), None);
+    assert_eq!(store.session("other", at(50)).await.unwrap(), None);
+    let promote = AccountUpdate {
+        role: Some(Role::Operator),
+        password_hash: None,
+    };
+    let promoted = store
+        .update_account("ada", &promote, at(20), &audit())
+        .await
+        .unwrap();
+    assert!(matches!(promoted, Changed::Done(ref account) if account.role == Role::Operator));
+    assert_eq!(
+        store.session("s1", at(50)).await.unwrap().unwrap().role,
+        Role::Operator
+    );
+    // A new password ends the account's sessions.
+    let new_password = AccountUpdate {
+        role: None,
+        password_hash: Some("$argon2id$new".into()),
+    };
+    store
+        .update_account("ada", &new_password, at(21), &audit())
+        .await
+        .unwrap();
+    assert_eq!(store.session("s1", at(50)).await.unwrap(), None);
+    store.create_session(&session, &audit()).await.unwrap();
+    assert!(store.delete_session("s1", at(30), &audit()).await.unwrap());
+    assert!(!store.delete_session("s1", at(30), &audit()).await.unwrap());
+
+    // The last admin stays.
+    let demote = AccountUpdate {
+        role: Some(Role::Viewer),
+        password_hash: None,
+    };
+    assert_eq!(
+        store
+            .update_account("admin", &demote, at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::LastAdmin
+    );
+    assert_eq!(
+        store
+            .delete_account("admin", at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::LastAdmin
+    );
+    assert_eq!(
+        store.get_account("admin").await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert_eq!(
+        store
+            .update_account("nobody", &demote, at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::NotFound
+    );
+    assert_eq!(
+        store.delete_account("ada", at(41), &audit()).await.unwrap(),
+        Changed::Done(())
+    );
+    assert_eq!(
+        store.delete_account("ada", at(41), &audit()).await.unwrap(),
+        Changed::NotFound
+    );
+
+    // API tokens: found by hash until they expire or are deleted.
+    let token = NewApiToken {
+        id: "t1".into(),
+        name: "ci".into(),
+        role: Role::Operator,
+        token_hash: "h1".into(),
+        created_at: at(50),
+        expires_at: Some(at(60)),
+    };
+    let created = store.create_api_token(&token, &audit()).await.unwrap();
+    assert_eq!(created.created_by, "account:tester");
+    assert_eq!(
+        store.api_token("h1", at(59)).await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(store.api_token("h1", at(60)).await.unwrap(), None);
+    let forever = NewApiToken {
+        id: "t2".into(),
+        token_hash: "h2".into(),
+        expires_at: None,
+        ..token.clone()
+    };
+    store.create_api_token(&forever, &audit()).await.unwrap();
+    assert!(store.api_token("h2", day(10_000)).await.unwrap().is_some());
+    let ids: Vec<String> = store
+        .list_api_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|token| token.id)
+        .collect();
+    assert_eq!(ids, ["t1", "t2"]);
+    assert!(store
+        .delete_api_token("t2", at(70), &audit())
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_api_token("t2", at(70), &audit())
+        .await
+        .unwrap());
+    assert_eq!(store.api_token("h2", at(70)).await.unwrap(), None);
+
+    // Each change, and only changes, left an entry.
+    assert_eq!(
+        actions(store.as_ref()).await,
+        [
+            "account.create",
+            "account.create",
+            "session.login",
+            "account.update",
+            "account.update",
+            "session.login",
+            "session.logout",
+            "account.delete",
+            "api_token.create",
+            "api_token.create",
+            "api_token.delete",
+        ]
+    );
+    let first = &audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            actor: Some("system".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await[0];
+    assert_eq!(
+        (
+            first.object_id.as_str(),
+            first.new_value.as_ref().unwrap()["role"].as_str()
+        ),
+        ("admin", Some("admin"))
+    );
+    // No secret is in any entry.
+    let everything =
+        serde_json::to_string(&audit_entries(store.as_ref(), AuditQuery::default()).await).unwrap();
+    for secret in ["$argon2id", "h1", "h2"] {
+        assert!(
+            !everything.contains(&format!("\"{secret}")),
+            "{secret} in {everything}"
+        );
+    }
+    assert!(store.verify_audit().await.unwrap().ok);
+}
+
+async fn configuration_changes_are_audited_with_their_change(db: Db) {
+    let store = db.open().await;
+    let secret_yaml = "exporters:\n  otlp:\n    headers: {api-key: s3cret}\n";
+    let created = store
+        .create_configuration(
+            &new_configuration("default", "edge", secret_yaml),
+            at(0),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let stale = store
+        .update_draft(created.id, "x: 1\n", 7, at(1), &audit())
+        .await
+        .unwrap();
+    assert_eq!(stale, Guarded::Stale { current: 1 });
+    store
+        .update_draft(created.id, "x: 1\n", 1, at(1), &audit())
+        .await
+        .unwrap();
+    let hash = sha256_hex(b"x: 1\n");
+    store
+        .publish(created.id, 2, "x: 1\n", &hash, at(2), &audit())
+        .await
+        .unwrap();
+    // The same bytes again publish nothing, and audit nothing.
+    store
+        .publish(created.id, 2, "x: 1\n", &hash, at(3), &audit())
+        .await
+        .unwrap();
+    let setting = LintRuleSetting {
+        rule: "batch-processor".into(),
+        enabled: false,
+        severity: "warning".into(),
+        message: "m".into(),
+        hint: "h".into(),
+    };
+    store
+        .put_lint_rule_setting("default", &setting, at(4), &audit())
+        .await
+        .unwrap();
+    store
+        .put_lint_rule_setting(
+            "default",
+            &LintRuleSetting {
+                enabled: true,
+                ..setting.clone()
+            },
+            at(5),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let assignment = assign(
+        store.as_ref(),
+        created.id,
+        1,
+        Target::Agent(Uuid::now_v7()),
+        at(6),
+    )
+    .await;
+
+    assert_eq!(
+        actions(store.as_ref()).await,
+        [
+            "configuration.create",
+            "configuration.draft_update",
+            "configuration.publish",
+            "lint_rule.update",
+            "lint_rule.update",
+            "assignment.create",
+        ]
+    );
+    let entries = audit_entries(store.as_ref(), AuditQuery::default()).await;
+    for entry in &entries {
+        assert_eq!(
+            (
+                entry.actor.as_str(),
+                entry.address.as_str(),
+                entry.request_id.as_str()
+            ),
+            ("account:tester", "192.0.2.1", "suite")
+        );
+    }
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("s3cret"),
+        "a draft's text is never audited: {text}"
+    );
+    let draft = entries
+        .iter()
+        .find(|entry| entry.action == "configuration.draft_update")
+        .unwrap();
+    assert_eq!(draft.object_id, created.id.to_string());
+    assert_eq!(
+        draft.old_value.as_ref().unwrap()["draft_sha256"],
+        sha256_hex(secret_yaml.as_bytes())
+    );
+    assert_eq!(draft.new_value.as_ref().unwrap()["row_version"], 2);
+    let lint = &entries[1];
+    assert_eq!(lint.old_value.as_ref().unwrap()["enabled"], false);
+    assert_eq!(lint.new_value.as_ref().unwrap()["enabled"], true);
+    assert_eq!(entries[0].object_id, assignment.id.to_string());
+    assert_eq!(entries[0].new_value.as_ref().unwrap()["hash"], hash);
+}
+
+async fn the_audit_chain_has_one_order_under_concurrent_writers(db: Db) {
+    let store = db.open().await;
+    let writers = (0..6).map(|writer| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..5 {
+                let context = AuditContext {
+                    actor: Actor::Account(format!("writer{writer}")),
+                    address: "192.0.2.7".into(),
+                    request_id: format!("{writer}-{n}"),
+                };
+                store
+                    .create_account(
+                        &account(&format!("user{writer}-{n}"), Role::Viewer),
+                        at(writer * 10 + n),
+                        &context,
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 30,
+            first_bad: None
+        }
+    );
+    let entries = audit_entries(store.as_ref(), AuditQuery::default()).await;
+    let ids: Vec<i64> = entries.iter().map(|entry| entry.id).collect();
+    assert_eq!(
+        ids,
+        (1..=30).rev().collect::<Vec<_>>(),
+        "newest first, no gaps"
+    );
+    for pair in entries.windows(2) {
+        assert_eq!(
+            pair[1].hash, pair[0].prev_hash,
+            "each holds the previous hash"
+        );
+    }
+
+    // Filters, and pages by the token.
+    let by_writer = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            actor: Some("account:writer2".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(by_writer.len(), 5);
+    let one = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            action: Some("account.create".into()),
+            object_type: Some("account".into()),
+            object_id: Some("user3-4".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].request_id, "3-4");
+    let window = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            since: Some(at(10)),
+            until: Some(at(20)),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(window.len(), 5);
+    assert!(window.iter().all(|entry| entry.actor == "account:writer1"));
+    let page = store
+        .list_audit(&AuditQuery {
+            limit: 4,
+            before: Some(10),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<i64> = page.iter().map(|entry| entry.id).collect();
+    assert_eq!(ids, [9, 8, 7, 6]);
+}
+
+async fn tampering_with_the_audit_log_is_found(db: Db) {
+    let store = db.open().await;
+    for n in 0..5 {
+        store
+            .create_account(&account(&format!("u{n}"), Role::Viewer), at(n), &audit())
+            .await
+            .unwrap();
+    }
+    assert!(store.verify_audit().await.unwrap().ok);
+    let first_bad = || async { store.verify_audit().await.unwrap().first_bad };
+
+    // Altered: a value, then put back.
+    let original = raw_pairs(
+        &db.url,
+        "SELECT new_value, hash FROM audit_log WHERE id = 3",
+    )
+    .await;
+    raw_execute(
+        &db.url,
+        r#"UPDATE audit_log SET new_value = '{"role":"admin"}' WHERE id = 3"#,
+    )
+    .await;
+    assert_eq!(first_bad().await, Some(3));
+    let verification = store.verify_audit().await.unwrap();
+    assert_eq!((verification.ok, verification.checked), (false, 2));
+    raw_execute(
+        &db.url,
+        &format!(
+            "UPDATE audit_log SET new_value = '{}' WHERE id = 3",
+            original[0].0
+        ),
+    )
+    .await;
+    assert_eq!(first_bad().await, None);
+
+    // Inserted: a copy slipped in after the head, then removed.
+    raw_execute(
+        &db.url,
+        "INSERT INTO audit_log SELECT id + 1, at, actor, action, object_type, object_id, \
+         old_value, new_value, address, request_id, hash, hash FROM audit_log WHERE id = 5",
+    )
+    .await;
+    assert_eq!(first_bad().await, Some(6));
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 6").await;
+    assert_eq!(first_bad().await, None);
+
+    // Deleted: in the middle, and the newest.
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 5").await;
+    assert_eq!(first_bad().await, Some(5));
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 2").await;
+    assert_eq!(first_bad().await, Some(2));
+}
+
+async fn audit_retention_archives_and_purges_at_the_configured_ages(db: Db) {
+    let store = db.open().await;
+    for (n, written) in [0, 10, 100, 200].into_iter().enumerate() {
+        store
+            .create_account(
+                &account(&format!("u{n}"), Role::Viewer),
+                day(written),
+                &audit(),
+            )
+            .await
+            .unwrap();
+    }
+    let policy = RetentionPolicy {
+        hot: Duration::from_secs(90 * 86_400),
+        retain: Duration::from_secs(150 * 86_400),
+    };
+    // On day 110 only the entries of days 0 and 10 are past the hot period; none is old
+    // enough to purge.
+    let retained = retention::run_once(store.as_ref(), policy, day(110))
+        .await
+        .unwrap();
+    assert_eq!(
+        retained,
+        Some(Retained {
+            archived: 2,
+            purged: 0
+        })
+    );
+    let archived = raw_pairs(
+        &db.url,
+        "SELECT object_id, hash FROM audit_archive ORDER BY id",
+    )
+    .await;
+    assert_eq!(archived.len(), 2);
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 4,
+            first_bad: None
+        }
+    );
+    assert_eq!(
+        audit_entries(store.as_ref(), AuditQuery::default())
+            .await
+            .len(),
+        4,
+        "listed from both tables"
+    );
+
+    // On day 211: day 100 moves; days 0 and 10 are past the retention and go.
+    let retained = retention::run_once(store.as_ref(), policy, day(211))
+        .await
+        .unwrap();
+    assert_eq!(
+        retained,
+        Some(Retained {
+            archived: 1,
+            purged: 2
+        })
+    );
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 2,
+            first_bad: None
+        },
+        "the chain verifies from the newest purged entry"
+    );
+    let left: Vec<String> = audit_entries(store.as_ref(), AuditQuery::default())
+        .await
+        .into_iter()
+        .map(|entry| entry.object_id)
+        .collect();
+    assert_eq!(left, ["u3", "u2"]);
+    // Nothing more to do the same day.
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(211))
+            .await
+            .unwrap(),
+        Some(Retained::default())
+    );
+    // New entries chain on; an altered archived entry is found.
+    store
+        .create_account(&account("u4", Role::Viewer), day(212), &audit())
+        .await
+        .unwrap();
+    assert!(store.verify_audit().await.unwrap().ok);
+    raw_execute(
+        &db.url,
+        "UPDATE audit_archive SET actor = 'system' WHERE id = 3",
+    )
+    .await;
+    assert_eq!(store.verify_audit().await.unwrap().first_bad, Some(3));
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -2271,7 +2856,49 @@ storage_suite!(
     a_worker_with_an_older_assignment_keeps_the_newer_assigned_side,
     drift_states_are_derived_by_the_database,
     agents_read_back_with_their_config_track,
+    accounts_sessions_and_api_tokens,
+    configuration_changes_are_audited_with_their_change,
+    the_audit_chain_has_one_order_under_concurrent_writers,
+    tampering_with_the_audit_log_is_found,
+    audit_retention_archives_and_purges_at_the_configured_ages,
 );
+
+/// Replicas all run retention; while one holds the lock, the others skip their turn.
+#[tokio::test]
+async fn postgres_audit_retention_runs_on_one_replica_at_a_time() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    store
+        .create_account(&account("u", Role::Viewer), day(0), &audit())
+        .await
+        .unwrap();
+    let policy = RetentionPolicy {
+        hot: Duration::from_secs(86_400),
+        retain: Duration::from_secs(2 * 86_400),
+    };
+    let mut other_replica = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(0x616d_706f_7261_0001_i64)
+        .execute(&mut other_replica)
+        .await
+        .unwrap();
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(10))
+            .await
+            .unwrap(),
+        None
+    );
+    other_replica.close().await.unwrap();
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(10))
+            .await
+            .unwrap(),
+        Some(Retained {
+            archived: 1,
+            purged: 1
+        })
+    );
+}
 
 /// Waits until `sessions` sessions of this database wait on a lock.
 async fn sessions_waiting_on_locks(observer: &mut sqlx::PgConnection, sessions: i64, what: &str) {
