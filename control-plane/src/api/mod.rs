@@ -36,6 +36,8 @@ mod api_tokens;
 mod assignments;
 mod audit;
 pub mod auth;
+#[cfg(test)]
+mod auth_tests;
 mod configurations;
 mod drift;
 mod error;

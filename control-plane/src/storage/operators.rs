@@ -265,7 +265,8 @@ where
     .bind(username.to_owned())
     .fetch_one(&mut *transaction)
     .await?;
-    if !admin_remains(&mut transaction).await? {
+    let demoted = old.role == Role::Admin && new_role != Role::Admin;
+    if demoted && !admin_remains(&mut transaction).await? {
         return Ok(Changed::LastAdmin);
     }
     if update.password_hash.is_some() {
@@ -312,10 +313,10 @@ where
     let Some(old) = old else {
         return Ok(Changed::NotFound);
     };
-    if !admin_remains(&mut transaction).await? {
+    let old = Account::try_from(old)?;
+    if old.role == Role::Admin && !admin_remains(&mut transaction).await? {
         return Ok(Changed::LastAdmin);
     }
-    let old = Account::try_from(old)?;
     append(
         &mut transaction,
         audit,
