@@ -131,6 +131,8 @@ pub struct Cluster {
     pub database: String,
     pub gateways: Vec<Role>,
     pub control_planes: Vec<Role>,
+    /// Sends an admin API token (good on every control-plane: they share the database).
+    pub http: reqwest::Client,
     haproxy: Child,
     lb_port: u16,
     stats_port: u16,
@@ -194,12 +196,13 @@ impl Cluster {
             );
             env
         };
-        let control_planes = (0..options.control_planes)
+        let control_planes: Vec<Role> = (0..options.control_planes)
             .map(|i| {
                 let env = common(&[
                     ("AMPORA_DATABASE_URL", database.clone()),
                     ("AMPORA_HTTP_LISTEN", "127.0.0.1:0".into()),
                     ("AMPORA_REPLICA_ID", format!("cp-{i}")),
+                    ("AMPORA_ADMIN_PASSWORD", super::auth::ADMIN_PASSWORD.into()),
                 ]);
                 Role::start(&["control-plane"], env, "API:")
             })
@@ -266,12 +269,20 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let http = match control_planes.first() {
+            Some(control_plane) => {
+                let api = control_plane.address.trim_end_matches("/api/v1/agents");
+                super::auth::admin_client(api).await
+            }
+            None => reqwest::Client::new(),
+        };
         let cluster = Cluster {
             nats,
             postgres,
             database,
             gateways,
             control_planes,
+            http,
             haproxy,
             lb_port,
             stats_port,
