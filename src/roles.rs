@@ -146,10 +146,12 @@ async fn first_account(
     options: &ControlPlaneOptions,
     storage: &StorageArgs,
 ) -> anyhow::Result<FirstRun> {
+    // Set but empty counts as unset, as in a compose file's `AMPORA_ADMIN_PASSWORD: ""`.
     let password = options
         .admin_password
         .as_ref()
-        .map(|secret| secret.0.as_str());
+        .map(|secret| secret.0.as_str())
+        .filter(|password| !password.is_empty());
     let now = time::OffsetDateTime::now_utc();
     let passwords = Passwords::default();
     match operators::ensure_admin(store, &passwords, password, &storage.data_dir, now).await {

@@ -250,7 +250,7 @@ async fn api_errors_are_json_even_from_the_framework() {
     let anonymous = reqwest::Client::new();
     for (request, expected) in [
         (anonymous.get(&agents), 401),
-        (anonymous.post(&agents).bearer_auth("ampora_forged"), 401),
+        (anonymous.get(&agents).bearer_auth("ampora_forged"), 401),
         (client.delete(&agents), 405),
         (client.get(format!("{agents}/%FF")), 400),
         (client.get(format!("{agents}?limit=many")), 400),

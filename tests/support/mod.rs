@@ -148,8 +148,14 @@ impl Ampora {
             .strip_suffix("/api/v1/agents")
             .unwrap_or_else(|| panic!("API: {api:?} does not end in /api/v1/agents"))
             .to_owned();
+        let configured = extra_env
+            .iter()
+            .rev()
+            .find(|(name, value)| *name == "AMPORA_ADMIN_PASSWORD" && !value.is_empty())
+            .map(|(_, value)| *value);
         let password = generated_password
             .as_deref()
+            .or(configured)
             .unwrap_or(auth::ADMIN_PASSWORD);
         let http = auth::client_with(&auth::api_token(&api_base, password, "admin").await);
         Ampora {
