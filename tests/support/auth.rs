@@ -25,7 +25,10 @@ pub async fn sign_in(base: &str, username: &str, password: &str) -> (String, Str
         .and_then(|value| value.split(';').next())
         .map(str::to_owned);
     let body: Value = response.json().await.unwrap_or_default();
-    assert_eq!(status, 200, "signing in as {username} with {password:?}: {body}");
+    assert_eq!(
+        status, 200,
+        "signing in as {username} with {password:?}: {body}"
+    );
     let csrf = body["csrf_token"]
         .as_str()
         .expect("a CSRF token")

@@ -111,8 +111,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Authenticates a request from its headers: a Bearer token if there is an `Authorization`
 /// header, else the session cookie. `None` when it carries neither; an error when what it
-/// carries is not valid (401) or a cookie request is unsafe without its CSRF token (403).
-async fn authenticate(state: &ApiState, parts: &Parts) -> Result<Option<Principal>, ApiError> {
+/// carries is not valid (401) or, with `csrf_header`, a cookie request is unsafe without its
+/// CSRF token in `X-CSRF-Token` (403).
+async fn authenticate(
+    state: &ApiState,
+    parts: &Parts,
+    csrf_header: bool,
+) -> Result<Option<Principal>, ApiError> {
     let now = OffsetDateTime::now_utc();
     let audit = |actor: &Actor| AuditContext {
         actor: actor.clone(),
@@ -148,7 +153,7 @@ async fn authenticate(state: &ApiState, parts: &Parts) -> Result<Option<Principa
             ApiError::Unauthorized("the session expired or ended: sign in".into())
         })?;
     let csrf_token = secrets::csrf_token(session_id);
-    if !is_safe(&parts.method) {
+    if csrf_header && !is_safe(&parts.method) {
         let given = parts
             .headers
             .get(CSRF_HEADER)
@@ -183,7 +188,7 @@ impl FromRequestParts<ApiState> for Principal {
         if let Some(principal) = parts.extensions.get::<Principal>() {
             return Ok(principal.clone());
         }
-        authenticate(state, parts)
+        authenticate(state, parts, true)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("sign in, or send an API token".into()))
     }
@@ -214,9 +219,10 @@ pub async fn authorize(
 }
 
 /// For HTML pages: the signed-in account, or a redirect to `/login?next=PATH` for a browser
-/// without a valid session.
+/// without a valid session. A page taking an unsafe request (a form's POST) checks the form's
+/// CSRF field itself with [`Principal::csrf_matches`]; the role with [`Principal::require`].
 pub async fn page_session(state: &ApiState, parts: &Parts) -> Result<Principal, Response> {
-    match authenticate(state, parts).await {
+    match authenticate(state, parts, false).await {
         Ok(Some(principal)) if principal.session.is_some() => Ok(principal),
         Err(ApiError::Unavailable(message)) => Err(ApiError::Unavailable(message).into_response()),
         _ => {

@@ -751,4 +751,16 @@ async fn pages_send_browsers_without_a_session_to_login() {
     assert!(principal.csrf_matches(Some(&session.csrf_token)));
     assert!(!principal.csrf_matches(Some("forged")));
     assert!(!principal.csrf_matches(None));
+
+    // A form's POST: the page checks the form's CSRF field, not a header.
+    let mut post = Request::post("/configurations/7")
+        .header(header::COOKIE, &session.cookie)
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    post.method = Method::POST;
+    let principal = super::auth::page_session(&state, &post).await.unwrap();
+    assert!(principal.csrf_matches(Some(&session.csrf_token)));
+    assert!(principal.require(Role::Operator).is_err());
 }
