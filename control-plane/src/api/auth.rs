@@ -256,10 +256,10 @@ pub struct LoginRequest {
 
 #[derive(Debug, Serialize)]
 pub struct SessionView {
-    username: String,
-    role: Role,
+    pub username: String,
+    pub role: Role,
     /// Send it as `X-CSRF-Token` with every unsafe request made with the session cookie.
-    csrf_token: String,
+    pub csrf_token: String,
 }
 
 /// Whether the request reached us over TLS (directly, or through a proxy that says so).
@@ -277,36 +277,45 @@ fn session_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
     .expect("a cookie of hex and fixed text")
 }
 
-/// `POST /api/v1/auth/login`: checks the password (attempts limited per account and address)
-/// and starts a session.
-pub async fn login(
-    State(state): State<ApiState>,
-    parts: Parts,
-    JsonBody(request): JsonBody<LoginRequest>,
-) -> Result<Response, ApiError> {
-    let address = client_address(&parts);
+/// A new session: what the client is told, and the cookie that carries it.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub session: SessionView,
+    /// The `Set-Cookie` value.
+    pub cookie: HeaderValue,
+}
+
+/// Checks `username`'s password (attempts limited per account and per address) and starts a
+/// session. For `POST /api/v1/auth/login`, and for a sign-in page's form.
+pub async fn sign_in(
+    state: &ApiState,
+    parts: &Parts,
+    username: &str,
+    password: &str,
+) -> Result<SignedIn, ApiError> {
+    let address = client_address(parts);
     let operators = &state.operators;
     if let Err(retry_after) = operators
         .limiter
-        .attempt(&request.username, &address, Instant::now())
+        .attempt(username, &address, Instant::now())
     {
         metrics::counter!("ampora_api_logins_total", "outcome" => "limited").increment(1);
-        tracing::warn!(username = %request.username, %address, "sign-in attempts limited");
+        tracing::warn!(%username, %address, "sign-in attempts limited");
         return Err(ApiError::TooManyRequests {
             message: "too many sign-in attempts: wait and try again".into(),
             retry_after,
         });
     }
-    let account = state.store.get_account(&request.username).await?;
+    let account = state.store.get_account(username).await?;
     let stored = account
         .as_ref()
         .map(|account| account.password_hash.as_str());
     let (Some(account), true) = (
         account.clone(),
-        operators.passwords.verify(&request.password, stored).await,
+        operators.passwords.verify(password, stored).await,
     ) else {
         metrics::counter!("ampora_api_logins_total", "outcome" => "refused").increment(1);
-        tracing::warn!(username = %request.username, %address, "sign-in refused");
+        tracing::warn!(%username, %address, "sign-in refused");
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     };
     operators.limiter.succeeded(&account.username);
@@ -326,25 +335,41 @@ pub async fn login(
     state.store.create_session(&session, &audit).await?;
     metrics::counter!("ampora_api_logins_total", "outcome" => "ok").increment(1);
     tracing::info!(username = %account.username, "signed in");
-    let cookie = session_cookie(
-        &session_id,
-        operators.session_ttl.as_secs(),
-        over_tls(&parts.headers),
-    );
-    let body = SessionView {
-        username: account.username,
-        role: account.role,
-        csrf_token: secrets::csrf_token(&session_id),
-    };
-    Ok(([(header::SET_COOKIE, cookie)], Json(body)).into_response())
+    Ok(SignedIn {
+        cookie: session_cookie(
+            &session_id,
+            operators.session_ttl.as_secs(),
+            over_tls(&parts.headers),
+        ),
+        session: SessionView {
+            username: account.username,
+            role: account.role,
+            csrf_token: secrets::csrf_token(&session_id),
+        },
+    })
 }
 
-/// `POST /api/v1/auth/logout`: ends the session and clears its cookie.
-pub async fn logout(
+/// `POST /api/v1/auth/login`: [`sign_in`], the session as JSON and its cookie.
+pub async fn login(
     State(state): State<ApiState>,
-    principal: Principal,
-    headers: HeaderMap,
+    parts: Parts,
+    JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    let signed_in = sign_in(&state, &parts, &request.username, &request.password).await?;
+    Ok((
+        [(header::SET_COOKIE, signed_in.cookie)],
+        Json(signed_in.session),
+    )
+        .into_response())
+}
+
+/// Ends `principal`'s session: the `Set-Cookie` value that clears its cookie. For
+/// `POST /api/v1/auth/logout`, and for a page's sign-out form.
+pub async fn sign_out(
+    state: &ApiState,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, ApiError> {
     let Some(session) = &principal.session else {
         return Err(ApiError::Invalid(
             "API tokens do not sign out: revoke one with DELETE /api/v1/api-tokens/{id}".into(),
@@ -359,7 +384,16 @@ pub async fn logout(
         )
         .await?;
     tracing::info!(actor = %principal.actor, "signed out");
-    let cookie = session_cookie("", 0, over_tls(&headers));
+    Ok(session_cookie("", 0, over_tls(headers)))
+}
+
+/// `POST /api/v1/auth/logout`: [`sign_out`].
+pub async fn logout(
+    State(state): State<ApiState>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cookie = sign_out(&state, &principal, &headers).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
 

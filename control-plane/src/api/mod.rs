@@ -29,7 +29,9 @@
 //! HTML pages call [`auth::page_session`] with the request's parts: the signed-in
 //! [`Principal`] (its `session.csrf_token` to embed in forms), or a redirect to
 //! `/login?next=…`; `principal.require(role)` then checks the role, and
-//! `principal.csrf_matches(form_field)` a form's CSRF token.
+//! `principal.csrf_matches(form_field)` a form's CSRF token. A sign-in page's form calls
+//! [`auth::sign_in`] (it answers with the `Set-Cookie` value), a sign-out form
+//! [`auth::sign_out`].
 
 mod agents;
 mod api_tokens;
