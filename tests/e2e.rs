@@ -535,3 +535,111 @@ async fn agents_api_filters_pages_and_errors() {
         );
     }
 }
+
+/// Operators over real sockets: an admin signs in and makes a viewer and an operator's API
+/// token; the viewer reads but may not change; a session's change needs its CSRF token; the
+/// audit log names who did what from where, and verifies.
+#[tokio::test]
+async fn operators_roles_and_the_audit_log() {
+    let ampora = Ampora::start(&[]).await;
+    let base = ampora.api_base();
+    let http = reqwest::Client::new();
+    let (admin_cookie, admin_csrf) =
+        support::auth::sign_in(&base, "admin", support::auth::ADMIN_PASSWORD).await;
+    let as_admin = |request: reqwest::RequestBuilder| {
+        request
+            .header("cookie", &admin_cookie)
+            .header("x-csrf-token", &admin_csrf)
+    };
+    let created = as_admin(http.post(format!("{base}/api/v1/users")))
+        .json(&serde_json::json!({"username": "vera", "password": "viewer password", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let (viewer_cookie, viewer_csrf) =
+        support::auth::sign_in(&base, "vera", "viewer password").await;
+    let configuration = serde_json::json!({"name": "edge", "yaml": "receivers: {}\n"});
+    let read = http
+        .get(format!("{base}/api/v1/configurations"))
+        .header("cookie", &viewer_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let refused = http
+        .post(format!("{base}/api/v1/configurations"))
+        .header("cookie", &viewer_cookie)
+        .header("x-csrf-token", &viewer_csrf)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("operator"),
+        "{body}"
+    );
+
+    let without_csrf = http
+        .post(format!("{base}/api/v1/configurations"))
+        .header("cookie", &admin_cookie)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_csrf.status(), 403);
+
+    let token: Value = as_admin(http.post(format!("{base}/api/v1/api-tokens")))
+        .json(&serde_json::json!({"name": "ci", "role": "operator", "ttl_seconds": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (token_id, secret) = (
+        token["id"].as_str().unwrap(),
+        token["token"].as_str().unwrap(),
+    );
+    let by_token = http
+        .post(format!("{base}/api/v1/configurations"))
+        .bearer_auth(secret)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.status(), 201);
+
+    let (status, audit) = ampora.get("/api/v1/audit?limit=1000").await;
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit["entries"].as_array().unwrap();
+    let find = |action: &str, actor: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["action"] == action && entry["actor"] == actor)
+            .unwrap_or_else(|| panic!("no {action} by {actor} in {audit:#}"))
+    };
+    let made = find("account.create", "account:admin");
+    assert_eq!(made["object_id"], "vera");
+    assert_eq!(made["address"], "127.0.0.1");
+    find("session.login", "account:vera");
+    assert_eq!(
+        find("api_token.create", "account:admin")["object_id"],
+        token_id
+    );
+    find("configuration.create", &format!("api-token:{token_id}"));
+    assert!(
+        !audit.to_string().contains(secret),
+        "no token in the audit log"
+    );
+    assert!(
+        !audit.to_string().contains("viewer password"),
+        "no password either"
+    );
+    let (status, verified) = ampora.get("/api/v1/audit/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!(verified["ok"], true, "{verified}");
+}
