@@ -764,3 +764,49 @@ async fn pages_send_browsers_without_a_session_to_login() {
     assert!(principal.csrf_matches(Some(&session.csrf_token)));
     assert!(principal.require(Role::Operator).is_err());
 }
+
+/// One path, two callers (as `/api/v1/certificates`: admins list, agents enrol with their own
+/// token): the guard is layered on the methods before it only.
+#[tokio::test]
+async fn a_path_can_mix_a_guarded_method_and_an_open_one() {
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::auth::{authorize, Access};
+
+    let state = state().await;
+    let viewer = token(&state, Role::Viewer).await;
+    let router = axum::Router::new()
+        .route(
+            "/mixed",
+            get(|| async { "listed" })
+                .route_layer(from_fn_with_state(
+                    (state.clone(), Access::Role(Role::Admin)),
+                    authorize,
+                ))
+                .post(|| async { "enrolled" }),
+        )
+        .with_state(state.clone());
+    let status = |method: Method, bearer: Option<&str>| {
+        let router = router.clone();
+        let mut request = Request::builder().method(method).uri("/mixed");
+        if let Some(bearer) = bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        }
+        async move {
+            router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(Method::GET, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(Method::GET, Some(&viewer)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(status(Method::GET, Some(ADMIN_TOKEN)).await, StatusCode::OK);
+    assert_eq!(status(Method::POST, None).await, StatusCode::OK);
+}

@@ -19,7 +19,11 @@
 //!   `Router::new().route(..).route_layer(from_fn_with_state((state.clone(),
 //!   Access::Role(Role::Operator)), auth::authorize))`;
 //! - **open** (health, metrics, sign-in, agents' own bootstrap-token routes, which check
-//!   their token themselves): add it to `open`.
+//!   their token themselves): add it to `open`;
+//! - **one path, different callers per method** (e.g. `GET` for admins, `POST` open to agents
+//!   with a bootstrap token): layer the guarded methods only, before adding the open ones:
+//!   `get(list).route_layer(from_fn_with_state((state.clone(), Access::Role(Role::Admin)),
+//!   auth::authorize)).post(enrol)`, in `open`.
 //!
 //! A handler that records who did something takes a [`Principal`] argument and passes
 //! `&principal.audit` (an [`crate::audit::AuditContext`]) to the storage method that
