@@ -328,6 +328,42 @@ impl Cluster {
             // 200 only when ready.
             ready(format!("{api}/readyz"), "ready").await;
         }
+        // The replicas have split the partitions between them: until then an agent's first
+        // message may land on a partition in handover, unheard.
+        let replicas = self.control_planes.len();
+        let partitions = usize::from(ampora_shared::subjects::DEFAULT_PARTITIONS);
+        let fair_share = partitions.div_ceil(replicas.max(1));
+        loop {
+            let mut owned = Vec::new();
+            for control_plane in &self.control_planes {
+                let api = control_plane.address.trim_end_matches("/api/v1/agents");
+                let text = match http.get(format!("{api}/metrics")).send().await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let gauge = |name: &str| {
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                        .unwrap_or(-1.0) as i64
+                };
+                owned.push((
+                    gauge("ampora_control_plane_replicas_live "),
+                    gauge("ampora_control_plane_partitions_owned "),
+                ));
+            }
+            let settled = owned.iter().all(|(live, partitions)| {
+                *live == replicas as i64 && (0..=fair_share as i64).contains(partitions)
+            }) && owned.iter().map(|(_, partitions)| partitions).sum::<i64>()
+                == partitions as i64;
+            if settled || replicas == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the control-planes never split the partitions: (replicas live, owned) {owned:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for gateway in &self.gateways {
             let metrics = gateway
                 .address
