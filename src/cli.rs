@@ -264,6 +264,19 @@ pub struct ControlPlaneOptions {
     pub offer_retry_interval: Duration,
     #[command(flatten)]
     pub trust: TrustOptions,
+    /// The first account's (`admin`) password, used only when no account exists; unset: a
+    /// random one, printed once and written to `$AMPORA_DATA_DIR/initial-admin-password`.
+    #[arg(long, env = "AMPORA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// An operator's session lasts this long from sign-in.
+    #[arg(long, env = "AMPORA_SESSION_TTL", default_value = "12h", value_parser = positive_duration)]
+    pub session_ttl: Duration,
+    /// Audit entries older than this many days move to the archive table.
+    #[arg(long, env = "AMPORA_AUDIT_HOT_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_hot_days: u32,
+    /// Archived audit entries older than this many days are purged (at least the hot days).
+    #[arg(long, env = "AMPORA_AUDIT_RETAIN_DAYS", default_value_t = 2555, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retain_days: u32,
 }
 
 /// Ampora's CA and agent enrolment.
@@ -318,6 +331,24 @@ pub struct TrustOptions {
     /// each change.
     #[arg(long, env = "AMPORA_TRUST_PUBLISH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub trust_publish_interval: Duration,
+}
+
+/// A setting that must not show up in logs or debug output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
 }
 
 /// A period that must pass between two checks or offers: zero would spin.

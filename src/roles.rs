@@ -5,8 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ampora_control_plane::audit::retention::RetentionPolicy;
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::Readiness;
+use ampora_control_plane::operators::{self, FirstRun, OperatorError, Passwords};
 use ampora_control_plane::storage::{self, StoreOptions};
 use ampora_control_plane::trust::ca::Kek;
 use ampora_control_plane::trust::signer::Pkcs11Settings;
@@ -68,6 +70,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
+    let first_run = first_account(store.as_ref(), &control_plane, &storage).await?;
     let in_process_bus = InProcessBus::with_queue_capacity(bus_queue.get());
     let bus: Arc<dyn Bus> = Arc::new(in_process_bus.clone());
     let opamp_listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
@@ -121,6 +124,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         "http"
     };
     println!("  API:             {api_scheme}://{http_addr}/api/v1/agents");
+    print_sign_in(&first_run, &format!("{api_scheme}://{http_addr}"));
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
     let gateway_result = gateway.await;
@@ -145,6 +149,46 @@ async fn open_store(
         .into()),
         result => result.with_context(|| format!("while opening the database {}", redact(url))),
     }
+}
+
+/// Creates the first account when there is none (first run).
+async fn first_account(
+    store: &dyn storage::Store,
+    options: &ControlPlaneOptions,
+    storage: &StorageArgs,
+) -> anyhow::Result<FirstRun> {
+    // Set but empty counts as unset, as in a compose file's `AMPORA_ADMIN_PASSWORD: ""`.
+    let password = options
+        .admin_password
+        .as_ref()
+        .map(|secret| secret.0.as_str())
+        .filter(|password| !password.is_empty());
+    let now = time::OffsetDateTime::now_utc();
+    let passwords = Passwords::default();
+    match operators::ensure_admin(store, &passwords, password, &storage.data_dir, now).await {
+        Err(OperatorError::Invalid(message)) => Err(ConfigError(message).into()),
+        result => result.context("while creating the first account"),
+    }
+}
+
+/// How to sign in; a generated password is shown this once.
+fn print_sign_in(first_run: &FirstRun, api: &str) {
+    match first_run {
+        FirstRun::Generated { password, file } => {
+            println!("  First run: created the account admin with password {password}");
+            println!(
+                "             (also in {}, mode 0600; change it after signing in)",
+                file.display()
+            );
+        }
+        FirstRun::Created => {
+            println!(
+                "  First run: created the account admin with the password in AMPORA_ADMIN_PASSWORD"
+            );
+        }
+        FirstRun::AccountsExist => {}
+    }
+    println!("  Sign in:         POST {api}/api/v1/auth/login {{\"username\", \"password\"}}");
 }
 
 fn database_url(storage: &StorageArgs) -> anyhow::Result<String> {
@@ -212,6 +256,11 @@ fn control_plane_config(
         assignment_check_interval: options.assignment_check_interval,
         offer_retry_interval: options.offer_retry_interval,
         trust: trust_config(&options.trust, data_dir)?,
+        session_ttl: options.session_ttl,
+        audit_retention: RetentionPolicy {
+            hot: days(options.audit_hot_days),
+            retain: days(options.audit_retain_days.max(options.audit_hot_days)),
+        },
         ..defaults
     })
 }
@@ -274,6 +323,10 @@ fn trust_config(options: &TrustOptions, data_dir: &Path) -> anyhow::Result<Trust
         publish_interval: options.trust_publish_interval,
         ..TrustConfig::default()
     })
+}
+
+fn days(days: u32) -> Duration {
+    Duration::from_secs(u64::from(days) * 24 * 3600)
 }
 
 fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig {
@@ -369,6 +422,7 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
     } = args;
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
+    let first_run = first_account(store.as_ref(), &control_plane, &storage).await?;
     let connection = connect_bus(&bus, "ampora-control-plane").await?;
     let listener = bind(http.http_listen, "AMPORA_HTTP_LISTEN").await?;
     let addr = listener.local_addr()?;
@@ -383,6 +437,7 @@ async fn control_plane(args: ControlPlaneArgs, shutdown: CancellationToken) -> a
     };
     println!("Ampora control-plane is ready.");
     println!("  API: {scheme}://{addr}/api/v1/agents");
+    print_sign_in(&first_run, &format!("{scheme}://{addr}"));
     tracing::info!(%addr, database = %redact(&database_url), "control-plane ready");
     ampora_control_plane::run(
         listener,

@@ -245,9 +245,12 @@ async fn requests_that_stall_are_dropped_on_both_listeners() {
 #[tokio::test]
 async fn api_errors_are_json_even_from_the_framework() {
     let ampora = start().await;
-    let client = reqwest::Client::new();
+    let client = ampora.http();
     let agents = format!("{}/api/v1/agents", ampora.api_base());
+    let anonymous = reqwest::Client::new();
     for (request, expected) in [
+        (anonymous.get(&agents), 401),
+        (anonymous.get(&agents).bearer_auth("ampora_forged"), 401),
         (client.delete(&agents), 405),
         (client.get(format!("{agents}/%FF")), 400),
         (client.get(format!("{agents}?limit=many")), 400),

@@ -44,6 +44,40 @@ fn unsupported_database_url_is_a_usage_error() {
 }
 
 #[test]
+fn unusable_operator_settings_are_usage_errors() {
+    let listen = [
+        ("AMPORA_OPAMP_LISTEN", "127.0.0.1:0"),
+        ("AMPORA_HTTP_LISTEN", "127.0.0.1:0"),
+    ];
+    let (code, stderr) = ampora(
+        &["serve"],
+        &[&listen[..], &[("AMPORA_ADMIN_PASSWORD", "short")]].concat(),
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("AMPORA_ADMIN_PASSWORD"), "{stderr}");
+    assert!(
+        !stderr.contains("short"),
+        "the password is not echoed: {stderr}"
+    );
+    for (variable, value) in [
+        ("AMPORA_AUDIT_HOT_DAYS", "0"),
+        ("AMPORA_AUDIT_RETAIN_DAYS", "seven years"),
+        ("AMPORA_SESSION_TTL", "0s"),
+    ] {
+        let (code, stderr) = ampora(&["serve"], &[(variable, value)]);
+        assert_eq!(code, 64, "{variable}={value}: {stderr}");
+        let flag = variable
+            .trim_start_matches("AMPORA_")
+            .to_lowercase()
+            .replace('_', "-");
+        assert!(
+            stderr.contains(variable) || stderr.contains(&flag),
+            "{variable}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn separate_roles_need_nats() {
     let (code, stderr) = ampora(&["gateway"], &[]);
     assert_eq!(code, 64, "{stderr}");

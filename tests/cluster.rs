@@ -56,7 +56,9 @@ async fn steady(cluster: &mut Cluster) -> (Fleet, Vec<ExternalAgent>) {
     // Current means the server shows each agent's latest status: hold still to check it.
     fleet.freeze();
     let api = cluster.api();
-    let behind = fleet.wait_current(&api, Duration::from_secs(60)).await;
+    let behind = fleet
+        .wait_current(&cluster.http, &api, Duration::from_secs(60))
+        .await;
     assert!(
         behind.is_empty(),
         "fleet never became current: {} behind, e.g. {:?}",
@@ -72,13 +74,15 @@ async fn go_agents_online(cluster: &mut Cluster, agents: &[ExternalAgent]) {
     for agent in agents {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let body: serde_json::Value =
-                reqwest::get(format!("{api}/api/v1/agents/{}", agent.uid))
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+            let body: serde_json::Value = cluster
+                .http
+                .get(format!("{api}/api/v1/agents/{}", agent.uid))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if body["status"] == "online" {
                 break;
             }
@@ -98,14 +102,19 @@ async fn recovers(cluster: &mut Cluster, fleet: Fleet, go: Vec<ExternalAgent>) {
     fleet.wait_progress(10, Duration::from_secs(60)).await;
     fleet.freeze();
     let api = cluster.api();
-    let behind = fleet.wait_current(&api, Duration::from_secs(60)).await;
+    let behind = fleet
+        .wait_current(&cluster.http, &api, Duration::from_secs(60))
+        .await;
     assert!(
         behind.is_empty(),
         "{} agents not current, e.g. {:#?}",
         behind.len(),
         &behind[..behind.len().min(5)]
     );
-    let checked = fleet.history_in_order(&api, 60).await.unwrap();
+    let checked = fleet
+        .history_in_order(&cluster.http, &api, 60)
+        .await
+        .unwrap();
     assert!(
         checked > 60,
         "history was checked ({checked} health events)"
@@ -114,8 +123,11 @@ async fn recovers(cluster: &mut Cluster, fleet: Fleet, go: Vec<ExternalAgent>) {
     fleet.stop().await;
 }
 
-async fn agent_status(api: &str, uid: uuid::Uuid) -> serde_json::Value {
-    let body: serde_json::Value = reqwest::get(format!("{api}/api/v1/agents/{uid}"))
+async fn agent_status(cluster: &Cluster, api: &str, uid: uuid::Uuid) -> serde_json::Value {
+    let body: serde_json::Value = cluster
+        .http
+        .get(format!("{api}/api/v1/agents/{uid}"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -133,11 +145,11 @@ async fn killed_gateway_agents_reconnect_through_the_load_balancer() {
     let mut stranded = WsAgent::connect(&cluster.gateways[0].address).await;
     stranded.exchange(full_state("stranded", "prod")).await;
     let api = cluster.api();
-    assert_eq!(agent_status(&api, stranded.uid).await, "online");
+    assert_eq!(agent_status(&cluster, &api, stranded.uid).await, "online");
 
     cluster.gateways[0].kill9();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while agent_status(&api, stranded.uid).await != "offline" {
+    while agent_status(&cluster, &api, stranded.uid).await != "offline" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the dead gateway's agent is still online"
@@ -379,20 +391,22 @@ async fn sigterm_drains_a_gateway() {
     again.exchange(heartbeat()).await;
     let api = cluster.api();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while agent_status(&api, agent.uid).await != "online" {
+    while agent_status(&cluster, &api, agent.uid).await != "online" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the agent is not online after moving"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let body: serde_json::Value =
-        reqwest::get(format!("{api}/api/v1/agents?attr=service.name=drained"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let body: serde_json::Value = cluster
+        .http
+        .get(format!("{api}/api/v1/agents?attr=service.name=drained"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["agents"].as_array().unwrap().len(), 1);
 }
 

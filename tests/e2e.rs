@@ -17,17 +17,21 @@ use uuid::Uuid;
 
 const REPORT_FULL_STATE: u64 = ServerToAgentFlags::ReportFullState as u64;
 
-async fn get_json(url: &str) -> (u16, Value) {
-    let response = reqwest::get(url).await.expect("API request");
+/// `GET url` with the server's admin token.
+async fn get_json(ampora: &Ampora, url: &str) -> (u16, Value) {
+    let response = ampora.http().get(url).send().await.expect("API request");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
 
 async fn event_kinds(ampora: &Ampora, uid: Uuid) -> Vec<String> {
-    let (status, body) = get_json(&format!(
-        "{}/api/v1/agents/{uid}/events?limit=1000",
-        ampora.api_base()
-    ))
+    let (status, body) = get_json(
+        ampora,
+        &format!(
+            "{}/api/v1/agents/{uid}/events?limit=1000",
+            ampora.api_base()
+        ),
+    )
     .await;
     assert_eq!(status, 200, "{body}");
     body["events"]
@@ -418,7 +422,8 @@ async fn agents_api_filters_pages_and_errors() {
         .await;
     let base = format!("{}/api/v1/agents", ampora.api_base());
 
-    let (status, body) = get_json(&format!("{base}?attr=deployment.environment=prod")).await;
+    let (status, body) =
+        get_json(&ampora, &format!("{base}?attr=deployment.environment=prod")).await;
     assert_eq!(status, 200);
     let names: Vec<&str> = body["agents"]
         .as_array()
@@ -433,15 +438,16 @@ async fn agents_api_filters_pages_and_errors() {
     assert_eq!(names.len(), 2);
     assert!(names.contains(&"a") && names.contains(&"b"));
 
-    let (_, body) = get_json(&format!(
-        "{base}?attr=deployment.environment=dev&attr=service.name=c"
-    ))
+    let (_, body) = get_json(
+        &ampora,
+        &format!("{base}?attr=deployment.environment=dev&attr=service.name=c"),
+    )
     .await;
     assert_eq!(body["agents"].as_array().unwrap().len(), 1);
-    let (_, body) = get_json(&format!("{base}?status=offline")).await;
+    let (_, body) = get_json(&ampora, &format!("{base}?status=offline")).await;
     assert_eq!(body["agents"].as_array().unwrap().len(), 1);
     assert_eq!(body["agents"][0]["instance_uid"], leaving_uid.to_string());
-    let (_, body) = get_json(&format!("{base}?status=online")).await;
+    let (_, body) = get_json(&ampora, &format!("{base}?status=online")).await;
     assert_eq!(body["agents"].as_array().unwrap().len(), 3);
 
     // Paging visits every agent once.
@@ -452,7 +458,7 @@ async fn agents_api_filters_pages_and_errors() {
             Some(token) => format!("{base}?limit=1&page_token={token}"),
             None => format!("{base}?limit=1"),
         };
-        let (_, body) = get_json(&url).await;
+        let (_, body) = get_json(&ampora, &url).await;
         for agent in body["agents"].as_array().unwrap() {
             seen.push(agent["instance_uid"].as_str().unwrap().to_owned());
         }
@@ -477,7 +483,7 @@ async fn agents_api_filters_pages_and_errors() {
         (format!("{base}/{}/events", Uuid::now_v7()), 404),
         (format!("{}/api/v1/nothing", ampora.api_base()), 404),
     ] {
-        let (status, body) = get_json(&url).await;
+        let (status, body) = get_json(&ampora, &url).await;
         assert_eq!(status, expected, "{url}: {body}");
         assert!(
             body["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -487,15 +493,21 @@ async fn agents_api_filters_pages_and_errors() {
 
     // History pages newest first.
     let uid = uids[0];
-    let (_, first_page) = get_json(&format!("{base}/{uid}/events?limit=2")).await;
+    let (_, first_page) = get_json(&ampora, &format!("{base}/{uid}/events?limit=2")).await;
     let events = first_page["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
     assert!(events[0]["id"].as_i64() > events[1]["id"].as_i64());
     let token = first_page["next_page_token"].as_str().expect("more events");
-    let (_, second_page) =
-        get_json(&format!("{base}/{uid}/events?limit=2&page_token={token}")).await;
+    let (_, second_page) = get_json(
+        &ampora,
+        &format!("{base}/{uid}/events?limit=2&page_token={token}"),
+    )
+    .await;
     assert!(second_page["events"][0]["id"].as_i64() < events[1]["id"].as_i64());
 
+    // The API wants credentials; health and metrics stay open.
+    let anonymous = reqwest::get(&base).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
     let metrics = reqwest::get(format!("{}/metrics", ampora.api_base()))
         .await
         .unwrap()
@@ -522,4 +534,112 @@ async fn agents_api_filters_pages_and_errors() {
             "{path}"
         );
     }
+}
+
+/// Operators over real sockets: an admin signs in and makes a viewer and an operator's API
+/// token; the viewer reads but may not change; a session's change needs its CSRF token; the
+/// audit log names who did what from where, and verifies.
+#[tokio::test]
+async fn operators_roles_and_the_audit_log() {
+    let ampora = Ampora::start(&[]).await;
+    let base = ampora.api_base();
+    let http = reqwest::Client::new();
+    let (admin_cookie, admin_csrf) =
+        support::auth::sign_in(&base, "admin", support::auth::ADMIN_PASSWORD).await;
+    let as_admin = |request: reqwest::RequestBuilder| {
+        request
+            .header("cookie", &admin_cookie)
+            .header("x-csrf-token", &admin_csrf)
+    };
+    let created = as_admin(http.post(format!("{base}/api/v1/users")))
+        .json(&serde_json::json!({"username": "vera", "password": "viewer password", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let (viewer_cookie, viewer_csrf) =
+        support::auth::sign_in(&base, "vera", "viewer password").await;
+    let configuration = serde_json::json!({"name": "edge", "yaml": "receivers: {}\n"});
+    let read = http
+        .get(format!("{base}/api/v1/configurations"))
+        .header("cookie", &viewer_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let refused = http
+        .post(format!("{base}/api/v1/configurations"))
+        .header("cookie", &viewer_cookie)
+        .header("x-csrf-token", &viewer_csrf)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("operator"),
+        "{body}"
+    );
+
+    let without_csrf = http
+        .post(format!("{base}/api/v1/configurations"))
+        .header("cookie", &admin_cookie)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_csrf.status(), 403);
+
+    let token: Value = as_admin(http.post(format!("{base}/api/v1/api-tokens")))
+        .json(&serde_json::json!({"name": "ci", "role": "operator", "ttl_seconds": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (token_id, secret) = (
+        token["id"].as_str().unwrap(),
+        token["token"].as_str().unwrap(),
+    );
+    let by_token = http
+        .post(format!("{base}/api/v1/configurations"))
+        .bearer_auth(secret)
+        .json(&configuration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.status(), 201);
+
+    let (status, audit) = ampora.get("/api/v1/audit?limit=1000").await;
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit["entries"].as_array().unwrap();
+    let find = |action: &str, actor: &str| {
+        entries
+            .iter()
+            .find(|entry| entry["action"] == action && entry["actor"] == actor)
+            .unwrap_or_else(|| panic!("no {action} by {actor} in {audit:#}"))
+    };
+    let made = find("account.create", "account:admin");
+    assert_eq!(made["object_id"], "vera");
+    assert_eq!(made["address"], "127.0.0.1");
+    find("session.login", "account:vera");
+    assert_eq!(
+        find("api_token.create", "account:admin")["object_id"],
+        token_id
+    );
+    find("configuration.create", &format!("api-token:{token_id}"));
+    assert!(
+        !audit.to_string().contains(secret),
+        "no token in the audit log"
+    );
+    assert!(
+        !audit.to_string().contains("viewer password"),
+        "no password either"
+    );
+    let (status, verified) = ampora.get("/api/v1/audit/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!(verified["ok"], true, "{verified}");
 }

@@ -52,3 +52,36 @@ async fn sigterm_records_every_websocket_agent_offline_before_exiting() {
     let offline = again.agents("status=offline&limit=1000").await;
     assert_eq!(offline["agents"].as_array().unwrap().len(), AGENTS);
 }
+
+/// The first start makes the account `admin` with a password it prints once and keeps in
+/// `initial-admin-password` (readable by its owner only); later starts leave accounts alone.
+#[tokio::test]
+async fn the_first_start_makes_an_admin_and_says_how_to_sign_in() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let ampora = Ampora::start_in(data_dir.path(), &[("AMPORA_ADMIN_PASSWORD", "")]).await;
+    let password = ampora
+        .generated_password()
+        .expect("a generated password was printed")
+        .to_owned();
+    let file = data_dir.path().join("initial-admin-password");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), password);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert!(ampora.logs().contains("Sign in:"), "{}", ampora.logs());
+    let (cookie, csrf) = support::auth::sign_in(&ampora.api_base(), "admin", &password).await;
+    assert!(cookie.starts_with("ampora_session=") && !csrf.is_empty());
+    drop(ampora);
+
+    // Started again: no new password; the first still signs in.
+    std::fs::remove_file(&file).unwrap();
+    let again = Ampora::start_in(
+        data_dir.path(),
+        &[("AMPORA_ADMIN_PASSWORD", password.as_str())],
+    )
+    .await;
+    assert_eq!(again.generated_password(), None);
+    assert!(!file.exists(), "no new password file");
+    support::auth::sign_in(&again.api_base(), "admin", &password).await;
+}

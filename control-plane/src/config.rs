@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
 
+use crate::audit::retention::RetentionPolicy;
 use crate::trust::TrustConfig;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
@@ -54,6 +57,12 @@ pub struct ControlPlaneConfig {
     pub trust: TrustConfig,
     /// Serves the API over HTTPS ([`crate::api::tls::server_config`]).
     pub http_tls: Option<Arc<rustls::ServerConfig>>,
+    /// An operator's session lasts this long from sign-in.
+    pub session_ttl: Duration,
+    /// How long audit entries stay in the hot table, and in all.
+    pub audit_retention: RetentionPolicy,
+    /// How often each replica tries to run audit retention (one at a time does).
+    pub audit_retention_interval: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -79,6 +88,12 @@ impl Default for ControlPlaneConfig {
             offer_retry_interval: Duration::from_secs(60),
             trust: TrustConfig::default(),
             http_tls: None,
+            session_ttl: Duration::from_secs(12 * 3600),
+            audit_retention: RetentionPolicy {
+                hot: 90 * DAY,
+                retain: 2555 * DAY,
+            },
+            audit_retention_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`assignments`]: which published version each agent should run, and the in-memory set
 //!   every replica resolves agents against.
 //! - [`remote_config`]: per agent, when to offer its config, what it answered, and drift.
+//! - [`operators`]: accounts, roles, sessions, API tokens and the sign-in guard.
+//! - [`audit`]: the hash-chained audit log every state change writes, and its retention.
 //! - [`storage`]: the [`storage::Store`] trait and its PostgreSQL and SQLite implementations.
 //! - [`api`]: the operator REST API and health endpoints (axum).
 //! - [`trust`]: Ampora's CA, bootstrap tokens, agents' certificates, and the identity check of
@@ -18,9 +20,11 @@
 pub mod agents;
 pub mod api;
 pub mod assignments;
+pub mod audit;
 pub mod config;
 pub mod configurations;
 pub mod ingest;
+pub mod operators;
 pub mod remote_config;
 pub mod storage;
 #[cfg(feature = "testing")]
@@ -39,7 +43,8 @@ use config::ControlPlaneConfig;
 use ingest::Readiness;
 use storage::Store;
 
-/// Runs ingest and the HTTP API on `listener` until `shutdown` resolves, then drains both.
+/// Runs ingest, audit retention and the HTTP API on `listener` until `shutdown` resolves, then
+/// drains them.
 /// `readiness` turns true once agent traffic is being consumed.
 pub async fn run(
     listener: TcpListener,
@@ -67,7 +72,14 @@ pub async fn run(
         subjects: config.subjects.clone(),
         assignments: assignments.clone(),
         trust: trust.clone(),
+        operators: operators::Operators::new(config.session_ttl),
     };
+    let retention = tokio::spawn(audit::retention::run(
+        store.clone(),
+        config.audit_retention,
+        config.audit_retention_interval,
+        cancel.clone(),
+    ));
     let ingest = tokio::spawn(ingest::run(
         bus,
         store,
@@ -87,6 +99,7 @@ pub async fn run(
     })
     .await;
     cancel.cancel();
+    retention.await?;
     ingest.await??;
     publisher.await?;
     Ok(())

@@ -10,19 +10,32 @@ use ampora_control_plane::agents::snapshot::{
     PackageStatus, PackageStatuses, RemoteConfigStatus, Transport,
 };
 use ampora_control_plane::assignments::{Assignment, NewAssignment, Selector, Target};
+use ampora_control_plane::audit::retention::{self, RetentionPolicy};
+use ampora_control_plane::audit::{AuditContext, AuditEntry, AuditQuery, Retained, Verification};
+use ampora_control_plane::operators::{Actor, Role};
 use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
 use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
-    self, AgentEvent, AgentQuery, BootstrapToken, Configuration, ConfigurationVersion,
-    EnrolRefusal, EventQuery, Fence, Guarded, Lease, LintRuleSetting, NewBootstrapToken, NewCa,
-    NewCertificate, NewConfiguration, NewEvent, Published, SeenUpdate, Store, StoreError,
-    StoreOptions, TokenRefusal, TrustSnapshot, WriteBatch,
+    self, AccountUpdate, AgentEvent, AgentQuery, BootstrapToken, Changed, Configuration,
+    ConfigurationVersion, EnrolRefusal, EventQuery, Fence, Guarded, Lease, LintRuleSetting,
+    NewAccount, NewApiToken, NewBootstrapToken, NewCa, NewCertificate, NewConfiguration, NewEvent,
+    NewSession, Published, SeenUpdate, Store, StoreError, StoreOptions, TokenRefusal,
+    TrustSnapshot, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
 use sqlx::Connection;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// Who the suite's writes are by, for their audit entries.
+fn audit() -> AuditContext {
+    AuditContext {
+        actor: Actor::Account("tester".into()),
+        address: "192.0.2.1".into(),
+        request_id: "suite".into(),
+    }
+}
 
 fn at(seconds: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_700_000_000 + seconds).unwrap()
@@ -1108,7 +1121,11 @@ fn new_configuration(workspace: &str, name: &str, draft: &str) -> NewConfigurati
 /// versions 1, 2, …; returns its id and the versions' hashes.
 async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<String>) {
     let created = store
-        .create_configuration(&new_configuration("default", name, drafts[0]), at(0))
+        .create_configuration(
+            &new_configuration("default", name, drafts[0]),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap();
     let mut row_version = created.row_version;
@@ -1116,7 +1133,7 @@ async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<
     for (index, draft) in drafts.iter().enumerate() {
         if index > 0 {
             row_version = match store
-                .update_draft(created.id, draft, row_version, at(0))
+                .update_draft(created.id, draft, row_version, at(0), &audit())
                 .await
                 .unwrap()
             {
@@ -1126,7 +1143,7 @@ async fn published(store: &dyn Store, name: &str, drafts: &[&str]) -> (i64, Vec<
         }
         let hash = sha256_hex(draft.as_bytes());
         let outcome = store
-            .publish(created.id, row_version, draft, &hash, at(1))
+            .publish(created.id, row_version, draft, &hash, at(1), &audit())
             .await
             .unwrap();
         assert_eq!(
@@ -1174,6 +1191,7 @@ async fn assign(
                 target,
             },
             now,
+            &audit(),
         )
         .await
         .unwrap()
@@ -1233,6 +1251,7 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
         .create_configuration(
             &new_configuration("default", "edge", "receivers: {}\n"),
             created_at,
+            &audit(),
         )
         .await
         .unwrap();
@@ -1257,7 +1276,11 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
     assert_eq!(store.get_configuration(edge.id + 1000).await.unwrap(), None);
 
     let duplicate = store
-        .create_configuration(&new_configuration("default", "edge", "other: 1\n"), at(6))
+        .create_configuration(
+            &new_configuration("default", "edge", "other: 1\n"),
+            at(6),
+            &audit(),
+        )
         .await;
     assert!(
         matches!(duplicate, Err(StoreError::Duplicate(_))),
@@ -1270,15 +1293,27 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
     );
     // The name is free in another workspace, and the store writes on after the refusal.
     let elsewhere = store
-        .create_configuration(&new_configuration("other", "edge", "x: 1\n"), at(7))
+        .create_configuration(
+            &new_configuration("other", "edge", "x: 1\n"),
+            at(7),
+            &audit(),
+        )
         .await
         .unwrap();
     let gateway = store
-        .create_configuration(&new_configuration("default", "gateway", "y: 1\n"), at(8))
+        .create_configuration(
+            &new_configuration("default", "gateway", "y: 1\n"),
+            at(8),
+            &audit(),
+        )
         .await
         .unwrap();
     let agent = store
-        .create_configuration(&new_configuration("default", "agent", "z: 1\n"), at(9))
+        .create_configuration(
+            &new_configuration("default", "agent", "z: 1\n"),
+            at(9),
+            &audit(),
+        )
         .await
         .unwrap();
     assert!(edge.id < gateway.id && gateway.id < agent.id);
@@ -1311,7 +1346,11 @@ async fn configurations_are_unique_per_workspace_and_page_by_id(db: Db) {
 async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
     let store = db.open().await;
     let created = store
-        .create_configuration(&new_configuration("default", "edge", "v: 0\n"), at(0))
+        .create_configuration(
+            &new_configuration("default", "edge", "v: 0\n"),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap();
     let id = created.id;
@@ -1321,7 +1360,7 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
             tokio::spawn(async move {
                 let draft = format!("v: {editor}\n");
                 let outcome = store
-                    .update_draft(id, &draft, 1, at_micros(10, editor))
+                    .update_draft(id, &draft, 1, at_micros(10, editor), &audit())
                     .await
                     .unwrap();
                 (draft, outcome)
@@ -1350,14 +1389,14 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
 
     assert_eq!(
         store
-            .update_draft(id, "late: 1\n", 1, at(11))
+            .update_draft(id, "late: 1\n", 1, at(11), &audit())
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
     );
     assert_eq!(
         store
-            .update_draft(id, "next: 1\n", 2, at_micros(12, 1))
+            .update_draft(id, "next: 1\n", 2, at_micros(12, 1), &audit())
             .await
             .unwrap(),
         Guarded::Done(3)
@@ -1369,7 +1408,7 @@ async fn concurrent_draft_edits_have_exactly_one_winner(db: Db) {
     );
     assert_eq!(
         store
-            .update_draft(id + 1000, "x: 1\n", 1, at(13))
+            .update_draft(id + 1000, "x: 1\n", 1, at(13), &audit())
             .await
             .unwrap(),
         Guarded::NotFound
@@ -1381,13 +1420,17 @@ async fn published_versions_never_change(db: Db) {
     let (first, second) = ("receivers: {a: 1}\n", "receivers: {a: 2}\n");
     let (first_hash, second_hash) = (sha256_hex(first.as_bytes()), sha256_hex(second.as_bytes()));
     let id = store
-        .create_configuration(&new_configuration("default", "edge", first), at(0))
+        .create_configuration(
+            &new_configuration("default", "edge", first),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap()
         .id;
     assert_eq!(
         store
-            .publish(id, 1, first, &first_hash, at_micros(1, 11))
+            .publish(id, 1, first, &first_hash, at_micros(1, 11), &audit())
             .await
             .unwrap(),
         Guarded::Done(Published {
@@ -1396,20 +1439,30 @@ async fn published_versions_never_change(db: Db) {
         })
     );
     assert_eq!(
-        store.update_draft(id, second, 1, at(2)).await.unwrap(),
+        store
+            .update_draft(id, second, 1, at(2), &audit())
+            .await
+            .unwrap(),
         Guarded::Done(2)
     );
     // A publish that read the draft before the edit publishes nothing.
     assert_eq!(
         store
-            .publish(id, 1, first, &first_hash, at(3))
+            .publish(id, 1, first, &first_hash, at(3), &audit())
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
     );
     assert_eq!(
         store
-            .publish(id, 1, "other: 1\n", &sha256_hex(b"other: 1\n"), at(3))
+            .publish(
+                id,
+                1,
+                "other: 1\n",
+                &sha256_hex(b"other: 1\n"),
+                at(3),
+                &audit()
+            )
             .await
             .unwrap(),
         Guarded::Stale { current: 2 }
@@ -1417,7 +1470,7 @@ async fn published_versions_never_change(db: Db) {
     assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
     assert_eq!(
         store
-            .publish(id, 2, second, &second_hash, at_micros(4, 22))
+            .publish(id, 2, second, &second_hash, at_micros(4, 22), &audit())
             .await
             .unwrap(),
         Guarded::Done(Published {
@@ -1461,7 +1514,7 @@ async fn published_versions_never_change(db: Db) {
     );
     assert_eq!(
         store
-            .publish(id + 1000, 1, first, &first_hash, at(5))
+            .publish(id + 1000, 1, first, &first_hash, at(5), &audit())
             .await
             .unwrap(),
         Guarded::NotFound
@@ -1473,7 +1526,7 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
     let store = db.open().await;
     let (a, b) = ("a: 1\n", "b: 1\n");
     let id = store
-        .create_configuration(&new_configuration("default", "edge", a), at(0))
+        .create_configuration(&new_configuration("default", "edge", a), at(0), &audit())
         .await
         .unwrap()
         .id;
@@ -1481,7 +1534,14 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
         let store = store.clone();
         async move {
             store
-                .publish(id, row_version, draft, &sha256_hex(draft.as_bytes()), at(1))
+                .publish(
+                    id,
+                    row_version,
+                    draft,
+                    &sha256_hex(draft.as_bytes()),
+                    at(1),
+                    &audit(),
+                )
                 .await
                 .unwrap()
         }
@@ -1490,17 +1550,21 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
     assert_eq!(publish(a, 1).await, done(1, true));
     assert_eq!(publish(a, 1).await, done(1, false));
     assert_eq!(store.list_versions(&[id]).await.unwrap().len(), 1);
-    store.update_draft(id, b, 1, at(2)).await.unwrap();
+    store.update_draft(id, b, 1, at(2), &audit()).await.unwrap();
     assert_eq!(publish(b, 2).await, done(2, true));
     // Only the newest version counts: going back to earlier bytes is a new version.
-    store.update_draft(id, a, 2, at(3)).await.unwrap();
+    store.update_draft(id, a, 2, at(3), &audit()).await.unwrap();
     assert_eq!(publish(a, 3).await, done(3, true));
     assert_eq!(publish(a, 3).await, done(3, false));
 
     // Concurrent publishes of one configuration take turns: distinct bytes get distinct
     // versions, the same bytes one version.
     let other = store
-        .create_configuration(&new_configuration("default", "gateway", "x: 0\n"), at(0))
+        .create_configuration(
+            &new_configuration("default", "gateway", "x: 0\n"),
+            at(0),
+            &audit(),
+        )
         .await
         .unwrap()
         .id;
@@ -1510,7 +1574,10 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
             tokio::spawn(async move {
                 let draft = format!("x: {n}\n");
                 let hash = sha256_hex(draft.as_bytes());
-                store.publish(other, 1, &draft, &hash, at(4)).await.unwrap()
+                store
+                    .publish(other, 1, &draft, &hash, at(4), &audit())
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -1532,7 +1599,14 @@ async fn publishing_the_same_bytes_again_is_the_newest_version(db: Db) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .publish(other, 1, "same: 1\n", &sha256_hex(b"same: 1\n"), at(5))
+                    .publish(
+                        other,
+                        1,
+                        "same: 1\n",
+                        &sha256_hex(b"same: 1\n"),
+                        at(5),
+                        &audit(),
+                    )
                     .await
                     .unwrap()
             })
@@ -1587,15 +1661,15 @@ async fn lint_rule_settings_are_per_workspace(db: Db) {
     let unused = setting("unused-component", false, "warning", "unused");
     let elsewhere = setting("batch-processor", true, "warning", "elsewhere");
     store
-        .put_lint_rule_setting("default", &unused, at(0))
+        .put_lint_rule_setting("default", &unused, at(0), &audit())
         .await
         .unwrap();
     store
-        .put_lint_rule_setting("default", &batch, at(0))
+        .put_lint_rule_setting("default", &batch, at(0), &audit())
         .await
         .unwrap();
     store
-        .put_lint_rule_setting("other", &elsewhere, at(0))
+        .put_lint_rule_setting("other", &elsewhere, at(0), &audit())
         .await
         .unwrap();
     assert_eq!(
@@ -1606,7 +1680,7 @@ async fn lint_rule_settings_are_per_workspace(db: Db) {
 
     let overwritten = setting("batch-processor", false, "warning", "changed my mind");
     store
-        .put_lint_rule_setting("default", &overwritten, at(1))
+        .put_lint_rule_setting("default", &overwritten, at(1), &audit())
         .await
         .unwrap();
     assert_eq!(
@@ -1651,7 +1725,10 @@ async fn assignments_reach_named_and_selected_agents_newest_first(db: Db) {
         target: Target::Agent(direct),
     };
     assert_eq!(
-        store.create_assignment(&missing, at(2)).await.unwrap(),
+        store
+            .create_assignment(&missing, at(2), &audit())
+            .await
+            .unwrap(),
         None
     );
     let no_configuration = NewAssignment {
@@ -1661,7 +1738,7 @@ async fn assignments_reach_named_and_selected_agents_newest_first(db: Db) {
     };
     assert_eq!(
         store
-            .create_assignment(&no_configuration, at(2))
+            .create_assignment(&no_configuration, at(2), &audit())
             .await
             .unwrap(),
         None
@@ -2149,6 +2226,590 @@ async fn agents_read_back_with_their_config_track(db: Db) {
     );
 }
 
+// === operators and the audit log ===
+
+fn account(username: &str, role: Role) -> NewAccount {
+    NewAccount {
+        username: username.into(),
+        password_hash: format!("$argon2id$hash-of-{username}"),
+        role,
+    }
+}
+
+fn day(days: i64) -> OffsetDateTime {
+    at(days * 86_400)
+}
+
+async fn audit_entries(store: &dyn Store, query: AuditQuery) -> Vec<AuditEntry> {
+    store
+        .list_audit(&AuditQuery {
+            limit: 1000,
+            ..query
+        })
+        .await
+        .unwrap()
+}
+
+async fn actions(store: &dyn Store) -> Vec<String> {
+    let mut entries = audit_entries(store, AuditQuery::default()).await;
+    entries.reverse();
+    entries.into_iter().map(|entry| entry.action).collect()
+}
+
+async fn accounts_sessions_and_api_tokens(db: Db) {
+    let store = db.open().await;
+    let system = AuditContext::system();
+    assert_eq!(store.count_accounts().await.unwrap(), 0);
+    let admin = account("admin", Role::Admin);
+    assert!(store
+        .create_first_account(&admin, at(0), &system)
+        .await
+        .unwrap());
+    assert!(!store
+        .create_first_account(&account("other", Role::Admin), at(0), &system)
+        .await
+        .unwrap());
+    let ada = store
+        .create_account(&account("ada", Role::Viewer), at(1), &audit())
+        .await
+        .unwrap();
+    assert_eq!((ada.role, ada.created_at), (Role::Viewer, at(1)));
+    assert!(matches!(
+        store
+            .create_account(&account("ada", Role::Admin), at(1), &audit())
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let names: Vec<String> = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|account| account.username)
+        .collect();
+    assert_eq!(names, ["ada", "admin"]);
+    assert_eq!(
+        store
+            .get_account("admin")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        admin.password_hash
+    );
+
+    // Sessions carry the account's current role and end at their expiry.
+    let session = NewSession {
+        id_hash: "s1".into(),
+        username: "ada".into(),
+        created_at: at(10),
+        expires_at: at(100),
+    };
+    store.create_session(&session, &audit()).await.unwrap();
+    let found = store.session("s1", at(50)).await.unwrap().unwrap();
+    assert_eq!((found.username.as_str(), found.role), ("ada", Role::Viewer));
+    assert_eq!(store.session("s1", at(100)).await.unwrap(), None);
+    assert_eq!(store.session("other", at(50)).await.unwrap(), None);
+    let promote = AccountUpdate {
+        role: Some(Role::Operator),
+        password_hash: None,
+    };
+    let promoted = store
+        .update_account("ada", &promote, at(20), &audit())
+        .await
+        .unwrap();
+    assert!(matches!(promoted, Changed::Done(ref account) if account.role == Role::Operator));
+    assert_eq!(
+        store.session("s1", at(50)).await.unwrap().unwrap().role,
+        Role::Operator
+    );
+    // A new password ends the account's sessions.
+    let new_password = AccountUpdate {
+        role: None,
+        password_hash: Some("$argon2id$new".into()),
+    };
+    store
+        .update_account("ada", &new_password, at(21), &audit())
+        .await
+        .unwrap();
+    assert_eq!(store.session("s1", at(50)).await.unwrap(), None);
+    store.create_session(&session, &audit()).await.unwrap();
+    assert!(store.delete_session("s1", at(30), &audit()).await.unwrap());
+    assert!(!store.delete_session("s1", at(30), &audit()).await.unwrap());
+
+    // The last admin stays.
+    let demote = AccountUpdate {
+        role: Some(Role::Viewer),
+        password_hash: None,
+    };
+    assert_eq!(
+        store
+            .update_account("admin", &demote, at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::LastAdmin
+    );
+    assert_eq!(
+        store
+            .delete_account("admin", at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::LastAdmin
+    );
+    assert_eq!(
+        store.get_account("admin").await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert_eq!(
+        store
+            .update_account("nobody", &demote, at(40), &audit())
+            .await
+            .unwrap(),
+        Changed::NotFound
+    );
+    assert_eq!(
+        store.delete_account("ada", at(41), &audit()).await.unwrap(),
+        Changed::Done(())
+    );
+    assert_eq!(
+        store.delete_account("ada", at(41), &audit()).await.unwrap(),
+        Changed::NotFound
+    );
+
+    // API tokens: found by hash until they expire or are deleted.
+    let token = NewApiToken {
+        id: "t1".into(),
+        name: "ci".into(),
+        role: Role::Operator,
+        token_hash: "h1".into(),
+        created_at: at(50),
+        expires_at: Some(at(60)),
+    };
+    let created = store.create_api_token(&token, &audit()).await.unwrap();
+    assert_eq!(created.created_by, "account:tester");
+    assert_eq!(
+        store.api_token("h1", at(59)).await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(store.api_token("h1", at(60)).await.unwrap(), None);
+    let forever = NewApiToken {
+        id: "t2".into(),
+        token_hash: "h2".into(),
+        expires_at: None,
+        ..token.clone()
+    };
+    store.create_api_token(&forever, &audit()).await.unwrap();
+    assert!(store.api_token("h2", day(10_000)).await.unwrap().is_some());
+    let ids: Vec<String> = store
+        .list_api_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|token| token.id)
+        .collect();
+    assert_eq!(ids, ["t1", "t2"]);
+    assert!(store
+        .delete_api_token("t2", at(70), &audit())
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_api_token("t2", at(70), &audit())
+        .await
+        .unwrap());
+    assert_eq!(store.api_token("h2", at(70)).await.unwrap(), None);
+
+    // Each change, and only changes, left an entry.
+    assert_eq!(
+        actions(store.as_ref()).await,
+        [
+            "account.create",
+            "account.create",
+            "session.login",
+            "account.update",
+            "account.update",
+            "session.login",
+            "session.logout",
+            "account.delete",
+            "api_token.create",
+            "api_token.create",
+            "api_token.delete",
+        ]
+    );
+    let first = &audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            actor: Some("system".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await[0];
+    assert_eq!(
+        (
+            first.object_id.as_str(),
+            first.new_value.as_ref().unwrap()["role"].as_str()
+        ),
+        ("admin", Some("admin"))
+    );
+    // No secret is in any entry.
+    let everything =
+        serde_json::to_string(&audit_entries(store.as_ref(), AuditQuery::default()).await).unwrap();
+    for secret in ["$argon2id", "h1", "h2"] {
+        assert!(
+            !everything.contains(&format!("\"{secret}")),
+            "{secret} in {everything}"
+        );
+    }
+    assert!(store.verify_audit().await.unwrap().ok);
+}
+
+async fn configuration_changes_are_audited_with_their_change(db: Db) {
+    let store = db.open().await;
+    let secret_yaml = "exporters:\n  otlp:\n    headers: {api-key: s3cret}\n";
+    let created = store
+        .create_configuration(
+            &new_configuration("default", "edge", secret_yaml),
+            at(0),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let stale = store
+        .update_draft(created.id, "x: 1\n", 7, at(1), &audit())
+        .await
+        .unwrap();
+    assert_eq!(stale, Guarded::Stale { current: 1 });
+    store
+        .update_draft(created.id, "x: 1\n", 1, at(1), &audit())
+        .await
+        .unwrap();
+    let hash = sha256_hex(b"x: 1\n");
+    store
+        .publish(created.id, 2, "x: 1\n", &hash, at(2), &audit())
+        .await
+        .unwrap();
+    // The same bytes again publish nothing, and audit nothing.
+    store
+        .publish(created.id, 2, "x: 1\n", &hash, at(3), &audit())
+        .await
+        .unwrap();
+    let setting = LintRuleSetting {
+        rule: "batch-processor".into(),
+        enabled: false,
+        severity: "warning".into(),
+        message: "m".into(),
+        hint: "h".into(),
+    };
+    store
+        .put_lint_rule_setting("default", &setting, at(4), &audit())
+        .await
+        .unwrap();
+    store
+        .put_lint_rule_setting(
+            "default",
+            &LintRuleSetting {
+                enabled: true,
+                ..setting.clone()
+            },
+            at(5),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    let assignment = assign(
+        store.as_ref(),
+        created.id,
+        1,
+        Target::Agent(Uuid::now_v7()),
+        at(6),
+    )
+    .await;
+
+    assert_eq!(
+        actions(store.as_ref()).await,
+        [
+            "configuration.create",
+            "configuration.draft_update",
+            "configuration.publish",
+            "lint_rule.update",
+            "lint_rule.update",
+            "assignment.create",
+        ]
+    );
+    let entries = audit_entries(store.as_ref(), AuditQuery::default()).await;
+    for entry in &entries {
+        assert_eq!(
+            (
+                entry.actor.as_str(),
+                entry.address.as_str(),
+                entry.request_id.as_str()
+            ),
+            ("account:tester", "192.0.2.1", "suite")
+        );
+    }
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("s3cret"),
+        "a draft's text is never audited: {text}"
+    );
+    let draft = entries
+        .iter()
+        .find(|entry| entry.action == "configuration.draft_update")
+        .unwrap();
+    assert_eq!(draft.object_id, created.id.to_string());
+    assert_eq!(
+        draft.old_value.as_ref().unwrap()["draft_sha256"],
+        sha256_hex(secret_yaml.as_bytes())
+    );
+    assert_eq!(draft.new_value.as_ref().unwrap()["row_version"], 2);
+    let lint = &entries[1];
+    assert_eq!(lint.old_value.as_ref().unwrap()["enabled"], false);
+    assert_eq!(lint.new_value.as_ref().unwrap()["enabled"], true);
+    assert_eq!(entries[0].object_id, assignment.id.to_string());
+    assert_eq!(entries[0].new_value.as_ref().unwrap()["hash"], hash);
+}
+
+async fn the_audit_chain_has_one_order_under_concurrent_writers(db: Db) {
+    let store = db.open().await;
+    let writers = (0..6).map(|writer| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..5 {
+                let context = AuditContext {
+                    actor: Actor::Account(format!("writer{writer}")),
+                    address: "192.0.2.7".into(),
+                    request_id: format!("{writer}-{n}"),
+                };
+                store
+                    .create_account(
+                        &account(&format!("user{writer}-{n}"), Role::Viewer),
+                        at(writer * 10 + n),
+                        &context,
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 30,
+            first_bad: None
+        }
+    );
+    let entries = audit_entries(store.as_ref(), AuditQuery::default()).await;
+    let ids: Vec<i64> = entries.iter().map(|entry| entry.id).collect();
+    assert_eq!(
+        ids,
+        (1..=30).rev().collect::<Vec<_>>(),
+        "newest first, no gaps"
+    );
+    for pair in entries.windows(2) {
+        assert_eq!(
+            pair[1].hash, pair[0].prev_hash,
+            "each holds the previous hash"
+        );
+    }
+
+    // Filters, and pages by the token.
+    let by_writer = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            actor: Some("account:writer2".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(by_writer.len(), 5);
+    let one = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            action: Some("account.create".into()),
+            object_type: Some("account".into()),
+            object_id: Some("user3-4".into()),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].request_id, "3-4");
+    let window = audit_entries(
+        store.as_ref(),
+        AuditQuery {
+            since: Some(at(10)),
+            until: Some(at(20)),
+            ..AuditQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(window.len(), 5);
+    assert!(window.iter().all(|entry| entry.actor == "account:writer1"));
+    let page = store
+        .list_audit(&AuditQuery {
+            limit: 4,
+            before: Some(10),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<i64> = page.iter().map(|entry| entry.id).collect();
+    assert_eq!(ids, [9, 8, 7, 6]);
+}
+
+async fn tampering_with_the_audit_log_is_found(db: Db) {
+    let store = db.open().await;
+    for n in 0..5 {
+        store
+            .create_account(&account(&format!("u{n}"), Role::Viewer), at(n), &audit())
+            .await
+            .unwrap();
+    }
+    assert!(store.verify_audit().await.unwrap().ok);
+    let first_bad = || async { store.verify_audit().await.unwrap().first_bad };
+
+    // Altered: a value, then put back.
+    let original = raw_pairs(
+        &db.url,
+        "SELECT new_value, hash FROM audit_log WHERE id = 3",
+    )
+    .await;
+    raw_execute(
+        &db.url,
+        r#"UPDATE audit_log SET new_value = '{"role":"admin"}' WHERE id = 3"#,
+    )
+    .await;
+    assert_eq!(first_bad().await, Some(3));
+    let verification = store.verify_audit().await.unwrap();
+    assert_eq!((verification.ok, verification.checked), (false, 2));
+    raw_execute(
+        &db.url,
+        &format!(
+            "UPDATE audit_log SET new_value = '{}' WHERE id = 3",
+            original[0].0
+        ),
+    )
+    .await;
+    assert_eq!(first_bad().await, None);
+
+    // Inserted: a copy slipped in after the head, then removed.
+    raw_execute(
+        &db.url,
+        "INSERT INTO audit_log SELECT id + 1, at, actor, action, object_type, object_id, \
+         old_value, new_value, address, request_id, hash, hash FROM audit_log WHERE id = 5",
+    )
+    .await;
+    assert_eq!(first_bad().await, Some(6));
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 6").await;
+    assert_eq!(first_bad().await, None);
+
+    // Deleted: in the middle, and the newest.
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 5").await;
+    assert_eq!(first_bad().await, Some(5));
+    raw_execute(&db.url, "DELETE FROM audit_log WHERE id = 2").await;
+    assert_eq!(first_bad().await, Some(2));
+}
+
+async fn audit_retention_archives_and_purges_at_the_configured_ages(db: Db) {
+    let store = db.open().await;
+    for (n, written) in [0, 10, 100, 200].into_iter().enumerate() {
+        store
+            .create_account(
+                &account(&format!("u{n}"), Role::Viewer),
+                day(written),
+                &audit(),
+            )
+            .await
+            .unwrap();
+    }
+    let policy = RetentionPolicy {
+        hot: Duration::from_secs(90 * 86_400),
+        retain: Duration::from_secs(150 * 86_400),
+    };
+    // On day 110 only the entries of days 0 and 10 are past the hot period; none is old
+    // enough to purge.
+    let retained = retention::run_once(store.as_ref(), policy, day(110))
+        .await
+        .unwrap();
+    assert_eq!(
+        retained,
+        Some(Retained {
+            archived: 2,
+            purged: 0
+        })
+    );
+    let archived = raw_pairs(
+        &db.url,
+        "SELECT object_id, hash FROM audit_archive ORDER BY id",
+    )
+    .await;
+    assert_eq!(archived.len(), 2);
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 4,
+            first_bad: None
+        }
+    );
+    assert_eq!(
+        audit_entries(store.as_ref(), AuditQuery::default())
+            .await
+            .len(),
+        4,
+        "listed from both tables"
+    );
+
+    // On day 211: day 100 moves; days 0 and 10 are past the retention and go.
+    let retained = retention::run_once(store.as_ref(), policy, day(211))
+        .await
+        .unwrap();
+    assert_eq!(
+        retained,
+        Some(Retained {
+            archived: 1,
+            purged: 2
+        })
+    );
+    assert_eq!(
+        store.verify_audit().await.unwrap(),
+        Verification {
+            ok: true,
+            checked: 2,
+            first_bad: None
+        },
+        "the chain verifies from the newest purged entry"
+    );
+    let left: Vec<String> = audit_entries(store.as_ref(), AuditQuery::default())
+        .await
+        .into_iter()
+        .map(|entry| entry.object_id)
+        .collect();
+    assert_eq!(left, ["u3", "u2"]);
+    // Nothing more to do the same day.
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(211))
+            .await
+            .unwrap(),
+        Some(Retained::default())
+    );
+    // New entries chain on; an altered archived entry is found.
+    store
+        .create_account(&account("u4", Role::Viewer), day(212), &audit())
+        .await
+        .unwrap();
+    assert!(store.verify_audit().await.unwrap().ok);
+    raw_execute(
+        &db.url,
+        "UPDATE audit_archive SET actor = 'system' WHERE id = 3",
+    )
+    .await;
+    assert_eq!(store.verify_audit().await.unwrap().first_bad, Some(3));
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -2201,7 +2862,49 @@ storage_suite!(
     bootstrap_tokens_enrol_once_and_say_why_not,
     certificates_bind_uids_and_are_revoked_and_superseded,
     concurrent_enrolments_with_one_token_have_exactly_one_winner,
+    accounts_sessions_and_api_tokens,
+    configuration_changes_are_audited_with_their_change,
+    the_audit_chain_has_one_order_under_concurrent_writers,
+    tampering_with_the_audit_log_is_found,
+    audit_retention_archives_and_purges_at_the_configured_ages,
 );
+
+/// Replicas all run retention; while one holds the lock, the others skip their turn.
+#[tokio::test]
+async fn postgres_audit_retention_runs_on_one_replica_at_a_time() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    store
+        .create_account(&account("u", Role::Viewer), day(0), &audit())
+        .await
+        .unwrap();
+    let policy = RetentionPolicy {
+        hot: Duration::from_secs(86_400),
+        retain: Duration::from_secs(2 * 86_400),
+    };
+    let mut other_replica = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(0x616d_706f_7261_0001_i64)
+        .execute(&mut other_replica)
+        .await
+        .unwrap();
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(10))
+            .await
+            .unwrap(),
+        None
+    );
+    other_replica.close().await.unwrap();
+    assert_eq!(
+        retention::run_once(store.as_ref(), policy, day(10))
+            .await
+            .unwrap(),
+        Some(Retained {
+            archived: 1,
+            purged: 1
+        })
+    );
+}
 
 /// Waits until `sessions` sessions of this database wait on a lock.
 async fn sessions_waiting_on_locks(observer: &mut sqlx::PgConnection, sessions: i64, what: &str) {

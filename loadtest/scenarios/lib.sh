@@ -135,10 +135,15 @@ wal_bytes() {
     psql_run -c "SELECT wal_bytes FROM pg_stat_wal"
 }
 
+# The control-plane's first account is admin with this password; scenarios call the API with
+# an admin API token ($API_TOKEN) made after it starts.
+ADMIN_PASSWORD="loadtest-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
 start_control_plane() {
     local port
     port=$(free_port)
     AMPORA_DATABASE_URL="$DATABASE_URL" AMPORA_NATS_URL="$NATS_URL" AMPORA_HTTP_LISTEN="127.0.0.1:$port" \
+        AMPORA_ADMIN_PASSWORD="$ADMIN_PASSWORD" AMPORA_DATA_DIR="$WORK/control-plane" \
         RUST_LOG="${RUST_LOG:-warn}" "$AMPORA" control-plane >"$WORK/control-plane.log" 2>&1 &
     PIDS+=($!)
     CONTROL_PLANE_PID=$!
@@ -147,7 +152,19 @@ start_control_plane() {
         curl -sf "$API/readyz" >/dev/null && break
         sleep 0.1
     done
+    API_TOKEN=$(admin_api_token)
     log "control-plane API on $API"
+}
+
+# Signs in as admin and makes an API token with the admin role: the token.
+admin_api_token() {
+    local jar="$WORK/api.cookies" csrf
+    csrf=$(curl -sSf -c "$jar" -H 'content-type: application/json' \
+        --data "{\"username\": \"admin\", \"password\": \"$ADMIN_PASSWORD\"}" "$API/api/v1/auth/login" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["csrf_token"])')
+    curl -sSf -b "$jar" -H "x-csrf-token: $csrf" -H 'content-type: application/json' \
+        --data '{"name": "loadtest", "role": "admin"}' "$API/api/v1/api-tokens" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])'
 }
 
 # One TLS session ticket key for the run (TICKET_KEYS): every gateway started after this shares

@@ -82,7 +82,7 @@ YAML
 # api METHOD PATH [JSON]: the response body; fails on a status outside 2xx, printing it.
 api() {
     local body status
-    body=$(curl -sS -X "$1" -H 'content-type: application/json' ${3:+--data "$3"} \
+    body=$(curl -sS -X "$1" -H 'content-type: application/json' -H "authorization: Bearer $API_TOKEN" ${3:+--data "$3"} \
         -w '\n%{http_code}' "$API$2")
     status=${body##*$'\n'}
     body=${body%$'\n'*}
@@ -165,7 +165,7 @@ in_sync="?" pending="?" failed="?" out_of_band="?"
 polls=0 poll_ms_total=0 poll_ms_max=0
 deadline=$((SECONDS + PUSH_TIMEOUT))
 while ((SECONDS < deadline)); do
-    answer=$(curl -sf -w ' %{time_total}' "$API/api/v1/drift?limit=1") || answer=""
+    answer=$(curl -sf -w ' %{time_total}' -H "authorization: Bearer $API_TOKEN" "$API/api/v1/drift?limit=1") || answer=""
     took_ms=$(awk '{printf "%d", $NF * 1000}' <<<"${answer:-0}")
     polls=$((polls + 1)) poll_ms_total=$((poll_ms_total + took_ms))
     ((took_ms > poll_ms_max)) && poll_ms_max=$took_ms
@@ -197,7 +197,7 @@ else
 fi
 sleep "$HOLD"
 # The drift query once the push is over, on a quiet fleet: what each poll above cost.
-rest_ms=$(for _ in 1 2 3 4 5; do curl -sf -o /dev/null -w '%{time_total}\n' "$API/api/v1/drift?limit=1"; done |
+rest_ms=$(for _ in 1 2 3 4 5; do curl -sf -o /dev/null -w '%{time_total}\n' -H "authorization: Bearer $API_TOKEN" "$API/api/v1/drift?limit=1"; done |
     sort -n | awk '{t[NR] = $1 * 1000} END {printf "%.0f", t[3]}')
 offers_metric=$(curl -sf "$API/metrics" | awk '/^ampora_control_plane_config_offers_total/ {print $NF}')
 kill -TERM "$loadtest"

@@ -131,6 +131,8 @@ pub struct Cluster {
     pub database: String,
     pub gateways: Vec<Role>,
     pub control_planes: Vec<Role>,
+    /// Sends an admin API token (good on every control-plane: they share the database).
+    pub http: reqwest::Client,
     haproxy: Child,
     lb_port: u16,
     stats_port: u16,
@@ -203,12 +205,13 @@ impl Cluster {
             );
             env
         };
-        let control_planes = (0..options.control_planes)
+        let control_planes: Vec<Role> = (0..options.control_planes)
             .map(|i| {
                 let env = common(&[
                     ("AMPORA_DATABASE_URL", database.clone()),
                     ("AMPORA_HTTP_LISTEN", "127.0.0.1:0".into()),
                     ("AMPORA_REPLICA_ID", format!("cp-{i}")),
+                    ("AMPORA_ADMIN_PASSWORD", super::auth::ADMIN_PASSWORD.into()),
                 ]);
                 Role::start(&["control-plane"], env, "API:")
             })
@@ -275,12 +278,20 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let http = match control_planes.first() {
+            Some(control_plane) => {
+                let api = control_plane.address.trim_end_matches("/api/v1/agents");
+                super::auth::admin_client(api).await
+            }
+            None => reqwest::Client::new(),
+        };
         let cluster = Cluster {
             nats,
             postgres,
             database,
             gateways,
             control_planes,
+            http,
             haproxy,
             lb_port,
             stats_port,
@@ -325,6 +336,42 @@ impl Cluster {
             let api = control_plane.address.trim_end_matches("/api/v1/agents");
             // 200 only when ready.
             ready(format!("{api}/readyz"), "ready").await;
+        }
+        // The replicas have split the partitions between them: until then an agent's first
+        // message may land on a partition in handover, unheard.
+        let replicas = self.control_planes.len();
+        let partitions = usize::from(ampora_shared::subjects::DEFAULT_PARTITIONS);
+        let fair_share = partitions.div_ceil(replicas.max(1));
+        loop {
+            let mut owned = Vec::new();
+            for control_plane in &self.control_planes {
+                let api = control_plane.address.trim_end_matches("/api/v1/agents");
+                let text = match http.get(format!("{api}/metrics")).send().await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                let gauge = |name: &str| {
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                        .unwrap_or(-1.0) as i64
+                };
+                owned.push((
+                    gauge("ampora_control_plane_replicas_live "),
+                    gauge("ampora_control_plane_partitions_owned "),
+                ));
+            }
+            let settled = owned.iter().all(|(live, partitions)| {
+                *live == replicas as i64 && (0..=fair_share as i64).contains(partitions)
+            }) && owned.iter().map(|(_, partitions)| partitions).sum::<i64>()
+                == partitions as i64;
+            if settled || replicas == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the control-planes never split the partitions: (replicas live, owned) {owned:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for gateway in &self.gateways {
             let metrics = gateway

@@ -19,7 +19,8 @@ pub struct Published {
 /// call panicking on an unexpected status with the body.
 pub struct ConfigApi {
     base: String,
-    http: reqwest::Client,
+    /// Signed in at the first call, as `admin` (see [`super::auth`]).
+    http: tokio::sync::OnceCell<reqwest::Client>,
 }
 
 impl ConfigApi {
@@ -27,8 +28,14 @@ impl ConfigApi {
     pub fn new(base: impl Into<String>) -> ConfigApi {
         ConfigApi {
             base: base.into(),
-            http: reqwest::Client::new(),
+            http: tokio::sync::OnceCell::new(),
         }
+    }
+
+    async fn http(&self) -> &reqwest::Client {
+        self.http
+            .get_or_init(|| super::auth::admin_client(&self.base))
+            .await
     }
 
     /// One request: the status and the body (JSON, or the text as a JSON string).
@@ -39,7 +46,7 @@ impl ConfigApi {
         body: Option<Value>,
     ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method.clone(), &url);
+        let mut request = self.http().await.request(method.clone(), &url);
         if let Some(body) = body {
             request = request.json(&body);
         }

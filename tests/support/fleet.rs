@@ -150,10 +150,16 @@ impl Fleet {
 
     /// Waits until the API shows every agent online with the status it last reported; returns
     /// the agents still behind (empty on success).
-    pub async fn wait_current(&self, api: &str, within: Duration) -> Vec<String> {
+    /// `http` carries the credentials for the API at `api`.
+    pub async fn wait_current(
+        &self,
+        http: &reqwest::Client,
+        api: &str,
+        within: Duration,
+    ) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let behind = self.behind(api).await;
+            let behind = self.behind(http, api).await;
             if behind.is_empty() || tokio::time::Instant::now() > deadline {
                 return behind;
             }
@@ -161,14 +167,14 @@ impl Fleet {
         }
     }
 
-    async fn behind(&self, api: &str) -> Vec<String> {
+    async fn behind(&self, http: &reqwest::Client, api: &str) -> Vec<String> {
         let mut stored: HashMap<String, Value> = HashMap::new();
         let mut token = String::new();
         loop {
             let url = format!(
                 "{api}/api/v1/agents?attr=fleet=cluster-test&limit=1000&page_token={token}"
             );
-            let Ok(response) = reqwest::get(&url).await else {
+            let Ok(response) = http.get(&url).send().await else {
                 return vec!["API unreachable".into()];
             };
             let Ok(body) = response.json::<Value>().await else {
@@ -212,11 +218,18 @@ impl Fleet {
     /// Checks that no agent's history ever went back: the health ticks the server recorded
     /// increase strictly (an older message applied after a newer one, or one applied twice
     /// after a newer one, would break this).
-    pub async fn history_in_order(&self, api: &str, sample: usize) -> Result<usize, String> {
+    pub async fn history_in_order(
+        &self,
+        http: &reqwest::Client,
+        api: &str,
+        sample: usize,
+    ) -> Result<usize, String> {
         let mut checked = 0;
         for agent in self.agents.iter().take(sample) {
             let url = format!("{api}/api/v1/agents/{}/events?limit=1000", agent.uid);
-            let body: Value = reqwest::get(&url)
+            let body: Value = http
+                .get(&url)
+                .send()
                 .await
                 .map_err(|e| e.to_string())?
                 .json()

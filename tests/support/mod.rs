@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
 mod clients;
 pub mod cluster;
 pub mod collector;
@@ -41,15 +42,20 @@ pub struct Ampora {
     http_opamp_url: String,
     api_base: String,
     output: Output,
+    /// Sends an admin API token with every request.
     http: reqwest::Client,
+    /// The first account's password, when the server made one up at its first start.
+    generated_password: Option<String>,
     /// The data directory, when it is this server's own.
     _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Ampora {
     /// Starts `ampora serve` with `AMPORA_DATA_DIR` a fresh temp dir, both listeners on
-    /// `127.0.0.1:0`, `RUST_LOG` from the environment (else `info`), then `extra_env` (which
-    /// wins), and waits up to 30 s for the ready lines.
+    /// `127.0.0.1:0`, `AMPORA_ADMIN_PASSWORD` [`auth::ADMIN_PASSWORD`], `RUST_LOG` from the
+    /// environment (else `info`), then `extra_env` (which wins; `("AMPORA_ADMIN_PASSWORD", "")`
+    /// lets the server make one up), waits up to 30 s for the ready lines, and makes an admin
+    /// API token for [`Ampora::http`].
     pub async fn start(extra_env: &[(&str, &str)]) -> Ampora {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut ampora = Ampora::start_in(data_dir.path(), extra_env).await;
@@ -66,6 +72,7 @@ impl Ampora {
             .env("AMPORA_DATA_DIR", data_dir)
             .env("AMPORA_OPAMP_LISTEN", "127.0.0.1:0")
             .env("AMPORA_HTTP_LISTEN", "127.0.0.1:0")
+            .env("AMPORA_ADMIN_PASSWORD", auth::ADMIN_PASSWORD)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -87,7 +94,8 @@ impl Ampora {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let mut banner = false;
         let (mut ws_url, mut http_opamp_url, mut api) = (None, None, None);
-        while ws_url.is_none() || http_opamp_url.is_none() || api.is_none() {
+        let (mut sign_in, mut generated_password) = (false, None);
+        while ws_url.is_none() || http_opamp_url.is_none() || api.is_none() || !sign_in {
             let line = match tokio::time::timeout_at(deadline, lines_rx.recv()).await {
                 Ok(Some(line)) => line,
                 Err(_) => {
@@ -117,6 +125,12 @@ impl Ampora {
                 http_opamp_url = Some(value.trim().to_owned());
             } else if let Some(value) = line.strip_prefix("API:") {
                 api = Some(value.trim().to_owned());
+            } else if let Some(value) =
+                line.strip_prefix("First run: created the account admin with password ")
+            {
+                generated_password = Some(value.trim().to_owned());
+            } else if line.starts_with("Sign in:") {
+                sign_in = true;
             }
         }
         let (ws_url, http_opamp_url, api) =
@@ -134,13 +148,24 @@ impl Ampora {
             .strip_suffix("/api/v1/agents")
             .unwrap_or_else(|| panic!("API: {api:?} does not end in /api/v1/agents"))
             .to_owned();
+        let configured = extra_env
+            .iter()
+            .rev()
+            .find(|(name, value)| *name == "AMPORA_ADMIN_PASSWORD" && !value.is_empty())
+            .map(|(_, value)| *value);
+        let password = generated_password
+            .as_deref()
+            .or(configured)
+            .unwrap_or(auth::ADMIN_PASSWORD);
+        let http = auth::client_with(&auth::api_token(&api_base, password, "admin").await);
         Ampora {
             child,
             ws_url,
             http_opamp_url,
             api_base,
             output,
-            http: reqwest::Client::new(),
+            http,
+            generated_password,
             _data_dir: None,
         }
     }
@@ -164,6 +189,16 @@ impl Ampora {
     /// `http://127.0.0.1:PORT`, where `/api/v1/…`, `/healthz` and `/readyz` live.
     pub fn api_base(&self) -> String {
         self.api_base.clone()
+    }
+
+    /// A client that sends an admin API token with every request.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The password the server printed for `admin` at its first start, if it made one up.
+    pub fn generated_password(&self) -> Option<&str> {
+        self.generated_password.as_deref()
     }
 
     pub fn pid(&self) -> u32 {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::auth::Principal;
 use super::extract::JsonBody;
 use super::{ApiError, ApiState};
 use crate::assignments::{Assignment, NewAssignment, Selector, Target};
@@ -85,6 +86,7 @@ async fn refuse_missing_components(
 /// replica: the workers holding those agents offer it at once.
 pub async fn assignment_create(
     State(state): State<ApiState>,
+    principal: Principal,
     JsonBody(request): JsonBody<AssignRequest>,
 ) -> Result<(StatusCode, Json<AssignmentView>), ApiError> {
     let target = match request.target {
@@ -103,7 +105,7 @@ pub async fn assignment_create(
     }
     let assignment = state
         .store
-        .create_assignment(&new, OffsetDateTime::now_utc())
+        .create_assignment(&new, OffsetDateTime::now_utc(), &principal.audit)
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(

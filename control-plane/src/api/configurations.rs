@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::auth::Principal;
 use super::extract::{JsonBody, Path, Query};
 use super::paging::{next_page_token, page_token, Limit};
 use super::{ApiError, ApiState};
@@ -189,6 +190,7 @@ pub struct LintRulesView {
 
 pub async fn configuration_create(
     State(state): State<ApiState>,
+    principal: Principal,
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<(StatusCode, Json<ConfigurationView>), ApiError> {
     let draft = Draft {
@@ -197,8 +199,13 @@ pub async fn configuration_create(
         labels: request.labels,
         yaml: request.yaml,
     };
-    let configuration =
-        configurations::create(state.store.as_ref(), draft, OffsetDateTime::now_utc()).await?;
+    let configuration = configurations::create(
+        state.store.as_ref(),
+        draft,
+        OffsetDateTime::now_utc(),
+        &principal.audit,
+    )
+    .await?;
     tracing::info!(configuration_id = configuration.id, name = %configuration.name, "configuration created");
     Ok((
         StatusCode::CREATED,
@@ -258,6 +265,7 @@ pub async fn configuration_get(
 
 pub async fn draft_put(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<i64>,
     JsonBody(request): JsonBody<DraftRequest>,
 ) -> Result<Json<DraftView>, ApiError> {
@@ -267,6 +275,7 @@ pub async fn draft_put(
         &request.yaml,
         request.row_version,
         OffsetDateTime::now_utc(),
+        &principal.audit,
     )
     .await?;
     Ok(Json(DraftView { id, row_version }))
@@ -312,10 +321,16 @@ async fn validate(
 
 pub async fn configuration_publish(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<i64>,
 ) -> Result<(StatusCode, Json<PublishView>), ApiError> {
-    let publication =
-        configurations::publish(state.store.as_ref(), id, OffsetDateTime::now_utc()).await?;
+    let publication = configurations::publish(
+        state.store.as_ref(),
+        id,
+        OffsetDateTime::now_utc(),
+        &principal.audit,
+    )
+    .await?;
     let status = if publication.created {
         tracing::info!(configuration_id = id, version = publication.version, hash = %publication.hash, "configuration published");
         StatusCode::CREATED
@@ -385,6 +400,7 @@ pub async fn lint_rules_list(
 
 pub async fn lint_rule_put(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<LintRuleRequest>,
 ) -> Result<Json<LintRule>, ApiError> {
@@ -400,6 +416,7 @@ pub async fn lint_rule_put(
         &id,
         update,
         OffsetDateTime::now_utc(),
+        &principal.audit,
     )
     .await?;
     tracing::info!(rule = %rule.id, enabled = rule.enabled, "lint rule changed");

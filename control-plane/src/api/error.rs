@@ -11,17 +11,27 @@ use serde::Serialize;
 use ampora_collector_config::Problem;
 
 use crate::configurations::ConfigurationError;
+use crate::operators::OperatorError;
 use crate::storage::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     Invalid(String),
+    /// No credentials, or credentials that are not valid (now).
     #[error("{0}")]
-    NotFound(String),
-    /// A credential that does not grant what was asked (e.g. a used bootstrap token).
+    Unauthorized(String),
+    /// Authenticated, but the role does not allow it (or a session's CSRF token is missing);
+    /// or a credential that does not grant what was asked (e.g. a used bootstrap token).
     #[error("{0}")]
     Forbidden(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Conflict(String),
     /// A write guarded by a row version that is no longer current: the body names the current
@@ -46,8 +56,10 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::Stale { .. } => StatusCode::CONFLICT,
             ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -79,6 +91,16 @@ impl From<ConfigurationError> for ApiError {
             ConfigurationError::Invalid(_) => ApiError::Invalid(message),
             ConfigurationError::Refused(problems) => ApiError::Refused { message, problems },
             ConfigurationError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<OperatorError> for ApiError {
+    fn from(error: OperatorError) -> Self {
+        match error {
+            OperatorError::Invalid(message) => ApiError::Invalid(message),
+            OperatorError::Store(error) => error.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -151,7 +173,13 @@ impl IntoResponse for ApiError {
                 ..ErrorBody::default()
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            let seconds = retry_after.as_secs().max(1).to_string();
+            let value = HeaderValue::from_str(&seconds).expect("digits");
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

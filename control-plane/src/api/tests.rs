@@ -18,16 +18,35 @@ use crate::agents::merge::event_payload;
 use crate::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, ConfigFile, Transport,
 };
+use crate::audit::AuditContext;
+use crate::operators::secrets;
 use crate::remote_config::ConfigTrack;
-use crate::storage::{self, NewEvent, StoreOptions, WriteBatch};
+use crate::storage::{self, NewApiToken, NewEvent, StoreOptions, WriteBatch};
 use ampora_shared::bus::InProcessBus;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn state() -> ApiState {
+/// The admin API token every [`state`] has; [`call`] sends it unless a request carries its
+/// own credentials.
+pub const ADMIN_TOKEN: &str = "ampora_test-admin-token";
+
+pub async fn state() -> ApiState {
     let store = storage::connect("sqlite::memory:", StoreOptions::default())
         .await
         .expect("an in-memory store");
+    let now = OffsetDateTime::now_utc();
+    let admin = NewApiToken {
+        id: "test-admin".into(),
+        name: "tests".into(),
+        role: Role::Admin,
+        token_hash: secrets::hash(ADMIN_TOKEN),
+        created_at: now,
+        expires_at: None,
+    };
+    store
+        .create_api_token(&admin, &AuditContext::system())
+        .await
+        .expect("an admin token");
     ApiState {
         store: store.clone(),
         readiness: Readiness::default(),
@@ -37,6 +56,7 @@ async fn state() -> ApiState {
         trust: crate::trust::Trust::start(store, crate::trust::TrustConfig::for_test())
             .await
             .expect("a CA"),
+        operators: Operators::default(),
     }
 }
 
@@ -100,7 +120,12 @@ async fn store_agents(state: &ApiState, agents: &[AgentRecord], history: usize) 
     state.store.write(&batch).await.expect("stored");
 }
 
-async fn call(state: &ApiState, request: Request<Body>) -> Response {
+pub async fn call(state: &ApiState, mut request: Request<Body>) -> Response {
+    let headers = request.headers_mut();
+    if !headers.contains_key(header::AUTHORIZATION) && !headers.contains_key(header::COOKIE) {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        headers.insert(header::AUTHORIZATION, bearer.parse().unwrap());
+    }
     app(state.clone(), TIMEOUT)
         .oneshot(request)
         .await
@@ -113,7 +138,7 @@ async fn get(state: &ApiState, uri: &str) -> (StatusCode, Value) {
     (status, json_body(response).await)
 }
 
-async fn json_body(response: Response) -> Value {
+pub async fn json_body(response: Response) -> Value {
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
         "application/json",

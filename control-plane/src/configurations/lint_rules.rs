@@ -4,6 +4,7 @@ use ampora_collector_config::{builtin_lint_rules, LintRule, Severity};
 use time::OffsetDateTime;
 
 use super::{ConfigurationError, Result};
+use crate::audit::AuditContext;
 use crate::storage::{LintRuleSetting, Store};
 
 /// The rules in force in `workspace`: every built-in rule, as an operator last set it.
@@ -37,6 +38,7 @@ pub async fn set_lint_rule(
     id: &str,
     update: LintRuleUpdate,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<LintRule> {
     let mut rule = effective_lint_rules(store, workspace)
         .await?
@@ -63,7 +65,7 @@ pub async fn set_lint_rule(
         hint: rule.hint.clone(),
     };
     store
-        .put_lint_rule_setting(workspace, &setting, now)
+        .put_lint_rule_setting(workspace, &setting, now, audit)
         .await?;
     Ok(rule)
 }

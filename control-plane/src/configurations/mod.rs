@@ -19,6 +19,7 @@ use ampora_collector_config::{
 };
 use time::OffsetDateTime;
 
+use crate::audit::AuditContext;
 use crate::remote_config::sha256_hex;
 use crate::storage::{
     Configuration, ConfigurationVersion, Guarded, NewConfiguration, Published, Store, StoreError,
@@ -92,7 +93,12 @@ pub struct Draft {
     pub yaml: String,
 }
 
-pub async fn create(store: &dyn Store, draft: Draft, now: OffsetDateTime) -> Result<Configuration> {
+pub async fn create(
+    store: &dyn Store,
+    draft: Draft,
+    now: OffsetDateTime,
+    audit: &AuditContext,
+) -> Result<Configuration> {
     let name = draft.name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(ConfigurationError::Invalid(
@@ -107,7 +113,7 @@ pub async fn create(store: &dyn Store, draft: Draft, now: OffsetDateTime) -> Res
         labels: draft.labels,
         draft: draft.yaml,
     };
-    match store.create_configuration(&new, now).await {
+    match store.create_configuration(&new, now, audit).await {
         Err(StoreError::Duplicate(_)) => Err(ConfigurationError::Duplicate(new.name)),
         other => Ok(other?),
     }
@@ -127,9 +133,15 @@ pub async fn update_draft(
     yaml: &str,
     row_version: i64,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<i64> {
     check_size(yaml)?;
-    guarded(id, store.update_draft(id, yaml, row_version, now).await?)
+    guarded(
+        id,
+        store
+            .update_draft(id, yaml, row_version, now, audit)
+            .await?,
+    )
 }
 
 fn guarded<T>(id: i64, outcome: Guarded<T>) -> Result<T> {
@@ -152,7 +164,12 @@ pub struct Publication {
 
 /// Publishes the draft as the next version, unless validation or an error-severity lint rule
 /// refuses it. The hash is SHA-256 over the draft's bytes exactly: what agents are sent.
-pub async fn publish(store: &dyn Store, id: i64, now: OffsetDateTime) -> Result<Publication> {
+pub async fn publish(
+    store: &dyn Store,
+    id: i64,
+    now: OffsetDateTime,
+    audit: &AuditContext,
+) -> Result<Publication> {
     let configuration = get(store, id).await?;
     let analysis = validate(store, &configuration.workspace, &configuration.draft, None).await?;
     if analysis.blocks_publish() {
@@ -168,6 +185,7 @@ pub async fn publish(store: &dyn Store, id: i64, now: OffsetDateTime) -> Result<
                 &configuration.draft,
                 &hash,
                 now,
+                audit,
             )
             .await?,
     )?;

@@ -9,10 +9,12 @@ use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Tra
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::audit::append;
 use super::encoding::{from_micros, micros};
 use super::shared::{attributes_match, Placeholders};
 use super::{Result, StoreError};
 use crate::assignments::{Assignment, NewAssignment, Selector, Target};
+use crate::audit::{AuditContext, Change};
 use crate::remote_config::drift::{AgentConfig, Assigned, DriftCounts, DriftState};
 use crate::remote_config::{Applied, ConfigTrack, Rejection};
 
@@ -178,18 +180,20 @@ pub async fn create<DB, Uid>(
     new: &NewAssignment,
     uid: Option<Uid>,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Option<Assignment>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<Uid>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     Uid: Clone + Send + 'static,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (String, String): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
 {
     let version: Option<(String, String)> = sqlx::query_as(
         "SELECT hash, yaml FROM configuration_versions \
@@ -253,6 +257,12 @@ where
         }
     }
     upsert.execute(&mut *transaction).await?;
+    let target = match &new.target {
+        Target::Agent(uid) => serde_json::json!({"instance_uid": uid}),
+        Target::Selector(selector) => serde_json::json!({"selector": selector.to_string()}),
+    };
+    let change = Change::assignment_created(id, new.configuration_id, new.version, &hash, target);
+    append(&mut transaction, audit, change, now).await?;
     transaction.commit().await?;
     Ok(Some(Assignment {
         id,

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
 use time::OffsetDateTime;
 
+use super::audit::append;
 use super::encoding::{from_micros, micros};
 use super::shared::Placeholders;
 use super::{
     Configuration, ConfigurationVersion, Guarded, LintRuleSetting, NewConfiguration, Published,
     Result, StoreError,
 };
+use crate::audit::{AuditContext, Change};
+use crate::remote_config::sha256_hex;
 
 const CONFIGURATION_COLUMNS: &str =
     "id, workspace, name, description, labels, draft, row_version, created_at, updated_at";
@@ -98,14 +101,17 @@ pub async fn create<DB>(
     mut transaction: Transaction<'static, DB>,
     new: &NewConfiguration,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Configuration>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'r> ConfigurationRow: FromRow<'r, DB::Row>,
 {
     let labels = serde_json::to_string(&new.labels).expect("labels serialize");
@@ -128,6 +134,15 @@ where
     .bind(id)
     .fetch_one(&mut *transaction)
     .await?;
+    let change = Change::configuration_created(
+        id,
+        &new.workspace,
+        &new.name,
+        &new.description,
+        &new.labels,
+        &sha256_hex(new.draft.as_bytes()),
+    );
+    append(&mut transaction, audit, change, now).await?;
     transaction.commit().await?;
     row.try_into()
 }
@@ -201,15 +216,26 @@ pub async fn update_draft<DB>(
     draft: &str,
     row_version: i64,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Guarded<i64>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
 {
+    // The draft it replaces, for the audit log (by hash: drafts may hold credentials).
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT draft FROM configurations WHERE id = $1 AND row_version = $2")
+            .bind(id)
+            .bind(row_version)
+            .fetch_optional(&mut *transaction)
+            .await?;
     let updated: Option<i64> = sqlx::query_scalar(
         "UPDATE configurations SET draft = $1, row_version = row_version + 1, updated_at = $2 \
          WHERE id = $3 AND row_version = $4 RETURNING row_version",
@@ -220,9 +246,17 @@ where
     .bind(row_version)
     .fetch_optional(&mut *transaction)
     .await?;
-    let outcome = match updated {
-        Some(row_version) => Guarded::Done(row_version),
-        None => why_not(&mut transaction, id).await?,
+    let outcome = match (updated, old) {
+        (Some(new_version), Some(old)) => {
+            let change = Change::draft_updated(
+                id,
+                (row_version, &sha256_hex(old.as_bytes())),
+                (new_version, &sha256_hex(draft.as_bytes())),
+            );
+            append(&mut transaction, audit, change, now).await?;
+            Guarded::Done(new_version)
+        }
+        _ => why_not(&mut transaction, id).await?,
     };
     transaction.commit().await?;
     Ok(outcome)
@@ -235,12 +269,14 @@ pub async fn publish<DB>(
     draft: &str,
     hash: &str,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Guarded<Published>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> (i64, String): FromRow<'r, DB::Row>,
@@ -284,6 +320,13 @@ where
             .bind(hash.to_owned())
             .bind(micros(now))
             .execute(&mut *transaction)
+            .await?;
+            append(
+                &mut transaction,
+                audit,
+                Change::published(id, version, hash),
+                now,
+            )
             .await?;
             Published {
                 version,
@@ -369,20 +412,42 @@ where
     Ok(rows.into_iter().map(LintRuleSetting::from).collect())
 }
 
+/// A lint rule setting as the audit log shows it.
+fn setting_value(setting: &LintRuleSetting) -> serde_json::Value {
+    serde_json::json!({
+        "enabled": setting.enabled,
+        "severity": setting.severity,
+        "message": setting.message,
+        "hint": setting.hint,
+    })
+}
+
 pub async fn put_lint_rule_setting<DB>(
     mut transaction: Transaction<'static, DB>,
     workspace: &str,
     setting: &LintRuleSetting,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<()>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> LintRuleRow: FromRow<'r, DB::Row>,
 {
+    let old: Option<LintRuleRow> = sqlx::query_as(
+        "SELECT rule, enabled, severity, message, hint FROM lint_rules \
+         WHERE workspace = $1 AND rule = $2",
+    )
+    .bind(workspace.to_owned())
+    .bind(setting.rule.clone())
+    .fetch_optional(&mut *transaction)
+    .await?;
     sqlx::query(
         "INSERT INTO lint_rules (workspace, rule, enabled, severity, message, hint, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -399,5 +464,8 @@ where
     .bind(micros(now))
     .execute(&mut *transaction)
     .await?;
+    let old = old.map(|row| setting_value(&LintRuleSetting::from(row)));
+    let change = Change::lint_rule_set(workspace, &setting.rule, old, setting_value(setting));
+    append(&mut transaction, audit, change, now).await?;
     Ok(transaction.commit().await?)
 }

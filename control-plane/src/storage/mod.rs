@@ -1,5 +1,5 @@
 //! Persistence: small traits by concern ([`AgentStore`], [`PresenceStore`], [`LeaseStore`],
-//! gathered in [`Store`]), implemented for PostgreSQL and SQLite with sqlx.
+//! [`OperatorStore`], [`AuditStore`], …, gathered in [`Store`]), implemented for PostgreSQL and SQLite with sqlx.
 //!
 //! # Layout
 //! - [`postgres`] and [`sqlite`]: one store each, an ordinary module; the statements of each
@@ -8,7 +8,8 @@
 //! - `columns`: a [`WriteBatch`] encoded column by column, as both dialects write it.
 //! - `shared`: the statements both run alike, generic over the sqlx database;
 //!   `configurations` and `assignments` likewise for configurations, lint rules, assignments
-//!   and drift.
+//!   and drift; `operators` for accounts, sessions and API tokens; `audit` for the audit
+//!   log, whose `audit::append` every state-changing write calls in its own transaction.
 //! - `encoding`: JSON (gzip'd above a threshold), times and counters as stored.
 //! - `error`: [`StoreError`], with `From<sqlx::Error>`.
 //!
@@ -17,11 +18,13 @@
 //! runs every query on both backends instead.
 
 mod assignments;
+mod audit;
 mod columns;
 mod configurations;
 mod encoding;
 mod error;
 mod model;
+mod operators;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -44,6 +47,8 @@ use uuid::Uuid;
 use crate::agents::merge::EventPayload;
 use crate::agents::snapshot::{AgentHead, AgentRecord, AgentStatus, Transport};
 use crate::assignments::{Assignment, NewAssignment};
+use crate::audit::{AuditContext, AuditEntry, AuditQuery, Retained, Verification};
+use crate::operators::Role;
 use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
 
 /// A change in an agent's history: one row per change, newest read first.
@@ -320,6 +325,7 @@ pub trait ConfigurationStore: Send + Sync {
         &self,
         new: &NewConfiguration,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Configuration>;
 
     async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>>;
@@ -339,6 +345,7 @@ pub trait ConfigurationStore: Send + Sync {
         draft: &str,
         row_version: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<i64>>;
 
     /// Publishes `draft` (the stored draft at `row_version`, whose hash is `hash`) as the next
@@ -350,6 +357,7 @@ pub trait ConfigurationStore: Send + Sync {
         draft: &str,
         hash: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<Published>>;
 
     /// The versions of configurations `ids`, by configuration and oldest first, without their
@@ -365,6 +373,7 @@ pub trait ConfigurationStore: Send + Sync {
         workspace: &str,
         setting: &LintRuleSetting,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<()>;
 }
 
@@ -378,6 +387,7 @@ pub trait AssignmentStore: Send + Sync {
         &self,
         new: &NewAssignment,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<Assignment>>;
 
     /// The newest assignment of every target.
@@ -402,6 +412,176 @@ pub trait DriftStore: Send + Sync {
     ) -> Result<Vec<(AgentConfig, DriftState)>>;
 }
 
+/// An operator's account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub username: String,
+    /// argon2id, PHC string.
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub username: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// A change to an account; what is absent stays.
+#[derive(Debug, Clone, Default)]
+pub struct AccountUpdate {
+    pub role: Option<Role>,
+    pub password_hash: Option<String>,
+}
+
+/// What a change to an account found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed<T> {
+    Done(T),
+    NotFound,
+    /// Refused, nothing changed: no admin would remain.
+    LastAdmin,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// SHA-256 of the session id, lowercase hex: the id itself is never stored.
+    pub id_hash: String,
+    pub username: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Whose an unexpired session is, with the account's current role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionAccount {
+    pub username: String,
+    pub role: Role,
+    pub expires_at: OffsetDateTime,
+}
+
+/// An API token as stored (its hash stays in the database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// The actor that made it (`account:NAME`, …).
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiToken {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the token, lowercase hex.
+    pub token_hash: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Operators' accounts, sessions and API tokens. Each write records its audit entry (from
+/// `audit`) in its own transaction.
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    async fn count_accounts(&self) -> Result<u64>;
+
+    /// [`StoreError::Duplicate`] when the username is taken.
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Account>;
+
+    /// Creates `account` only when no account exists at all (first run); false otherwise.
+    async fn create_first_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool>;
+
+    async fn get_account(&self, username: &str) -> Result<Option<Account>>;
+
+    /// Every account, by username.
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+
+    /// A new password also ends the account's sessions. Refused when no admin would remain.
+    async fn update_account(
+        &self,
+        username: &str,
+        update: &AccountUpdate,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<Account>>;
+
+    /// Deletes the account and its sessions. Refused when no admin would remain.
+    async fn delete_account(
+        &self,
+        username: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<()>>;
+
+    /// Stores a session (a sign-in) and drops expired ones.
+    async fn create_session(&self, session: &NewSession, audit: &AuditContext) -> Result<()>;
+
+    /// The account of the session whose id hashes to `id_hash`, unless expired.
+    async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionAccount>>;
+
+    /// Ends a session (a sign-out); false when there was none.
+    async fn delete_session(
+        &self,
+        id_hash: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool>;
+
+    /// [`StoreError::Duplicate`] when the id or the token hash is taken.
+    async fn create_api_token(&self, token: &NewApiToken, audit: &AuditContext)
+        -> Result<ApiToken>;
+
+    /// The unexpired token whose hash is `token_hash`.
+    async fn api_token(&self, token_hash: &str, now: OffsetDateTime) -> Result<Option<ApiToken>>;
+
+    /// Every token, oldest first.
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>>;
+
+    /// Revokes a token; false when there was none.
+    async fn delete_api_token(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool>;
+}
+
+/// The audit log: reading, verifying and retention. Entries are written by the other
+/// stores' writes, in their transactions.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Entries of the hot table and the archive matching `query`, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Walks the whole chain (archive, then hot table) in one snapshot.
+    async fn verify_audit(&self) -> Result<Verification>;
+
+    /// Moves entries written before `hot_before` to the archive and purges archived entries
+    /// written before `purge_before`. `None` when another replica is doing it right now.
+    async fn retain_audit(
+        &self,
+        hot_before: OffsetDateTime,
+        purge_before: OffsetDateTime,
+    ) -> Result<Option<Retained>>;
+}
+
 /// Everything a control-plane needs from its database.
 #[async_trait]
 pub trait Store:
@@ -412,6 +592,8 @@ pub trait Store:
     + AssignmentStore
     + DriftStore
     + TrustStore
+    + OperatorStore
+    + AuditStore
     + 'static
 {
     /// Cheap round trip for readiness checks.

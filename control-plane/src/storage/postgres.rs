@@ -20,15 +20,21 @@ use super::trust::{
     StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
 };
 use super::{
-    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
-    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
-    EventQuery, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration, PresenceStore,
-    Published, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, audit, configurations, encoding, operators, shared, Account, AccountUpdate,
+    AgentEvent, AgentQuery, AgentStore, ApiToken, AssignmentStore, AuditStore, Changed,
+    Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery, Guarded,
+    Lease, LeaseStore, LintRuleSetting, NewAccount, NewApiToken, NewConfiguration, NewSession,
+    OperatorStore, PresenceStore, Published, Result, SessionAccount, Store, StoreError,
+    StoreOptions, WriteBatch,
 };
 use crate::agents::history::EventKind;
 use crate::agents::snapshot::{AgentHead, AgentRecord, Transport};
 use crate::assignments::{Assignment, NewAssignment, Target};
+use crate::audit::{AuditContext, AuditEntry, AuditQuery, Retained, Verification};
 use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
+
+/// The advisory lock that lets one replica at a time run audit retention.
+const AUDIT_RETENTION_LOCK: i64 = 0x616d_706f_7261_0001;
 
 /// How long a pooled connection may sit idle and still be used without a check.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -228,8 +234,9 @@ impl ConfigurationStore for PostgresStore {
         &self,
         new: &NewConfiguration,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Configuration> {
-        configurations::create(self.pool.begin().await?, new, now).await
+        configurations::create(self.pool.begin().await?, new, now, audit).await
     }
 
     async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>> {
@@ -251,8 +258,10 @@ impl ConfigurationStore for PostgresStore {
         draft: &str,
         row_version: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<i64>> {
-        configurations::update_draft(self.pool.begin().await?, id, draft, row_version, now).await
+        let transaction = self.pool.begin().await?;
+        configurations::update_draft(transaction, id, draft, row_version, now, audit).await
     }
 
     async fn publish(
@@ -262,9 +271,10 @@ impl ConfigurationStore for PostgresStore {
         draft: &str,
         hash: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<Published>> {
         let transaction = self.pool.begin().await?;
-        configurations::publish(transaction, id, row_version, draft, hash, now).await
+        configurations::publish(transaction, id, row_version, draft, hash, now, audit).await
     }
 
     async fn list_versions(&self, ids: &[i64]) -> Result<Vec<ConfigurationVersion>> {
@@ -284,9 +294,10 @@ impl ConfigurationStore for PostgresStore {
         workspace: &str,
         setting: &LintRuleSetting,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<()> {
         let transaction = self.pool.begin().await?;
-        configurations::put_lint_rule_setting(transaction, workspace, setting, now).await
+        configurations::put_lint_rule_setting(transaction, workspace, setting, now, audit).await
     }
 }
 
@@ -296,12 +307,13 @@ impl AssignmentStore for PostgresStore {
         &self,
         new: &NewAssignment,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<Assignment>> {
         let uid = match new.target {
             Target::Agent(uid) => Some(uid),
             Target::Selector(_) => None,
         };
-        assignments::create(self.pool.begin().await?, new, uid, now).await
+        assignments::create(self.pool.begin().await?, new, uid, now, audit).await
     }
 
     async fn current_assignments(&self) -> Result<Vec<Assignment>> {
@@ -329,6 +341,137 @@ impl DriftStore for PostgresStore {
         limit: u32,
     ) -> Result<Vec<(AgentConfig, DriftState)>> {
         assignments::list_drifting(&self.pool, after, limit).await
+    }
+}
+
+#[async_trait]
+impl OperatorStore for PostgresStore {
+    async fn count_accounts(&self) -> Result<u64> {
+        operators::count_accounts(&self.pool).await
+    }
+
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Account> {
+        operators::create_account(self.pool.begin().await?, account, now, audit).await
+    }
+
+    async fn create_first_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::create_first_account(self.pool.begin().await?, account, now, audit).await
+    }
+
+    async fn get_account(&self, username: &str) -> Result<Option<Account>> {
+        operators::get_account(&self.pool, username).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        operators::list_accounts(&self.pool).await
+    }
+
+    async fn update_account(
+        &self,
+        username: &str,
+        update: &AccountUpdate,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<Account>> {
+        operators::update_account(self.pool.begin().await?, username, update, now, audit).await
+    }
+
+    async fn delete_account(
+        &self,
+        username: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<()>> {
+        operators::delete_account(self.pool.begin().await?, username, now, audit).await
+    }
+
+    async fn create_session(&self, session: &NewSession, audit: &AuditContext) -> Result<()> {
+        operators::create_session(self.pool.begin().await?, session, audit).await
+    }
+
+    async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionAccount>> {
+        operators::session(&self.pool, id_hash, now).await
+    }
+
+    async fn delete_session(
+        &self,
+        id_hash: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::delete_session(self.pool.begin().await?, id_hash, now, audit).await
+    }
+
+    async fn create_api_token(
+        &self,
+        token: &NewApiToken,
+        audit: &AuditContext,
+    ) -> Result<ApiToken> {
+        operators::create_api_token(self.pool.begin().await?, token, audit).await
+    }
+
+    async fn api_token(&self, token_hash: &str, now: OffsetDateTime) -> Result<Option<ApiToken>> {
+        operators::api_token(&self.pool, token_hash, now).await
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        operators::list_api_tokens(&self.pool).await
+    }
+
+    async fn delete_api_token(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::delete_api_token(self.pool.begin().await?, id, now, audit).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for PostgresStore {
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        audit::list(&self.pool, query).await
+    }
+
+    async fn verify_audit(&self) -> Result<Verification> {
+        // One snapshot for the whole walk: retention moving entries meanwhile is not seen.
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *transaction)
+            .await?;
+        let verification = audit::verify::<Postgres>(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(verification)
+    }
+
+    async fn retain_audit(
+        &self,
+        hot_before: OffsetDateTime,
+        purge_before: OffsetDateTime,
+    ) -> Result<Option<Retained>> {
+        let mut transaction = self.pool.begin().await?;
+        // One replica at a time; the lock goes with the transaction.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(AUDIT_RETENTION_LOCK)
+            .fetch_one(&mut *transaction)
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        Ok(Some(
+            audit::retain(transaction, hot_before, purge_before).await?,
+        ))
     }
 }
 

@@ -28,13 +28,16 @@ use super::trust::{
     StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
 };
 use super::{
-    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
-    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
-    EventQuery, Fence, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration,
-    PresenceStore, Published, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, audit, configurations, encoding, operators, shared, Account, AccountUpdate,
+    AgentEvent, AgentQuery, AgentStore, ApiToken, AssignmentStore, AuditStore, Changed,
+    Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery, Fence,
+    Guarded, Lease, LeaseStore, LintRuleSetting, NewAccount, NewApiToken, NewConfiguration,
+    NewSession, OperatorStore, PresenceStore, Published, Result, SessionAccount, Store, StoreError,
+    StoreOptions, WriteBatch,
 };
 use crate::agents::snapshot::{AgentDetails, AgentHead, AgentRecord, Transport};
 use crate::assignments::{Assignment, NewAssignment, Target};
+use crate::audit::{AuditContext, AuditEntry, AuditQuery, Retained, Verification};
 use crate::remote_config::drift::{AgentConfig, DriftCounts, DriftState};
 
 /// Rows per statement: at 13 binds a row, well under SQLite's 32,766 bind limit.
@@ -266,8 +269,9 @@ impl ConfigurationStore for SqliteStore {
         &self,
         new: &NewConfiguration,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Configuration> {
-        configurations::create(self.begin_write().await?, new, now).await
+        configurations::create(self.begin_write().await?, new, now, audit).await
     }
 
     async fn get_configuration(&self, id: i64) -> Result<Option<Configuration>> {
@@ -289,8 +293,10 @@ impl ConfigurationStore for SqliteStore {
         draft: &str,
         row_version: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<i64>> {
-        configurations::update_draft(self.begin_write().await?, id, draft, row_version, now).await
+        let transaction = self.begin_write().await?;
+        configurations::update_draft(transaction, id, draft, row_version, now, audit).await
     }
 
     async fn publish(
@@ -300,9 +306,10 @@ impl ConfigurationStore for SqliteStore {
         draft: &str,
         hash: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Guarded<Published>> {
         let transaction = self.begin_write().await?;
-        configurations::publish(transaction, id, row_version, draft, hash, now).await
+        configurations::publish(transaction, id, row_version, draft, hash, now, audit).await
     }
 
     async fn list_versions(&self, ids: &[i64]) -> Result<Vec<ConfigurationVersion>> {
@@ -322,9 +329,10 @@ impl ConfigurationStore for SqliteStore {
         workspace: &str,
         setting: &LintRuleSetting,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<()> {
         let transaction = self.begin_write().await?;
-        configurations::put_lint_rule_setting(transaction, workspace, setting, now).await
+        configurations::put_lint_rule_setting(transaction, workspace, setting, now, audit).await
     }
 }
 
@@ -334,12 +342,13 @@ impl AssignmentStore for SqliteStore {
         &self,
         new: &NewAssignment,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<Assignment>> {
         let uid = match new.target {
             Target::Agent(uid) => Some(uid.hyphenated()),
             Target::Selector(_) => None,
         };
-        assignments::create(self.begin_write().await?, new, uid, now).await
+        assignments::create(self.begin_write().await?, new, uid, now, audit).await
     }
 
     async fn current_assignments(&self) -> Result<Vec<Assignment>> {
@@ -367,6 +376,127 @@ impl DriftStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(AgentConfig, DriftState)>> {
         assignments::list_drifting(&self.reader, after.map(|uid| uid.hyphenated()), limit).await
+    }
+}
+
+#[async_trait]
+impl OperatorStore for SqliteStore {
+    async fn count_accounts(&self) -> Result<u64> {
+        operators::count_accounts(&self.reader).await
+    }
+
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Account> {
+        operators::create_account(self.begin_write().await?, account, now, audit).await
+    }
+
+    async fn create_first_account(
+        &self,
+        account: &NewAccount,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::create_first_account(self.begin_write().await?, account, now, audit).await
+    }
+
+    async fn get_account(&self, username: &str) -> Result<Option<Account>> {
+        operators::get_account(&self.reader, username).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        operators::list_accounts(&self.reader).await
+    }
+
+    async fn update_account(
+        &self,
+        username: &str,
+        update: &AccountUpdate,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<Account>> {
+        operators::update_account(self.begin_write().await?, username, update, now, audit).await
+    }
+
+    async fn delete_account(
+        &self,
+        username: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<Changed<()>> {
+        operators::delete_account(self.begin_write().await?, username, now, audit).await
+    }
+
+    async fn create_session(&self, session: &NewSession, audit: &AuditContext) -> Result<()> {
+        operators::create_session(self.begin_write().await?, session, audit).await
+    }
+
+    async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionAccount>> {
+        operators::session(&self.reader, id_hash, now).await
+    }
+
+    async fn delete_session(
+        &self,
+        id_hash: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::delete_session(self.begin_write().await?, id_hash, now, audit).await
+    }
+
+    async fn create_api_token(
+        &self,
+        token: &NewApiToken,
+        audit: &AuditContext,
+    ) -> Result<ApiToken> {
+        operators::create_api_token(self.begin_write().await?, token, audit).await
+    }
+
+    async fn api_token(&self, token_hash: &str, now: OffsetDateTime) -> Result<Option<ApiToken>> {
+        operators::api_token(&self.reader, token_hash, now).await
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        operators::list_api_tokens(&self.reader).await
+    }
+
+    async fn delete_api_token(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<bool> {
+        operators::delete_api_token(self.begin_write().await?, id, now, audit).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        audit::list(&self.reader, query).await
+    }
+
+    async fn verify_audit(&self) -> Result<Verification> {
+        // A read transaction sees one snapshot (WAL) for the whole walk.
+        let mut transaction = self.reader.begin().await?;
+        let verification = audit::verify::<Sqlite>(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(verification)
+    }
+
+    async fn retain_audit(
+        &self,
+        hot_before: OffsetDateTime,
+        purge_before: OffsetDateTime,
+    ) -> Result<Option<Retained>> {
+        // One writer: nobody else can be running it.
+        let transaction = self.begin_write().await?;
+        Ok(Some(
+            audit::retain(transaction, hot_before, purge_before).await?,
+        ))
     }
 }
 
