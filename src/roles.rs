@@ -100,6 +100,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 return Err(gateway_error(error));
             }
         };
+    let agents = gateway.agent_authentication();
     let gateway = tokio::spawn(gateway.serve(shutdown.clone().cancelled_owned()));
     let (ws, http_scheme) = if tls {
         ("wss", "https")
@@ -110,6 +111,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!("  OpAMP WebSocket: {ws}://{opamp_addr}/v1/opamp");
     println!("  OpAMP HTTP:      {http_scheme}://{opamp_addr}/v1/opamp");
     println!("  API:             http://{http_addr}/api/v1/agents");
+    println!("  Agents:          {agents}");
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
     let gateway_result = gateway.await;
@@ -204,6 +206,7 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
     let tls = match (&options.tls_cert, &options.tls_key) {
         (Some(cert_path), Some(key_path)) => Some(TlsConfig {
             ticket_key_file: options.tls_ticket_key_file.clone(),
+            client_auth: options.tls_client_auth.unwrap_or_default(),
             ..TlsConfig::new(cert_path.clone(), key_path.clone())
         }),
         _ => None,
@@ -230,13 +233,17 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         control_plane_timeout: options.control_plane_timeout,
         heartbeat_interval: options.gateway_heartbeat_interval,
         subjects,
+        proxy_protocol_from: options.proxy_protocol_from.clone().unwrap_or_default(),
+        insecure: options.insecure,
+        trust_request_interval: GatewayConfig::default().trust_request_interval,
     }
 }
 
-/// Certificates, keys and ticket key files the gateway cannot use are configuration mistakes.
+/// Certificates, keys and ticket key files the gateway cannot use, and plain agents on a public
+/// address without the insecure flag, are configuration mistakes.
 fn gateway_error(error: GatewayError) -> anyhow::Error {
     match error {
-        GatewayError::Tls(_) => ConfigError(error.to_string()).into(),
+        GatewayError::Tls(_) | GatewayError::Insecure(_) => ConfigError(error.to_string()).into(),
         other => other.into(),
     }
 }
@@ -279,6 +286,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .map_err(gateway_error)?;
     println!("Ampora gateway {gateway_id} is ready.");
     println!("  OpAMP: {scheme}://{addr}/v1/opamp");
+    println!("  Agents: {}", gateway.agent_authentication());
     tracing::info!(%addr, %gateway_id, "gateway ready");
     gateway.serve(shutdown.cancelled_owned()).await;
     Ok(())

@@ -216,6 +216,8 @@ impl Cluster {
                         "AMPORA_GATEWAY_ID",
                         format!("gw-{i}-{}", uuid::Uuid::new_v4().simple()),
                     ),
+                    // HAProxy (send-proxy-v2) connects from here.
+                    ("AMPORA_PROXY_PROTOCOL_FROM", "127.0.0.1".into()),
                 ]);
                 if let Some((cert, key)) = &certificate {
                     env.push(("AMPORA_TLS_CERT".into(), cert.display().to_string()));

@@ -1,6 +1,7 @@
 //! The session loop driven through channels: an in-process bus behind, no sockets.
 
 use super::*;
+use crate::credentials::Credentials;
 use ampora_shared::bus::{Bus, InProcessBus, Subscription};
 use ampora_shared::pb::bus::{agent_envelope::Event, AgentEnvelope, GatewayDelivery, Transport};
 use ampora_shared::pb::opamp::{AgentDisconnect, AgentToServer};
@@ -46,6 +47,7 @@ impl Harness {
             connection_id: relay.next_connection_id(),
             transport: Transport::Websocket,
             remote_addr: "192.0.2.7:4711".to_owned(),
+            credentials: Credentials::default(),
         };
         let connection_id = peer.connection_id;
         let shutdown = CancellationToken::new();
@@ -56,6 +58,7 @@ impl Harness {
             relay,
             config.clone(),
             shutdown.clone(),
+            None,
         ));
         Harness {
             to_server: Some(to_server),
