@@ -63,6 +63,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         bus_queue,
     } = args;
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
+    let gateway_config = gateway_config(&gateway, subjects.clone());
+    ampora_gateway::check_exposure(&gateway_config, opamp_listen).map_err(gateway_error)?;
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
     let in_process_bus = InProcessBus::with_queue_capacity(bus_queue.get());
@@ -78,7 +80,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let readiness = Readiness::default();
     let mut control_plane = tokio::spawn(ampora_control_plane::run(
         http_listener,
-        control_plane_config(&control_plane, subjects.clone()),
+        control_plane_config(&control_plane, subjects),
         store,
         bus.clone(),
         readiness.clone(),
@@ -91,15 +93,14 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     }
     let tls = gateway.tls_cert.is_some();
-    let gateway =
-        match Gateway::start(opamp_listener, gateway_config(&gateway, subjects), bus).await {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                control_plane_stop.cancel();
-                control_plane.await?.context("control-plane failed")?;
-                return Err(gateway_error(error));
-            }
-        };
+    let gateway = match Gateway::start(opamp_listener, gateway_config, bus).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            control_plane_stop.cancel();
+            control_plane.await?.context("control-plane failed")?;
+            return Err(gateway_error(error));
+        }
+    };
     let agents = gateway.agent_authentication();
     let gateway = tokio::spawn(gateway.serve(shutdown.clone().cancelled_owned()));
     let (ws, http_scheme) = if tls {
@@ -276,6 +277,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         bus,
     } = args;
     let config = gateway_config(&gateway, subjects(&bus));
+    ampora_gateway::check_exposure(&config, opamp_listen).map_err(gateway_error)?;
     let connection = connect_bus(&bus, &format!("ampora-gateway-{}", config.gateway_id)).await?;
     let listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let addr = listener.local_addr()?;

@@ -154,17 +154,29 @@ impl Gateway {
     }
 }
 
-/// Who may connect, from the settings and where the gateway listens: on a loopback address
-/// anything goes; elsewhere TLS and a credential on every connection, unless `insecure`.
-fn policy(config: &GatewayConfig, local: SocketAddr) -> Result<Policy, GatewayError> {
-    let loopback = local.ip().to_canonical().is_loopback();
-    if config.tls.is_none() && !loopback && !config.insecure {
+/// Refuses to serve plain connections on `local` when other hosts can reach it, unless the
+/// settings say `insecure`. [`Gateway::start`] checks it; a binary may check first, before it
+/// connects to anything.
+pub fn check_exposure(config: &GatewayConfig, local: SocketAddr) -> Result<(), GatewayError> {
+    if config.tls.is_none() && !is_loopback(local) && !config.insecure {
         return Err(GatewayError::Insecure(format!(
             "AMPORA_OPAMP_LISTEN {local} is not a loopback address, and agents would connect \
              without TLS and unauthenticated: set AMPORA_TLS_CERT and AMPORA_TLS_KEY, or start \
              with --insecure (AMPORA_INSECURE=true) to accept that"
         )));
     }
+    Ok(())
+}
+
+fn is_loopback(local: SocketAddr) -> bool {
+    local.ip().to_canonical().is_loopback()
+}
+
+/// Who may connect, from the settings and where the gateway listens: on a loopback address
+/// anything goes; elsewhere TLS and a credential on every connection, unless `insecure`.
+fn policy(config: &GatewayConfig, local: SocketAddr) -> Result<Policy, GatewayError> {
+    check_exposure(config, local)?;
+    let loopback = is_loopback(local);
     let policy = Policy {
         client_auth: config
             .tls
