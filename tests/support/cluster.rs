@@ -131,6 +131,10 @@ pub struct Cluster {
     pub database: String,
     pub gateways: Vec<Role>,
     pub control_planes: Vec<Role>,
+    /// The bus prefix every role of this cluster uses.
+    pub prefix: String,
+    /// The gateways' self-signed certificate (PEM), with `gateway_tls`.
+    pub gateway_certificate: Option<PathBuf>,
     haproxy: Child,
     lb_port: u16,
     stats_port: u16,
@@ -274,6 +278,8 @@ impl Cluster {
             database,
             gateways,
             control_planes,
+            prefix,
+            gateway_certificate: certificate.map(|(cert, _)| cert),
             haproxy,
             lb_port,
             stats_port,
@@ -359,6 +365,11 @@ impl Cluster {
                 check: fields[check].to_owned(),
             })
             .collect()
+    }
+
+    /// Where HAProxy takes agents' connections.
+    pub fn lb_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.lb_port))
     }
 
     pub fn ws_url(&self) -> String {
