@@ -94,13 +94,12 @@ impl Policy {
         let Some(certificate) = certificate else {
             let enrolment_only = self.client_auth != ClientAuth::None;
             if bearer_token.is_empty() {
-                return Err(if enrolment_only {
-                    Refusal::EnrolmentNeedsToken
-                } else if self.credential_required {
-                    Refusal::CredentialRequired
-                } else {
-                    return Ok(Credentials::default());
-                });
+                if enrolment_only {
+                    return Err(Refusal::EnrolmentNeedsToken);
+                }
+                if self.credential_required {
+                    return Err(Refusal::CredentialRequired);
+                }
             }
             return Ok(Credentials {
                 certificate_sha256: String::new(),
