@@ -123,16 +123,20 @@ struct Served {
 }
 
 impl Served {
-    /// What every request of the connection carries: the agent's address, the connection's
-    /// permit and its client certificate.
-    fn extensions(&self, remote: SocketAddr, certificate: Option<ClientCertificate>) -> Extensions {
+    /// The router, and what every request of the connection carries: the agent's address, the
+    /// connection's permit and its client certificate.
+    fn into_parts(
+        self,
+        remote: SocketAddr,
+        certificate: Option<ClientCertificate>,
+    ) -> (Router, Extensions) {
         let mut extensions = Extensions::new();
         extensions.insert(ConnectInfo(remote));
-        extensions.insert(self.permit.clone());
+        extensions.insert(self.permit);
         if let Some(certificate) = certificate {
             extensions.insert(certificate);
         }
-        extensions
+        (self.router, extensions)
     }
 }
 
@@ -190,10 +194,11 @@ async fn serve_connection(
         }
     }
     let Some(handshakes) = tls else {
+        let (router, extensions) = served.into_parts(remote, None);
         return http1::serve_connection(
             TokioIo::new(stream),
-            served.router.clone(),
-            served.extensions(remote, None),
+            router,
+            extensions,
             config.first_message_timeout,
             cancel.cancelled(),
         )
@@ -247,10 +252,11 @@ async fn serve_connection(
         _ => None,
     };
     let revoked = certificate.as_ref().map(|c| c.revoked().clone());
+    let (router, extensions) = served.into_parts(remote, certificate);
     let connection = http1::serve_connection(
         TokioIo::new(tls_stream),
-        served.router.clone(),
-        served.extensions(remote, certificate),
+        router,
+        extensions,
         config.first_message_timeout,
         cancel.cancelled(),
     );
