@@ -20,6 +20,8 @@ struct Harness {
     config: Arc<GatewayConfig>,
     connection_id: u64,
     shutdown: CancellationToken,
+    /// Stands for the revocation of the agent's client certificate.
+    revoked: CancellationToken,
     session: Option<JoinHandle<()>>,
     _relay_stop: tokio_util::sync::DropGuard,
 }
@@ -51,6 +53,7 @@ impl Harness {
         };
         let connection_id = peer.connection_id;
         let shutdown = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let session = tokio::spawn(session(
             server_out,
             server_in,
@@ -58,7 +61,7 @@ impl Harness {
             relay,
             config.clone(),
             shutdown.clone(),
-            None,
+            Some(revoked.clone()),
         ));
         Harness {
             to_server: Some(to_server),
@@ -68,6 +71,7 @@ impl Harness {
             config,
             connection_id,
             shutdown,
+            revoked,
             session: Some(session),
             _relay_stop: stop.drop_guard(),
         }
@@ -349,6 +353,23 @@ async fn shutdown_says_going_away() {
     assert_eq!(
         closed_reason(&h.envelope().await.unwrap()),
         "server shutting down"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_ends_the_session_as_a_policy_violation() {
+    let mut h = Harness::start(GatewayConfig::for_test()).await;
+    h.send_agent(&agent(1)).await;
+    h.envelope().await.expect("the message");
+    h.revoked.cancel();
+    assert_eq!(
+        h.close().await,
+        (close::POLICY, "client certificate revoked".to_owned())
+    );
+    h.hang_up().await;
+    assert_eq!(
+        closed_reason(&h.envelope().await.unwrap()),
+        "client certificate revoked"
     );
 }
 
