@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ampora_gateway::{ClientAuth, ProxyProtocolFrom};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -167,6 +168,18 @@ pub struct GatewayOptions {
     /// Default: a random key per process.
     #[arg(long, env = "AMPORA_TLS_TICKET_KEY_FILE", requires = "tls_cert")]
     pub tls_ticket_key_file: Option<PathBuf>,
+    /// Client certificates from agents, verified against Ampora's CA: `none`, `optional` (an
+    /// agent without one may only enrol, with a Bearer token) or `required`. Default: none.
+    #[arg(long, env = "AMPORA_TLS_CLIENT_AUTH", requires = "tls_cert")]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// Load balancers (addresses or CIDRs, comma-separated) whose PROXY protocol v2 header
+    /// names the agent's address; from anyone else no header is read.
+    #[arg(long, env = "AMPORA_PROXY_PROTOCOL_FROM")]
+    pub proxy_protocol_from: Option<ProxyProtocolFrom>,
+    /// Serve agents on a non-loopback address without TLS, or without a token or certificate
+    /// on every connection. Announced loudly at start; never for production.
+    #[arg(long, env = "AMPORA_INSECURE")]
+    pub insecure: bool,
     /// Largest OpAMP message in bytes (after decompression).
     #[arg(long, env = "AMPORA_MAX_MESSAGE_SIZE", default_value_t = 4 << 20)]
     pub max_message_size: usize,

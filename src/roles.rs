@@ -68,6 +68,8 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         bus_queue,
     } = args;
     let subjects = Subjects::new(ampora_shared::subjects::DEFAULT_PREFIX, DEFAULT_PARTITIONS);
+    let gateway_config = gateway_config(&gateway, subjects.clone());
+    ampora_gateway::check_exposure(&gateway_config, opamp_listen).map_err(gateway_error)?;
     let database_url = database_url(&storage)?;
     let store = open_store(&database_url, &control_plane).await?;
     let first_run = first_account(store.as_ref(), &control_plane, &storage).await?;
@@ -100,15 +102,15 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     }
     let tls = gateway.tls_cert.is_some();
-    let gateway =
-        match Gateway::start(opamp_listener, gateway_config(&gateway, subjects), bus).await {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                control_plane_stop.cancel();
-                control_plane.await?.context("control-plane failed")?;
-                return Err(gateway_error(error));
-            }
-        };
+    let gateway = match Gateway::start(opamp_listener, gateway_config, bus).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            control_plane_stop.cancel();
+            control_plane.await?.context("control-plane failed")?;
+            return Err(gateway_error(error));
+        }
+    };
+    let agents = gateway.agent_authentication();
     let gateway = tokio::spawn(gateway.serve(shutdown.clone().cancelled_owned()));
     let (ws, http_scheme) = if tls {
         ("wss", "https")
@@ -125,6 +127,7 @@ async fn serve(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<(
     };
     println!("  API:             {api_scheme}://{http_addr}/api/v1/agents");
     print_sign_in(&first_run, &format!("{api_scheme}://{http_addr}"));
+    println!("  Agents:          {agents}");
     tracing::info!(%opamp_addr, %http_addr, database = %redact(&database_url), "ampora serve ready");
 
     let gateway_result = gateway.await;
@@ -333,6 +336,7 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
     let tls = match (&options.tls_cert, &options.tls_key) {
         (Some(cert_path), Some(key_path)) => Some(TlsConfig {
             ticket_key_file: options.tls_ticket_key_file.clone(),
+            client_auth: options.tls_client_auth.unwrap_or_default(),
             ..TlsConfig::new(cert_path.clone(), key_path.clone())
         }),
         _ => None,
@@ -359,13 +363,17 @@ fn gateway_config(options: &GatewayOptions, subjects: Subjects) -> GatewayConfig
         control_plane_timeout: options.control_plane_timeout,
         heartbeat_interval: options.gateway_heartbeat_interval,
         subjects,
+        proxy_protocol_from: options.proxy_protocol_from.clone().unwrap_or_default(),
+        insecure: options.insecure,
+        trust_request_interval: GatewayConfig::default().trust_request_interval,
     }
 }
 
-/// Certificates, keys and ticket key files the gateway cannot use are configuration mistakes.
+/// Certificates, keys and ticket key files the gateway cannot use, and plain agents on a public
+/// address without the insecure flag, are configuration mistakes.
 fn gateway_error(error: GatewayError) -> anyhow::Error {
     match error {
-        GatewayError::Tls(_) => ConfigError(error.to_string()).into(),
+        GatewayError::Tls(_) | GatewayError::Insecure(_) => ConfigError(error.to_string()).into(),
         other => other.into(),
     }
 }
@@ -398,6 +406,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         bus,
     } = args;
     let config = gateway_config(&gateway, subjects(&bus));
+    ampora_gateway::check_exposure(&config, opamp_listen).map_err(gateway_error)?;
     let connection = connect_bus(&bus, &format!("ampora-gateway-{}", config.gateway_id)).await?;
     let listener = bind(opamp_listen, "AMPORA_OPAMP_LISTEN").await?;
     let addr = listener.local_addr()?;
@@ -408,6 +417,7 @@ async fn gateway(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .map_err(gateway_error)?;
     println!("Ampora gateway {gateway_id} is ready.");
     println!("  OpAMP: {scheme}://{addr}/v1/opamp");
+    println!("  Agents: {}", gateway.agent_authentication());
     tracing::info!(%addr, %gateway_id, "gateway ready");
     gateway.serve(shutdown.cancelled_owned()).await;
     Ok(())

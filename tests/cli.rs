@@ -253,3 +253,38 @@ fn a_bad_ca_key_encryption_key_is_a_usage_error() {
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("AMPORA_CA_KEK_FILE"), "{stderr}");
 }
+
+#[test]
+fn a_plain_gateway_on_a_public_address_refuses_to_start_without_the_insecure_flag() {
+    let roles: [&[&str]; 2] = [&["gateway", "--nats-url", "nats://127.0.0.1:1"], &["serve"]];
+    for role in roles {
+        let (code, stderr) = ampora(role, &[("AMPORA_OPAMP_LISTEN", "0.0.0.0:0")]);
+        assert_eq!(code, 64, "{role:?}: {stderr}");
+        assert!(
+            stderr.contains("not a loopback address") && stderr.contains("--insecure"),
+            "{role:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn client_authentication_needs_tls_and_a_known_mode() {
+    let (code, stderr) = ampora(&["serve"], &[("AMPORA_TLS_CLIENT_AUTH", "required")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("tls-cert"), "{stderr}");
+    let (code, stderr) = ampora(
+        &["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"],
+        &[("AMPORA_TLS_CLIENT_AUTH", "sometimes")],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("`none`, `optional` or `required`"),
+        "{stderr}"
+    );
+    let (code, stderr) = ampora(&["serve"], &[("AMPORA_PROXY_PROTOCOL_FROM", "10.0.0.0/40")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("neither an IP address nor a CIDR"),
+        "{stderr}"
+    );
+}

@@ -461,3 +461,178 @@ async fn haproxy_checks_tls_gateways_over_tls() {
     })
     .await;
 }
+
+/// A test CA standing for Ampora's, and an agent certificate it issued (with clientAuth):
+/// (CA DER, agent certificate DER, agent key PKCS#8 DER).
+fn test_pki() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Ampora agents (test)");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let mut agent = rcgen::CertificateParams::new(vec!["agent.example".to_owned()]).unwrap();
+    agent.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = agent.signed_by(&key, &ca).unwrap();
+    (
+        ca.der().to_vec(),
+        certificate.der().to_vec(),
+        key.serialize_der(),
+    )
+}
+
+#[tokio::test]
+async fn mtls_end_to_end_through_haproxy() {
+    use ampora_shared::bus::{Bus, NatsBus, NatsOptions};
+    use ampora_shared::pb::bus::{AgentEnvelope, TrustState};
+    use ampora_shared::pb::opamp::AgentToServer;
+    use ampora_shared::subjects::{Subjects, DEFAULT_PARTITIONS};
+    use futures::{SinkExt, StreamExt};
+    use prost::Message as _;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_with_env(
+        ClusterOptions {
+            gateways: 2,
+            gateway_tls: true,
+            ..one_of_each()
+        },
+        // HAProxy's TLS health checks carry no client certificate: `optional` lets them in.
+        &[("AMPORA_TLS_CLIENT_AUTH", "optional")],
+    )
+    .await;
+    let subjects = Subjects::new(cluster.prefix.clone(), DEFAULT_PARTITIONS);
+    let bus = NatsBus::connect(&NatsOptions {
+        url: cluster.nats[0].url(),
+        name: "mtls-cluster-test".to_owned(),
+        subscription_capacity: 1024,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut envelopes = bus.subscribe(&subjects.agent_inbound_all()).await.unwrap();
+
+    // The trust state a control-plane would publish, with this test's CA. Its read time is
+    // far ahead, so the gateways keep it over any state a control-plane of this cluster may
+    // publish meanwhile (with its own CA).
+    let (ca, certificate, key) = test_pki();
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, &certificate)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let read_unix_nano = u64::MAX / 2;
+    let trust = |revoked: Vec<String>, read: u64| TrustState {
+        ca_certificates_der: vec![ca.clone().into()],
+        revoked_certificate_sha256: revoked,
+        read_unix_nano: read,
+    };
+    bus.publish(
+        &subjects.trust_state(),
+        trust(Vec::new(), read_unix_nano).encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for gateway in &cluster.gateways {
+        // Ready once it holds a trust state.
+        let readyz = gateway
+            .address
+            .replacen("wss", "https", 1)
+            .replace("/v1/opamp", "/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !http
+            .get(&readyz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{readyz} not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let gateway_ca = std::fs::read(cluster.gateway_certificate.as_ref().unwrap()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&gateway_ca).unwrap())
+        .unwrap();
+    let agent = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(certificate)],
+            PrivateKeyDer::try_from(key).unwrap(),
+        )
+        .unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(cluster.lb_addr())
+        .await
+        .unwrap();
+    let agent_addr = tcp.local_addr().unwrap();
+    let tls = tokio_rustls::TlsConnector::from(agent)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("wss://localhost/v1/opamp", tls)
+        .await
+        .unwrap();
+    let hello = AgentToServer {
+        instance_uid: uuid::Uuid::now_v7().as_bytes().to_vec().into(),
+        ..full_state("mtls-through-haproxy", "prod")
+    };
+    let frame = ampora_shared::codec::ws_frame_from_encoded(&hello.encode_to_vec());
+    socket.send(Message::Binary(frame.into())).await.unwrap();
+
+    // The gateway verified the certificate itself (HAProxy passed TLS through) and learned the
+    // agent's own address from HAProxy's PROXY header.
+    let envelope = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), envelopes.next())
+            .await
+            .expect("the agent's envelope within 10 s")
+            .unwrap();
+        let envelope = AgentEnvelope::decode(message.payload).unwrap();
+        if envelope.instance_uid == hello.instance_uid {
+            break envelope;
+        }
+    };
+    assert_eq!(envelope.client_certificate_sha256, fingerprint);
+    assert!(!envelope.enrolment_only);
+    assert_eq!(envelope.remote_addr, agent_addr.to_string());
+
+    // Revoked on the bus: the connection through HAProxy is closed within 5 s.
+    bus.publish(
+        &subjects.trust_state(),
+        trust(vec![fingerprint.clone()], read_unix_nano + 1)
+            .encode_to_vec()
+            .into(),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 5 s of the revocation");
+    assert_eq!(closed, Some(1008));
+}

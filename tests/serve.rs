@@ -85,3 +85,46 @@ async fn the_first_start_makes_an_admin_and_says_how_to_sign_in() {
     assert!(!file.exists(), "no new password file");
     support::auth::sign_in(&again.api_base(), "admin", &password).await;
 }
+
+/// What the server printed, once it contains `what` (its two pipes are read apart).
+async fn printed(ampora: &Ampora, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = ampora.logs();
+        if logs.contains(what) {
+            return logs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what:?} not printed:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_says_how_agents_authenticate_and_an_insecure_public_one_says_it_loudly() {
+    let mut local = Ampora::start(&[]).await;
+    printed(
+        &local,
+        "Agents:          plain (no TLS); agents are not authenticated",
+    )
+    .await;
+    assert!(!local.logs().contains("INSECURE"));
+    local.terminate(Duration::from_secs(10));
+
+    let mut public = Ampora::start(&[
+        ("AMPORA_OPAMP_LISTEN", "0.0.0.0:0"),
+        ("AMPORA_INSECURE", "true"),
+    ])
+    .await;
+    printed(
+        &public,
+        "INSECURE: started with --insecure on a non-loopback address",
+    )
+    .await;
+    // And it serves: an agent's exchange is answered.
+    let mut agent = WsAgent::connect(&public.ws_url().replace("0.0.0.0", "127.0.0.1")).await;
+    agent.exchange(full_state("insecure-1", "dev")).await;
+    public.terminate(Duration::from_secs(10));
+}

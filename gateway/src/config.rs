@@ -1,9 +1,86 @@
 //! Gateway settings. Defaults suit production; [`GatewayConfig::for_test`] shortens timers.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use ampora_shared::subjects::Subjects;
+use ipnet::IpNet;
+
+/// Whether agents present TLS client certificates (`AMPORA_TLS_CLIENT_AUTH`). Certificates are
+/// verified against the CAs of the control-planes' latest `TrustState`, and refused once revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for; an agent without one may only enrol: it must send a Bearer
+    /// token, and its messages are marked `enrolment_only`.
+    Optional,
+    /// The handshake fails without a valid certificate.
+    Required,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+    }
+}
+
+impl FromStr for ClientAuth {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(ClientAuth::None),
+            "optional" => Ok(ClientAuth::Optional),
+            "required" => Ok(ClientAuth::Required),
+            _ => Err(format!(
+                "{text:?}: expected `none`, `optional` or `required`"
+            )),
+        }
+    }
+}
+
+/// The load balancers allowed to send a PROXY protocol v2 header (`AMPORA_PROXY_PROTOCOL_FROM`):
+/// from these, a connection may begin with one and the agent's address is taken from it; from
+/// anyone else, a header is not read and the connection fails as any garbled one does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyProtocolFrom(pub Vec<IpNet>);
+
+impl ProxyProtocolFrom {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for ProxyProtocolFrom {
+    type Err = String;
+
+    /// Comma-separated addresses or CIDRs: `10.0.0.5, 10.1.0.0/16, fd00::/8`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{item:?} is neither an IP address nor a CIDR"))
+            })
+            .collect::<Result<_, _>>()
+            .map(ProxyProtocolFrom)
+    }
+}
 
 /// Server TLS (rustls with the ring provider, TLS 1.2 and 1.3, session resumption by cache
 /// and tickets). Prefer an ECDSA P-256 certificate: its handshakes cost a fraction of RSA's,
@@ -21,6 +98,7 @@ pub struct TlsConfig {
     pub ticket_key_file: Option<PathBuf>,
     /// How often the ticket key file is checked for a new content.
     pub ticket_key_check_interval: Duration,
+    pub client_auth: ClientAuth,
 }
 
 impl TlsConfig {
@@ -31,6 +109,7 @@ impl TlsConfig {
             key_path,
             ticket_key_file: None,
             ticket_key_check_interval: Duration::from_secs(10),
+            client_auth: ClientAuth::None,
         }
     }
 }
@@ -81,6 +160,14 @@ pub struct GatewayConfig {
     /// How long `run` waits on shutdown for WebSockets to close and HTTP exchanges to finish.
     pub shutdown_grace: Duration,
     pub subjects: Subjects,
+    /// Load balancers whose PROXY protocol v2 header is read; empty: none is.
+    pub proxy_protocol_from: ProxyProtocolFrom,
+    /// Serve a non-loopback address without TLS, or without asking agents for a token or a
+    /// certificate. Off, such a gateway refuses to start (plain) or turns away agents that
+    /// present neither (TLS).
+    pub insecure: bool,
+    /// How often the gateway asks control-planes for the trust state until it holds one.
+    pub trust_request_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -104,6 +191,9 @@ impl Default for GatewayConfig {
             connection_queue: 16,
             shutdown_grace: Duration::from_secs(10),
             subjects: Subjects::default(),
+            proxy_protocol_from: ProxyProtocolFrom::default(),
+            insecure: false,
+            trust_request_interval: Duration::from_secs(1),
         }
     }
 }
@@ -118,7 +208,42 @@ impl GatewayConfig {
             heartbeat_interval: Duration::from_millis(250),
             control_plane_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(2),
+            trust_request_interval: Duration::from_millis(100),
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_auth_modes_parse_and_others_are_refused() {
+        assert_eq!("none".parse(), Ok(ClientAuth::None));
+        assert_eq!(" Optional".parse(), Ok(ClientAuth::Optional));
+        assert_eq!("REQUIRED".parse(), Ok(ClientAuth::Required));
+        let error = "yes".parse::<ClientAuth>().unwrap_err();
+        assert!(
+            error.contains("`none`, `optional` or `required`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_sources_take_addresses_and_cidrs() {
+        let from: ProxyProtocolFrom = "10.0.0.5, 192.168.0.0/16,fd00::/8".parse().unwrap();
+        assert!(from.allows("10.0.0.5".parse().unwrap()));
+        assert!(!from.allows("10.0.0.6".parse().unwrap()));
+        assert!(from.allows("192.168.44.1".parse().unwrap()));
+        assert!(from.allows("fd00::1".parse().unwrap()));
+        // An IPv4 peer on a dual-stack socket is seen as an IPv4-mapped IPv6 address.
+        assert!(from.allows("::ffff:10.0.0.5".parse().unwrap()));
+        assert!(ProxyProtocolFrom::default().is_empty());
+        let error = "10.0.0.0/33".parse::<ProxyProtocolFrom>().unwrap_err();
+        assert!(
+            error.contains("neither an IP address nor a CIDR"),
+            "{error}"
+        );
     }
 }

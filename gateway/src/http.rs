@@ -6,11 +6,12 @@ use ampora_shared::codec::{self, CodecError};
 use ampora_shared::pb::bus::Transport;
 use ampora_shared::uid;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use crate::credentials::ClientCertificate;
 use crate::relay::Peer;
 use crate::routes::AppState;
 
@@ -49,6 +50,7 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
 pub async fn opamp_post(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    certificate: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -56,6 +58,11 @@ pub async fn opamp_post(
     if state.shutdown.is_cancelled() {
         return unavailable(&state, "gateway shutting down; reconnect");
     }
+    let certificate = certificate.map(|Extension(certificate)| certificate);
+    let credentials = match state.policy.admit(&headers, certificate.as_ref()) {
+        Ok(credentials) => credentials,
+        Err(refusal) => return refusal.response(),
+    };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
     if !media_type.eq_ignore_ascii_case(PROTOBUF) {
@@ -125,7 +132,7 @@ pub async fn opamp_post(
     };
     state.relay.traffic().http.messages_in.increment(1);
 
-    let peer = state.new_peer(Transport::Http, remote);
+    let peer = state.new_peer(Transport::Http, remote, credentials);
     let span = tracing::info_span!(
         "http",
         gateway_id = %config.gateway_id,

@@ -21,6 +21,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::credentials::Credentials;
 use crate::traffic::Traffic;
 use crate::GatewayConfig;
 
@@ -38,6 +39,7 @@ pub struct Peer {
     pub connection_id: u64,
     pub transport: Transport,
     pub remote_addr: String,
+    pub credentials: Credentials,
 }
 
 /// A connection's route in the registry; dropping it removes the route, so a handler that is
@@ -267,8 +269,10 @@ impl Relay {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             remote_addr: peer.remote_addr.clone(),
+            client_certificate_sha256: peer.credentials.certificate_sha256.clone(),
+            bearer_token: peer.credentials.bearer_token.clone(),
+            enrolment_only: peer.credentials.enrolment_only,
             event: Some(event),
-            ..Default::default()
         };
         let result = self
             .bus

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::credentials::{ClientCertificate, Credentials, Policy};
 use crate::relay::{Peer, Relay};
+use crate::trust::Trust;
 use crate::websocket::handshake::{Refusal, Upgrade};
 use crate::{http, websocket, GatewayConfig};
 
@@ -27,15 +29,25 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket sessions run outside the HTTP connection that upgraded them; drain waits on them.
     pub sessions: TaskTracker,
+    /// Which agents may be served.
+    pub policy: Policy,
+    /// With client authentication: the trust state, without which the gateway is not ready.
+    pub trust: Option<Arc<Trust>>,
 }
 
 impl AppState {
     /// A new connection (a WebSocket session, or one HTTP exchange) from `remote`.
-    pub fn new_peer(&self, transport: Transport, remote: SocketAddr) -> Peer {
+    pub fn new_peer(
+        &self,
+        transport: Transport,
+        remote: SocketAddr,
+        credentials: Credentials,
+    ) -> Peer {
         Peer {
             connection_id: self.relay.next_connection_id(),
             transport,
             remote_addr: remote.to_string(),
+            credentials,
         }
     }
 }
@@ -64,6 +76,7 @@ async fn opamp_upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     permit: Option<Extension<ConnectionPermit>>,
+    certificate: Option<Extension<ClientCertificate>>,
     mut request: Request,
 ) -> Response {
     let upgrade = match Upgrade::from_request(&mut request) {
@@ -79,8 +92,13 @@ async fn opamp_upgrade(
     if state.shutdown.is_cancelled() {
         return http::unavailable(&state, "gateway shutting down; reconnect");
     }
+    let certificate = certificate.map(|Extension(certificate)| certificate);
+    let credentials = match state.policy.admit(request.headers(), certificate.as_ref()) {
+        Ok(credentials) => credentials,
+        Err(refusal) => return refusal.response(),
+    };
     let config = state.config.clone();
-    let peer = state.new_peer(Transport::Websocket, remote);
+    let peer = state.new_peer(Transport::Websocket, remote, credentials);
     // Debug level: a span lives as long as its connection and costs ~600 bytes in the
     // subscriber, so at the default level the session's warnings carry these fields instead.
     let span = tracing::debug_span!(
@@ -104,10 +122,11 @@ async fn opamp_upgrade(
             state.relay.clone(),
             config,
             state.shutdown.clone(),
+            certificate.as_ref().map(|c| c.revoked().clone()),
         );
         let session = async move {
             session.await;
-            drop(permit);
+            drop((permit, certificate));
         };
         // A task of its own, so this one ends here: an idle agent then costs only its
         // session's state, not also what the handover needed.
@@ -118,7 +137,8 @@ async fn opamp_upgrade(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.relay.is_ready() && !state.shutdown.is_cancelled() {
+    let trusted = state.trust.as_ref().is_none_or(|trust| trust.is_held());
+    if state.relay.is_ready() && trusted && !state.shutdown.is_cancelled() {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

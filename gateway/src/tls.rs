@@ -1,6 +1,8 @@
 //! Server TLS from PEM files, with session tickets from a key file shared by the gateways
-//! (`tickets`) or, without one, a random key per process.
+//! (`tickets`) or, without one, a random key per process; client certificates verified by
+//! `client_auth` when the settings ask for them.
 
+pub mod client_auth;
 mod tickets;
 
 use std::sync::Arc;
@@ -11,11 +13,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{GatewayError, TlsConfig};
+use client_auth::ClientCertificates;
 
-/// The gateway's TLS acceptor. With a ticket key file, also starts the task that re-reads it,
-/// which ends with `shutdown`; so call it within a tokio runtime.
+/// The gateway's TLS acceptor, verifying client certificates with `client_certificates` when
+/// given. With a ticket key file, also starts the task that re-reads it, which ends with
+/// `shutdown`; so call it within a tokio runtime.
 pub fn acceptor(
     config: &TlsConfig,
+    client_certificates: Option<Arc<ClientCertificates>>,
     shutdown: CancellationToken,
 ) -> Result<TlsAcceptor, GatewayError> {
     let certs = CertificateDer::pem_file_iter(&config.cert_path)
@@ -33,10 +38,14 @@ pub fn acceptor(
         GatewayError::Tls(format!("private key {}: {e}", config.key_path.display()))
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| GatewayError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| GatewayError::Tls(e.to_string()))?;
+    let builder = match client_certificates {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
         .with_single_cert(certs, key)
         .map_err(|e| GatewayError::Tls(format!("certificate and key do not fit together: {e}")))?;
     // WebSocket upgrades need HTTP/1.1.

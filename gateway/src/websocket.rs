@@ -139,8 +139,9 @@ impl Speakers {
     }
 }
 
-/// Runs one session until either side ends it; then tells the control-plane the connection
-/// closed for every uid that spoke on it and did not say goodbye.
+/// Runs one session until either side ends it (or `revoked`, the agent's certificate, is
+/// cancelled); then tells the control-plane the connection closed for every uid that spoke on
+/// it and did not say goodbye.
 pub async fn session<W, R>(
     mut sink: W,
     mut stream: R,
@@ -148,6 +149,7 @@ pub async fn session<W, R>(
     relay: Arc<Relay>,
     config: Arc<GatewayConfig>,
     shutdown: CancellationToken,
+    revoked: Option<CancellationToken>,
 ) where
     W: Sink<Message> + Unpin,
     W::Error: Display,
@@ -178,6 +180,7 @@ pub async fn session<W, R>(
         };
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break End::close(close::GOING_AWAY, "server shutting down"),
+            _ = cancelled(revoked.as_ref()) => break End::close(close::POLICY, "client certificate revoked"),
             _ = tokio::time::sleep_until(deadline) => {
                 break if !heard_opamp && Instant::now() >= first_message_deadline {
                     End::close(close::POLICY, "no OpAMP message received")
@@ -280,6 +283,14 @@ pub async fn session<W, R>(
                 "cannot report the closed connection"
             );
         }
+    }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -85,6 +85,37 @@ make_certs() {
         -extfile "$WORK/server.ext" -out "$SERVER_CERT" 2>/dev/null
 }
 
+# make_client_cert: an agent certificate from the same private CA, for client authentication
+# (MTLS=1 scenarios): CLIENT_CERT, CLIENT_KEY.
+make_client_cert() {
+    CLIENT_CERT="$WORK/client.pem"
+    CLIENT_KEY="$WORK/client.key"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=loadtest-agent \
+        -keyout "$CLIENT_KEY" -out "$WORK/client.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n' >"$WORK/client.ext"
+    openssl x509 -req -in "$WORK/client.csr" -CA "$CA" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+        -extfile "$WORK/client.ext" -out "$CLIENT_CERT" 2>/dev/null
+}
+
+# start_trust: publishes the private CA as the trust state on NATS, as a control-plane does with
+# Ampora's CA, so gateways with AMPORA_TLS_CLIENT_AUTH accept CLIENT_CERT.
+start_trust() {
+    "$LOADTEST" trust --nats-url "$NATS_URL" --ca "$CA" >"$WORK/trust.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# wait_trusted PORT: until the gateway on PORT holds a trust state (its /readyz, which needs a
+# client certificate of its CA to be asked).
+wait_trusted() {
+    for _ in $(seq 300); do
+        curl -sf --cacert "$CA" --cert "$CLIENT_CERT" --key "$CLIENT_KEY" \
+            "https://localhost:$1/readyz" >/dev/null && return 0
+        sleep 0.1
+    done
+    log "the gateway on port $1 holds no trust state after 30 s"
+    return 1
+}
+
 start_nats() {
     NATS_PORT=$(free_port)
     nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
@@ -206,8 +237,14 @@ start_reference() {
 
 # full_handshakes PORT DURATION: full TLS handshakes per second against 127.0.0.1:PORT
 # (CONCURRENCY at once, from their own source addresses); the JSON result.
+# client_identity: the agents' certificate options with MTLS=1, nothing otherwise.
+client_identity() {
+    if [[ "${MTLS:-0}" == 1 ]]; then echo --client-cert "$CLIENT_CERT" --client-key "$CLIENT_KEY"; fi
+}
+
 full_handshakes() {
-    "$LOADTEST" reference handshakes --target "127.0.0.1:$1" --ca "$CA" --server-name localhost \
+    # shellcheck disable=SC2046 # the options are words
+    "$LOADTEST" reference handshakes --target "127.0.0.1:$1" --ca "$CA" --server-name localhost $(client_identity) \
         --concurrency "${CONCURRENCY:-32}" --duration "$2" --sources 127.0.3.1-127.0.3.8 2>/dev/null
 }
 
@@ -250,6 +287,7 @@ prepare() {
     build
     tune_kernel
     make_certs
+    if [[ "${MTLS:-0}" == 1 ]]; then make_client_cert; fi
     log "$(machine)"
 }
 

@@ -8,6 +8,7 @@ mod latency;
 mod net;
 mod reference;
 mod stats;
+mod trust;
 mod worker;
 
 use clap::Parser;
@@ -29,6 +30,8 @@ enum Command {
     /// Bare servers and clients Ampora is measured against.
     #[command(subcommand)]
     Reference(reference::Command),
+    /// Publish a trust state naming a private CA, so gateways accept its client certificates.
+    Trust(trust::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agents(args) => coordinator::run(args.fleet, args.run).await,
             Command::Worker => worker::run().await,
             Command::Reference(command) => reference::run(command).await,
+            Command::Trust(args) => trust::run(args).await,
         }
     })
 }

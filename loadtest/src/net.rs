@@ -436,6 +436,7 @@ mod tests {
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         let acceptor = ampora_gateway::tls::acceptor(
             &ampora_gateway::TlsConfig::new(cert_path.clone(), key_path),
+            None,
             tokio_util::sync::CancellationToken::new(),
         )
         .unwrap();

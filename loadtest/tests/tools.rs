@@ -29,6 +29,12 @@ impl Certificates {
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client = rcgen::CertificateParams::new(vec!["agent".to_owned()]).unwrap();
+        client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client.signed_by(&client_key, &issuer).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
         Certificates { dir }
     }
 
@@ -45,11 +51,20 @@ struct Reference {
 
 impl Reference {
     fn start(kind: &str, certificates: &Certificates) -> Reference {
+        Reference::start_with(kind, certificates, &[])
+    }
+
+    fn start_with(
+        kind: &str,
+        certificates: &Certificates,
+        extra: &[&std::ffi::OsStr],
+    ) -> Reference {
         let mut child = Command::new(LOADTEST)
             .args(["reference", kind, "--listen", "127.0.0.1:0", "--cert"])
             .arg(certificates.path("server.pem"))
             .arg("--key")
             .arg(certificates.path("server.key"))
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -171,5 +186,43 @@ fn the_handshake_client_counts_full_tls_handshakes() {
     let result: Value = serde_json::from_str(line.trim()).unwrap();
     assert!(result["handshakes"].as_u64().unwrap() > 10, "{result}");
     assert!(result["per_second"].as_f64().unwrap() > 5.0, "{result}");
+    assert_eq!(result["errors"], 0, "{result}");
+}
+
+#[test]
+fn the_handshake_client_presents_a_client_certificate_to_a_reference_requiring_one() {
+    let certificates = Certificates::new();
+    let ca = certificates.path("ca.pem");
+    let server = Reference::start_with(
+        "tls-accept",
+        &certificates,
+        &["--client-ca".as_ref(), ca.as_os_str()],
+    );
+    let target = format!("127.0.0.1:{}", server.port);
+    let (cert, key) = (
+        certificates.path("client.pem"),
+        certificates.path("client.key"),
+    );
+    let line = run(
+        &[
+            "reference",
+            "handshakes",
+            "--target",
+            &target,
+            "--server-name",
+            "localhost",
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            "--concurrency",
+            "4",
+            "--duration",
+            "2s",
+        ],
+        &ca,
+    );
+    let result: Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(result["handshakes"].as_u64().unwrap() > 10, "{result}");
     assert_eq!(result["errors"], 0, "{result}");
 }

@@ -133,6 +133,10 @@ pub struct Cluster {
     pub control_planes: Vec<Role>,
     /// Sends an admin API token (good on every control-plane: they share the database).
     pub http: reqwest::Client,
+    /// The bus prefix every role of this cluster uses.
+    pub prefix: String,
+    /// The gateways' self-signed certificate (PEM), with `gateway_tls`.
+    pub gateway_certificate: Option<PathBuf>,
     haproxy: Child,
     lb_port: u16,
     stats_port: u16,
@@ -228,6 +232,8 @@ impl Cluster {
                         "AMPORA_GATEWAY_ID",
                         format!("gw-{i}-{}", uuid::Uuid::new_v4().simple()),
                     ),
+                    // HAProxy (send-proxy-v2) connects from here.
+                    ("AMPORA_PROXY_PROTOCOL_FROM", "127.0.0.1".into()),
                 ]);
                 if let Some((cert, key)) = &certificate {
                     env.push(("AMPORA_TLS_CERT".into(), cert.display().to_string()));
@@ -292,6 +298,8 @@ impl Cluster {
             gateways,
             control_planes,
             http,
+            prefix,
+            gateway_certificate: certificate.map(|(cert, _)| cert),
             haproxy,
             lb_port,
             stats_port,
@@ -413,6 +421,11 @@ impl Cluster {
                 check: fields[check].to_owned(),
             })
             .collect()
+    }
+
+    /// Where HAProxy takes agents' connections.
+    pub fn lb_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.lb_port))
     }
 
     pub fn ws_url(&self) -> String {

@@ -1,6 +1,7 @@
 //! The session loop driven through channels: an in-process bus behind, no sockets.
 
 use super::*;
+use crate::credentials::Credentials;
 use ampora_shared::bus::{Bus, InProcessBus, Subscription};
 use ampora_shared::pb::bus::{agent_envelope::Event, AgentEnvelope, GatewayDelivery, Transport};
 use ampora_shared::pb::opamp::{AgentDisconnect, AgentToServer};
@@ -19,6 +20,8 @@ struct Harness {
     config: Arc<GatewayConfig>,
     connection_id: u64,
     shutdown: CancellationToken,
+    /// Stands for the revocation of the agent's client certificate.
+    revoked: CancellationToken,
     session: Option<JoinHandle<()>>,
     _relay_stop: tokio_util::sync::DropGuard,
 }
@@ -46,9 +49,11 @@ impl Harness {
             connection_id: relay.next_connection_id(),
             transport: Transport::Websocket,
             remote_addr: "192.0.2.7:4711".to_owned(),
+            credentials: Credentials::default(),
         };
         let connection_id = peer.connection_id;
         let shutdown = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let session = tokio::spawn(session(
             server_out,
             server_in,
@@ -56,6 +61,7 @@ impl Harness {
             relay,
             config.clone(),
             shutdown.clone(),
+            Some(revoked.clone()),
         ));
         Harness {
             to_server: Some(to_server),
@@ -65,6 +71,7 @@ impl Harness {
             config,
             connection_id,
             shutdown,
+            revoked,
             session: Some(session),
             _relay_stop: stop.drop_guard(),
         }
@@ -346,6 +353,23 @@ async fn shutdown_says_going_away() {
     assert_eq!(
         closed_reason(&h.envelope().await.unwrap()),
         "server shutting down"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_ends_the_session_as_a_policy_violation() {
+    let mut h = Harness::start(GatewayConfig::for_test()).await;
+    h.send_agent(&agent(1)).await;
+    h.envelope().await.expect("the message");
+    h.revoked.cancel();
+    assert_eq!(
+        h.close().await,
+        (close::POLICY, "client certificate revoked".to_owned())
+    );
+    h.hang_up().await;
+    assert_eq!(
+        closed_reason(&h.envelope().await.unwrap()),
+        "client certificate revoked"
     );
 }
 

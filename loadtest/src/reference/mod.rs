@@ -55,22 +55,56 @@ pub struct ServerArgs {
     /// PEM private key.
     #[arg(long)]
     key: PathBuf,
+    /// PEM CA of the clients' certificates: require one from every client, verified by
+    /// rustls' own WebPKI verifier (the bare counterpart of a gateway with
+    /// `AMPORA_TLS_CLIENT_AUTH=required`).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
 }
 
-/// Loads the gateway's TLS acceptor, binds, and announces the address on stdout (scenario
-/// scripts wait for that line).
+/// Loads the gateway's TLS acceptor (or, with `--client-ca`, a bare rustls one that requires
+/// client certificates), binds, and announces the address on stdout (scenario scripts wait for
+/// that line).
 async fn listen_tls(args: &ServerArgs) -> anyhow::Result<(TcpListener, TlsAcceptor)> {
-    // Without a ticket key file the acceptor starts no task: there is nothing to stop.
-    let acceptor = ampora_gateway::tls::acceptor(
-        &ampora_gateway::TlsConfig::new(args.cert.clone(), args.key.clone()),
-        CancellationToken::new(),
-    )
-    .context("TLS settings")?;
+    let acceptor = match &args.client_ca {
+        // Without a ticket key file the acceptor starts no task: there is nothing to stop.
+        None => ampora_gateway::tls::acceptor(
+            &ampora_gateway::TlsConfig::new(args.cert.clone(), args.key.clone()),
+            None,
+            CancellationToken::new(),
+        )
+        .context("TLS settings")?,
+        Some(client_ca) => mtls_acceptor(args, client_ca).context("mTLS settings")?,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     Ok((listener, acceptor))
+}
+
+/// Plain rustls requiring a client certificate from `client_ca`: no swappable anchors, no
+/// revocation list, no fingerprint; the gateway's ALPN and session cache.
+fn mtls_acceptor(args: &ServerArgs, client_ca: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&args.cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&args.key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(client_ca)? {
+        roots.add(ca?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(64 * 1024);
+    Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 /// Pause after a failed accept, so that running out of file descriptors does not spin a core.
