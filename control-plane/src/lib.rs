@@ -11,6 +11,7 @@
 //! - [`remote_config`]: per agent, when to offer its config, what it answered, and drift.
 //! - [`storage`]: the [`storage::Store`] trait and its PostgreSQL and SQLite implementations.
 //! - [`api`]: the operator REST API and health endpoints (axum).
+//! - [`ui`]: the web UI on the same listener: server-rendered pages, live updates (SSE).
 //! - [`config`]: settings and defaults.
 
 pub mod agents;
@@ -23,6 +24,7 @@ pub mod remote_config;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +51,9 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let request_timeout = config.api_request_timeout;
     let assignments = AssignmentWatch::default();
+    let live = ui::Live::new(store.clone());
     let state = api::ApiState {
+        live: live.clone(),
         store: store.clone(),
         readiness: readiness.clone(),
         bus: bus.clone(),
@@ -71,6 +75,8 @@ pub async fn run(
             _ = shutdown => {}
             _ = serve_cancel.cancelled() => {}
         }
+        // Open pages' streams end, so their connections drain.
+        live.close();
     })
     .await;
     cancel.cancel();

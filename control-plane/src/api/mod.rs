@@ -56,6 +56,8 @@ pub struct ApiState {
     pub subjects: Subjects,
     /// This replica's assignment set, reloaded at once after an assignment made here.
     pub assignments: AssignmentWatch,
+    /// The change feed the web UI's open pages follow.
+    pub live: crate::ui::Live,
 }
 
 /// The API's routes and layers. A request not complete (head, body and answer) within
@@ -135,6 +137,8 @@ pub fn app(state: ApiState, request_timeout: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::metrics_get))
+        .merge(crate::ui::public_router())
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(|| async {

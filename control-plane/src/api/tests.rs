@@ -29,6 +29,7 @@ async fn state() -> ApiState {
         .await
         .expect("an in-memory store");
     ApiState {
+        live: crate::ui::Live::new(store.clone()),
         store,
         readiness: Readiness::default(),
         bus: Arc::new(InProcessBus::default()),

@@ -16,10 +16,11 @@ use uuid::Uuid;
 use super::columns::{self, AttributeColumns, BatchColumns, EventColumns, SeenColumns};
 use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
 use super::{
-    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
-    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
-    EventQuery, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration, PresenceStore,
-    Published, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, configurations, encoding, fleet, shared, AgentEvent, AgentQuery, AgentStore,
+    AssignmentStore, ChangedAgent, Configuration, ConfigurationStore, ConfigurationVersion,
+    DriftStore, EventQuery, FleetCounts, FleetQuery, FleetRow, FleetStore, Guarded, Lease,
+    LeaseStore, LintRuleSetting, NewConfiguration, PresenceStore, Published, Result, Store,
+    StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::history::EventKind;
 use crate::agents::snapshot::{AgentHead, AgentRecord, Transport};
@@ -325,6 +326,36 @@ impl DriftStore for PostgresStore {
         limit: u32,
     ) -> Result<Vec<(AgentConfig, DriftState)>> {
         assignments::list_drifting(&self.pool, after, limit).await
+    }
+}
+
+#[async_trait]
+impl FleetStore for PostgresStore {
+    async fn list_fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>> {
+        let rows = fleet::list::<Postgres, Uuid>(&self.pool, query, None, query.after).await?;
+        model::convert(rows)
+    }
+
+    async fn fleet_row(&self, uid: Uuid, query: &FleetQuery) -> Result<Option<FleetRow>> {
+        let one = FleetQuery {
+            limit: 1,
+            after: None,
+            ..query.clone()
+        };
+        let rows = fleet::list::<Postgres, Uuid>(&self.pool, &one, Some(uid), None).await?;
+        Ok(model::convert(rows)?.pop())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts> {
+        fleet::counts::<Postgres>(&self.pool).await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangedAgent>> {
+        fleet::changes::<Postgres, Uuid>(&self.pool, after, limit).await
+    }
+
+    async fn newest_change(&self) -> Result<i64> {
+        fleet::newest_change::<Postgres>(&self.pool).await
     }
 }
 

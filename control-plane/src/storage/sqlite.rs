@@ -24,10 +24,11 @@ use super::columns::{
 };
 use super::model::{self, AgentRow, EventRow, HeadRow, UidRow};
 use super::{
-    assignments, configurations, encoding, shared, AgentEvent, AgentQuery, AgentStore,
-    AssignmentStore, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore,
-    EventQuery, Fence, Guarded, Lease, LeaseStore, LintRuleSetting, NewConfiguration,
-    PresenceStore, Published, Result, Store, StoreError, StoreOptions, WriteBatch,
+    assignments, configurations, encoding, fleet, shared, AgentEvent, AgentQuery, AgentStore,
+    AssignmentStore, ChangedAgent, Configuration, ConfigurationStore, ConfigurationVersion,
+    DriftStore, EventQuery, Fence, FleetCounts, FleetQuery, FleetRow, FleetStore, Guarded, Lease,
+    LeaseStore, LintRuleSetting, NewConfiguration, PresenceStore, Published, Result, Store,
+    StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::snapshot::{AgentDetails, AgentHead, AgentRecord, Transport};
 use crate::assignments::{Assignment, NewAssignment, Target};
@@ -363,6 +364,44 @@ impl DriftStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(AgentConfig, DriftState)>> {
         assignments::list_drifting(&self.reader, after.map(|uid| uid.hyphenated()), limit).await
+    }
+}
+
+#[async_trait]
+impl FleetStore for SqliteStore {
+    async fn list_fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>> {
+        let rows = fleet::list::<Sqlite, Hyphenated>(
+            &self.reader,
+            query,
+            None,
+            query.after.map(|after| after.hyphenated()),
+        )
+        .await?;
+        model::convert(rows)
+    }
+
+    async fn fleet_row(&self, uid: Uuid, query: &FleetQuery) -> Result<Option<FleetRow>> {
+        let one = FleetQuery {
+            limit: 1,
+            after: None,
+            ..query.clone()
+        };
+        let rows =
+            fleet::list::<Sqlite, Hyphenated>(&self.reader, &one, Some(uid.hyphenated()), None)
+                .await?;
+        Ok(model::convert(rows)?.pop())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts> {
+        fleet::counts::<Sqlite>(&self.reader).await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangedAgent>> {
+        fleet::changes::<Sqlite, Hyphenated>(&self.reader, after, limit).await
+    }
+
+    async fn newest_change(&self) -> Result<i64> {
+        fleet::newest_change::<Sqlite>(&self.reader).await
     }
 }
 
