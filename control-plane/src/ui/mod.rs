@@ -23,6 +23,8 @@ mod configurations;
 mod drift;
 mod fleet;
 pub mod live;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use axum::response::Redirect;
