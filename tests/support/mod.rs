@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 mod clients;
 pub mod cluster;
 pub mod collector;

@@ -114,6 +114,8 @@ pub struct EventLine {
     pub id: i64,
     pub at: String,
     pub at_machine: String,
+    /// The exact moment, for the link to the state then.
+    pub moment: String,
     pub kind: String,
     pub summary: String,
 }
@@ -124,6 +126,7 @@ impl From<&AgentEvent> for EventLine {
             id: event.id,
             at: view::when(event.at),
             at_machine: view::rfc3339(event.at),
+            moment: view::moment(event.at),
             kind: event.kind.clone(),
             summary: view::compact(&event.payload, 160),
         }

@@ -99,6 +99,14 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// A moment exactly, for links to the agent as it was then (a rounded one could fall before
+/// the change it names).
+pub fn moment(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
 /// A JSON value in one line, cut at `max` characters.
 pub fn compact(value: &serde_json::Value, max: usize) -> String {
     let text = match value {
@@ -180,6 +188,8 @@ mod tests {
             + time::Duration::milliseconds(1_234);
         assert_eq!(when(at), "2023-11-14 22:13:21 UTC");
         assert_eq!(rfc3339(at), "2023-11-14T22:13:21.234Z");
+        let exact = at + time::Duration::microseconds(567);
+        assert_eq!(moment(exact), "2023-11-14T22:13:21.234567Z");
     }
 
     #[test]
