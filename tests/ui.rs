@@ -98,6 +98,7 @@ async fn the_fleet_follows_agents_live_and_an_agent_keeps_its_past() {
             "document.querySelector('#agent-status').textContent === 'offline'",
         )
         .await;
+    browser.screenshot("agent").await;
     browser
         .eval(
             "const row = Array.from(document.querySelectorAll('tr[data-event]')).reverse() \
@@ -123,7 +124,7 @@ async fn the_fleet_follows_agents_live_and_an_agent_keeps_its_past() {
         described.as_str().unwrap().contains("ui-edge"),
         "{described}"
     );
-    browser.screenshot("agent").await;
+    browser.screenshot("agent-past").await;
 
     // A configuration written in the editor, published, its pipelines drawn; then a mistake
     // shown at its line.

@@ -214,6 +214,7 @@
     if (!$("[data-live-region]") || !window.EventSource) return;
     const status = $("#live-status");
     const uid = document.body.dataset.uid;
+    if (status) status.hidden = false;
     const source = new EventSource("/ui/live");
     source.addEventListener("open", () => {
       if (status) { status.textContent = "live"; status.classList.add("on"); }
