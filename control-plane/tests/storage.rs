@@ -2267,7 +2267,7 @@ async fn fleet_filters_page_count_and_feed_changes(db: Db) {
         at(2),
     )
     .await;
-    let pending = assign(
+    assign(
         store.as_ref(),
         configuration,
         1,
