@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use support::browser::Browser;
 use support::{Ampora, GoAgent};
@@ -18,7 +20,7 @@ fn row(uid: impl std::fmt::Display) -> String {
 
 #[tokio::test]
 async fn the_fleet_follows_agents_live_and_an_agent_keeps_its_past() {
-    let ampora = Ampora::start(&[]).await;
+    let mut ampora = Ampora::start(&[]).await;
     let base = ampora.api_base();
     let browser = Browser::start().await;
 
@@ -210,7 +212,15 @@ async fn the_fleet_follows_agents_live_and_an_agent_keeps_its_past() {
         )
         .await;
     browser.screenshot("fleet").await;
+
+    // A page still following the live feed does not hold the server's shutdown up.
+    browser.wait_live().await;
     drop(core);
+    let stopped = ampora.terminate(Duration::from_secs(10));
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "ampora serve did not stop cleanly with a live page open: {stopped:?}"
+    );
 }
 
 #[tokio::test]
