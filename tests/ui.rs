@@ -247,6 +247,18 @@ async fn pages_show_refusals_and_missing_endpoints_clearly() {
     assert!(shown.as_str().unwrap().contains("400"), "{shown}");
     let (_, listed) = ampora.get("/api/v1/configurations").await;
     assert_eq!(listed["configurations"], json!([]));
+
+    // The sign-in page is served to anyone, with its labelled fields.
+    browser.goto(&format!("{base}/login")).await;
+    browser
+        .wait_until(
+            "the sign-in form",
+            "document.body.dataset.ready && \
+             document.querySelector('label[for=username]') && \
+             document.querySelector('label[for=password]')",
+        )
+        .await;
+    browser.screenshot("login").await;
 }
 
 /// What the accounts branch serves (sign-in, users, API tokens, audit) and the trust branch
