@@ -103,8 +103,13 @@ impl Live {
 }
 
 /// Reads new history rows until the last stream is gone or the server closes.
-async fn poll(inner: Arc<Inner>, sender: broadcast::Sender<Change>, mut highest: Option<i64>) {
+async fn poll(inner: Arc<Inner>, sender: broadcast::Sender<Change>, start: Option<i64>) {
     let mut sent: BTreeSet<i64> = BTreeSet::new();
+    let mut highest = None;
+    if let Some(start) = start {
+        highest = Some(start);
+        settle(inner.store.as_ref(), start, &mut sent).await;
+    }
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,7 +126,10 @@ async fn poll(inner: Arc<Inner>, sender: broadcast::Sender<Change>, mut highest:
         }
         let Some(from) = highest else {
             match inner.store.newest_change().await {
-                Ok(newest) => highest = Some(newest),
+                Ok(newest) => {
+                    highest = Some(newest);
+                    settle(inner.store.as_ref(), newest, &mut sent).await;
+                }
                 Err(error) => tracing::warn!(%error, "live updates: reading the newest change"),
             }
             continue;
@@ -165,6 +173,22 @@ async fn poll(inner: Arc<Inner>, sender: broadcast::Sender<Change>, mut highest:
                 many,
             });
         }
+    }
+}
+
+/// Marks the rows visible up to `start` as sent: they are not news. Rows below it that become
+/// visible later (PostgreSQL's ids are handed out before commit) still are.
+async fn settle(store: &dyn Store, start: i64, sent: &mut BTreeSet<i64>) {
+    match store
+        .changes_since((start - OVERLAP).max(0), MAX_ROWS)
+        .await
+    {
+        Ok(rows) => sent.extend(
+            rows.iter()
+                .map(|row| row.event_id)
+                .filter(|&id| id <= start),
+        ),
+        Err(error) => tracing::warn!(%error, "live updates: reading recent changes"),
     }
 }
 

@@ -265,8 +265,19 @@ async fn assets_are_embedded_and_revalidated() {
 #[tokio::test]
 async fn the_live_feed_names_agents_that_change_and_ends_on_close() {
     let state = state().await;
-    let uid = Uuid::now_v7();
-    store(&state, &[record(uid, "a", AgentStatus::Online)], vec![]).await;
+    let (old, uid) = (Uuid::now_v7(), Uuid::now_v7());
+    // A change from before the stream opened is not news.
+    store(
+        &state,
+        &[record(uid, "a", AgentStatus::Online)],
+        vec![event(
+            old,
+            OffsetDateTime::now_utc(),
+            "connected",
+            json!({}),
+        )],
+    )
+    .await;
     let response = call(
         &state,
         Request::get("/ui/live").body(Body::empty()).unwrap(),
@@ -302,6 +313,7 @@ async fn the_live_feed_names_agents_that_change_and_ends_on_close() {
     .await;
     assert!(found.is_ok(), "no change event: {seen:?}");
     assert!(seen.contains("event: change"), "{seen}");
+    assert!(!seen.contains(&old.to_string()), "{seen}");
 
     state.live.close();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
