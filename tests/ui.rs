@@ -103,12 +103,12 @@ async fn the_fleet_follows_agents_live_and_an_agent_keeps_its_past() {
     browser.screenshot("agent").await;
     browser
         .eval(
+            // Found and followed in one step: the live page may re-render its history.
             "const row = Array.from(document.querySelectorAll('tr[data-event]')).reverse() \
              .find((r) => r.querySelector('.kind').textContent === 'connected'); \
-             row.querySelector('a').id = 'state-then'; return true",
+             row.querySelector('a').click(); return true",
         )
         .await;
-    browser.click("#state-then").await;
     browser
         .wait_until(
             "the past state",
