@@ -30,7 +30,7 @@ installed() {
 }
 
 # --- Debian packages -----------------------------------------------------------------------
-packages=(postgresql nats-server haproxy systemd procps softhsm2 opensc)
+packages=(postgresql nats-server haproxy systemd procps softhsm2 opensc chromium chromium-driver)
 # The venv needs a python3 with venv and ensurepip; Debian's python3 has them in python3-venv.
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     packages+=(python3 python3-venv)

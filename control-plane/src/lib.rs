@@ -15,6 +15,7 @@
 //! - [`api`]: the operator REST API and health endpoints (axum).
 //! - [`trust`]: Ampora's CA, bootstrap tokens, agents' certificates, and the identity check of
 //!   every agent message.
+//! - [`ui`]: the web UI on the same listener: server-rendered pages, live updates (SSE).
 //! - [`config`]: settings and defaults.
 
 pub mod agents;
@@ -30,6 +31,7 @@ pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trust;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,7 +67,9 @@ pub async fn run(
         config.subjects.clone(),
         cancel.clone(),
     ));
+    let live = ui::Live::new(store.clone());
     let state = api::ApiState {
+        live: live.clone(),
         store: store.clone(),
         readiness: readiness.clone(),
         bus: bus.clone(),
@@ -96,6 +100,8 @@ pub async fn run(
             _ = shutdown => {}
             _ = serve_cancel.cancelled() => {}
         }
+        // Open pages' streams end, so their connections drain.
+        live.close();
     })
     .await;
     cancel.cancel();

@@ -17,10 +17,10 @@ use ampora_control_plane::remote_config::drift::{AgentConfig, Assigned, DriftCou
 use ampora_control_plane::remote_config::{sha256_hex, Applied, ConfigTrack, Rejection};
 use ampora_control_plane::storage::{
     self, AccountUpdate, AgentEvent, AgentQuery, BootstrapToken, Changed, Configuration,
-    ConfigurationVersion, EnrolRefusal, EventQuery, Fence, Guarded, Lease, LintRuleSetting,
-    NewAccount, NewApiToken, NewBootstrapToken, NewCa, NewCertificate, NewConfiguration, NewEvent,
-    NewSession, Published, SeenUpdate, Store, StoreError, StoreOptions, TokenRefusal,
-    TrustSnapshot, WriteBatch,
+    ConfigurationVersion, EnrolRefusal, EventQuery, Fence, FleetCounts, FleetQuery, Guarded, Lease,
+    LintRuleSetting, NewAccount, NewApiToken, NewBootstrapToken, NewCa, NewCertificate,
+    NewConfiguration, NewEvent, NewSession, Published, SeenUpdate, Store, StoreError, StoreOptions,
+    TokenRefusal, TrustSnapshot, WriteBatch,
 };
 use ampora_control_plane::testing::TestPostgres;
 use serde_json::json;
@@ -2810,6 +2810,179 @@ async fn audit_retention_archives_and_purges_at_the_configured_ages(db: Db) {
     assert_eq!(store.verify_audit().await.unwrap().first_bad, Some(3));
 }
 
+// === the fleet as the web UI reads it ===
+
+async fn fleet_uids(store: &dyn Store, query: &FleetQuery) -> Vec<Uuid> {
+    store
+        .list_fleet(query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.head.instance_uid)
+        .collect()
+}
+
+async fn fleet_filters_page_count_and_feed_changes(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.newest_change().await.unwrap(), 0);
+    assert_eq!(store.fleet_counts().await.unwrap(), FleetCounts::default());
+    let mut uids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    uids.sort();
+    let mut agents: Vec<AgentRecord> = uids
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| {
+            let name = if i % 2 == 0 { "Edge_Gateway" } else { "core" };
+            let zone = format!("zone-{}", i % 3);
+            labelled(*uid, &[("service.name", name)], &[("zone", zone.as_str())])
+        })
+        .collect();
+    agents[1].head.status = AgentStatus::Offline;
+    agents[2].head.transport = Transport::Http;
+    agents[3].head.transport = Transport::Http;
+    agents[3].head.status = AgentStatus::Offline;
+    write(
+        store.as_ref(),
+        agents,
+        uids.iter().map(|uid| event(*uid, 1, "connected")).collect(),
+    )
+    .await;
+
+    assert_eq!(
+        store.fleet_counts().await.unwrap(),
+        FleetCounts {
+            total: 6,
+            online: 4,
+            offline: 2,
+            websocket: 4,
+            http: 2,
+        }
+    );
+    let all = FleetQuery {
+        limit: 100,
+        ..FleetQuery::default()
+    };
+    assert_eq!(fleet_uids(store.as_ref(), &all).await, uids);
+    let online_http = FleetQuery {
+        status: Some(AgentStatus::Online),
+        transport: Some(Transport::Http),
+        ..all.clone()
+    };
+    assert_eq!(fleet_uids(store.as_ref(), &online_http).await, [uids[2]]);
+    // Search: any attribute value containing the text, ignoring case, `_` taken literally.
+    let search = |text: &str| FleetQuery {
+        search: Some(text.to_owned()),
+        ..all.clone()
+    };
+    assert_eq!(
+        fleet_uids(store.as_ref(), &search("edge_g")).await,
+        [uids[0], uids[2], uids[4]]
+    );
+    assert!(fleet_uids(store.as_ref(), &search("edge%g"))
+        .await
+        .is_empty());
+    assert!(fleet_uids(store.as_ref(), &search("edgexgateway"))
+        .await
+        .is_empty());
+    assert_eq!(
+        fleet_uids(store.as_ref(), &search("ZONE-1")).await,
+        [uids[1], uids[4]]
+    );
+    let zone_and_name = FleetQuery {
+        attributes: vec![("zone".into(), "zone-1".into())],
+        search: Some("edge".into()),
+        ..all.clone()
+    };
+    assert_eq!(fleet_uids(store.as_ref(), &zone_and_name).await, [uids[4]]);
+    // Pages follow the uid order without gaps.
+    let first = FleetQuery {
+        limit: 4,
+        ..all.clone()
+    };
+    assert_eq!(fleet_uids(store.as_ref(), &first).await, uids[..4]);
+    let second = FleetQuery {
+        after: Some(uids[3]),
+        ..first.clone()
+    };
+    assert_eq!(fleet_uids(store.as_ref(), &second).await, uids[4..]);
+    // One agent, if it matches.
+    let row = store
+        .fleet_row(uids[2], &online_http)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.head.instance_uid, uids[2]);
+    assert_eq!(row.drift, None);
+    assert!(store
+        .fleet_row(uids[0], &online_http)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Drift state joins in: one agent assigned and applied, one assigned and pending.
+    let (configuration, hashes) = published(store.as_ref(), "fleet", &["v: 1\n"]).await;
+    let applied = assign(
+        store.as_ref(),
+        configuration,
+        1,
+        Target::Agent(uids[0]),
+        at(2),
+    )
+    .await;
+    assign(
+        store.as_ref(),
+        configuration,
+        1,
+        Target::Agent(uids[5]),
+        at(2),
+    )
+    .await;
+    write_configs(
+        store.as_ref(),
+        vec![reported(
+            uids[0],
+            Some(assigned(&applied)),
+            &hashes[0],
+            "applied",
+            ConfigTrack::default(),
+        )],
+    )
+    .await;
+    let drifting = |state: DriftState| FleetQuery {
+        drift: Some(state),
+        ..all.clone()
+    };
+    assert_eq!(
+        fleet_uids(store.as_ref(), &drifting(DriftState::InSync)).await,
+        [uids[0]]
+    );
+    assert_eq!(
+        fleet_uids(store.as_ref(), &drifting(DriftState::Pending)).await,
+        [uids[5]]
+    );
+    let rows = store.list_fleet(&all).await.unwrap();
+    assert_eq!(rows[0].drift, Some(DriftState::InSync));
+    assert_eq!(rows[5].drift, Some(DriftState::Pending));
+    assert_eq!(rows[1].drift, None);
+
+    // The change feed: history rows after an id, oldest first, bounded.
+    let newest = store.newest_change().await.unwrap();
+    let all_changes = store.changes_since(0, 100).await.unwrap();
+    assert_eq!(all_changes.len(), 6);
+    assert_eq!(all_changes.last().unwrap().event_id, newest);
+    assert!(all_changes
+        .windows(2)
+        .all(|w| w[0].event_id < w[1].event_id));
+    let uids_changed: Vec<Uuid> = all_changes.iter().map(|c| c.instance_uid).collect();
+    assert_eq!(uids_changed, uids);
+    write(store.as_ref(), vec![], vec![event(uids[3], 5, "offline")]).await;
+    let later = store.changes_since(newest, 100).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].instance_uid, uids[3]);
+    assert_eq!(later[0].kind, "offline");
+    assert_eq!(store.changes_since(0, 2).await.unwrap().len(), 2);
+}
+
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -2867,6 +3040,7 @@ storage_suite!(
     the_audit_chain_has_one_order_under_concurrent_writers,
     tampering_with_the_audit_log_is_found,
     audit_retention_archives_and_purges_at_the_configured_ages,
+    fleet_filters_page_count_and_feed_changes,
 );
 
 /// Replicas all run retention; while one holds the lock, the others skip their turn.

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod browser;
 mod clients;
 pub mod cluster;
 pub mod collector;

@@ -233,6 +233,31 @@ pub async fn page_session(state: &ApiState, parts: &Parts) -> Result<Principal, 
     }
 }
 
+/// Middleware for the web UI's pages: a browser without a session goes to `/login`; a signed-in
+/// one's page learns who is looking (a [`crate::ui::Viewer`], with the CSRF token its scripts
+/// send back).
+pub async fn pages(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let principal = match page_session(&state, &parts).await {
+        Ok(principal) => principal,
+        Err(redirect) => return redirect,
+    };
+    parts.extensions.insert(crate::ui::Viewer {
+        username: match &principal.actor {
+            Actor::Account(name) => name.clone(),
+            other => other.to_string(),
+        },
+        role: principal.role.as_str().to_owned(),
+        csrf_token: principal
+            .session
+            .as_ref()
+            .map(|session| session.csrf_token.clone())
+            .unwrap_or_default(),
+    });
+    parts.extensions.insert(principal);
+    next.run(Request::from_parts(parts, body)).await
+}
+
 /// Percent-encodes everything but unreserved characters.
 fn url_encode(text: &str) -> String {
     text.bytes()

@@ -53,7 +53,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -195,7 +195,12 @@ where
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value == HeaderValue::from_static("application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+    // The web UI's error pages are HTML already.
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/html"));
+    if is_json || is_html || !(status.is_client_error() || status.is_server_error()) {
         return response.map(Body::new);
     }
     let (mut parts, _) = response.into_parts();

@@ -105,6 +105,8 @@ pub struct ApiState {
     pub trust: Arc<Trust>,
     /// Sessions' lifetime, password hashing and the sign-in guard.
     pub operators: Operators,
+    /// The change feed the web UI's open pages follow.
+    pub live: crate::ui::Live,
 }
 
 /// The API's routes and layers. A request not complete (head, body and answer) within
@@ -252,8 +254,14 @@ pub fn app(state: ApiState, request_timeout: Duration) -> Router {
             (state.clone(), Access::Role(Role::Admin)),
             auth::authorize,
         ));
+    let pages = crate::ui::router().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::pages,
+    ));
     Router::new()
         .merge(open)
+        .merge(crate::ui::public_router())
+        .merge(pages)
         .merge(read_or_change)
         .merge(viewer)
         .merge(operator)

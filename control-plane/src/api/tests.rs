@@ -48,6 +48,7 @@ pub async fn state() -> ApiState {
         .await
         .expect("an admin token");
     ApiState {
+        live: crate::ui::Live::new(store.clone()),
         store: store.clone(),
         readiness: Readiness::default(),
         bus: Arc::new(InProcessBus::default()),
@@ -299,7 +300,8 @@ async fn unknown_agents_and_paths_are_404_with_a_json_error() {
         format!("/api/v1/agents/{uid}"),
         format!("/api/v1/agents/{uid}/events"),
         "/api/v1/nothing".to_owned(),
-        "/".to_owned(),
+        // `/` is the web UI's; paths neither serves are the API's 404.
+        "/nothing-here".to_owned(),
     ] {
         let (status, body) = get(&state, &uri).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");

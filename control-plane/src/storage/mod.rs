@@ -23,6 +23,7 @@ mod columns;
 mod configurations;
 mod encoding;
 mod error;
+mod fleet;
 mod model;
 mod operators;
 mod postgres;
@@ -582,10 +583,70 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Option<Retained>>;
 }
 
+/// A page of the fleet as the web UI filters it: every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct FleetQuery {
+    pub status: Option<AgentStatus>,
+    pub transport: Option<Transport>,
+    pub drift: Option<DriftState>,
+    /// Every pair must match an attribute, as [`AgentQuery::attributes`].
+    pub attributes: Vec<(String, String)>,
+    /// Some attribute value contains this text, ignoring ASCII case.
+    pub search: Option<String>,
+    pub limit: u32,
+    /// Return agents whose uid sorts after this one (the page token).
+    pub after: Option<Uuid>,
+}
+
+/// One row of the fleet page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetRow {
+    pub head: AgentHead,
+    /// `None` when nothing is assigned to the agent.
+    pub drift: Option<DriftState>,
+}
+
+/// The fleet's size by status and by transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FleetCounts {
+    pub total: u64,
+    pub online: u64,
+    pub offline: u64,
+    pub websocket: u64,
+    pub http: u64,
+}
+
+/// A history row as the change feed reads it: which agent changed, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedAgent {
+    pub event_id: i64,
+    pub instance_uid: Uuid,
+    pub kind: String,
+}
+
+/// The fleet as the web UI shows it and follows it.
+#[async_trait]
+pub trait FleetStore: Send + Sync {
+    /// Agents matching `query`, ordered by uid, each with its drift state.
+    async fn list_fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>>;
+
+    /// One agent's row if it matches `query` (whose `after` and `limit` are ignored).
+    async fn fleet_row(&self, uid: Uuid, query: &FleetQuery) -> Result<Option<FleetRow>>;
+
+    async fn fleet_counts(&self) -> Result<FleetCounts>;
+
+    /// History rows after `after` (an event id), oldest first, at most `limit`.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangedAgent>>;
+
+    /// The id of the newest history row (0: none yet).
+    async fn newest_change(&self) -> Result<i64>;
+}
+
 /// Everything a control-plane needs from its database.
 #[async_trait]
 pub trait Store:
     AgentStore
+    + FleetStore
     + PresenceStore
     + LeaseStore
     + ConfigurationStore

@@ -20,12 +20,12 @@ use super::trust::{
     StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
 };
 use super::{
-    assignments, audit, configurations, encoding, operators, shared, Account, AccountUpdate,
+    assignments, audit, configurations, encoding, fleet, operators, shared, Account, AccountUpdate,
     AgentEvent, AgentQuery, AgentStore, ApiToken, AssignmentStore, AuditStore, Changed,
-    Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery, Guarded,
-    Lease, LeaseStore, LintRuleSetting, NewAccount, NewApiToken, NewConfiguration, NewSession,
-    OperatorStore, PresenceStore, Published, Result, SessionAccount, Store, StoreError,
-    StoreOptions, WriteBatch,
+    ChangedAgent, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery,
+    FleetCounts, FleetQuery, FleetRow, FleetStore, Guarded, Lease, LeaseStore, LintRuleSetting,
+    NewAccount, NewApiToken, NewConfiguration, NewSession, OperatorStore, PresenceStore, Published,
+    Result, SessionAccount, Store, StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::history::EventKind;
 use crate::agents::snapshot::{AgentHead, AgentRecord, Transport};
@@ -472,6 +472,36 @@ impl AuditStore for PostgresStore {
         Ok(Some(
             audit::retain(transaction, hot_before, purge_before).await?,
         ))
+    }
+}
+
+#[async_trait]
+impl FleetStore for PostgresStore {
+    async fn list_fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>> {
+        let rows = fleet::list::<Postgres, Uuid>(&self.pool, query, None, query.after).await?;
+        model::convert(rows)
+    }
+
+    async fn fleet_row(&self, uid: Uuid, query: &FleetQuery) -> Result<Option<FleetRow>> {
+        let one = FleetQuery {
+            limit: 1,
+            after: None,
+            ..query.clone()
+        };
+        let rows = fleet::list::<Postgres, Uuid>(&self.pool, &one, Some(uid), None).await?;
+        Ok(model::convert(rows)?.pop())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts> {
+        fleet::counts::<Postgres>(&self.pool).await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangedAgent>> {
+        fleet::changes::<Postgres, Uuid>(&self.pool, after, limit).await
+    }
+
+    async fn newest_change(&self) -> Result<i64> {
+        fleet::newest_change::<Postgres>(&self.pool).await
     }
 }
 

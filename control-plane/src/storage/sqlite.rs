@@ -28,12 +28,12 @@ use super::trust::{
     StoredCa, TokenRefusal, TrustSnapshot, TrustStore,
 };
 use super::{
-    assignments, audit, configurations, encoding, operators, shared, Account, AccountUpdate,
+    assignments, audit, configurations, encoding, fleet, operators, shared, Account, AccountUpdate,
     AgentEvent, AgentQuery, AgentStore, ApiToken, AssignmentStore, AuditStore, Changed,
-    Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery, Fence,
-    Guarded, Lease, LeaseStore, LintRuleSetting, NewAccount, NewApiToken, NewConfiguration,
-    NewSession, OperatorStore, PresenceStore, Published, Result, SessionAccount, Store, StoreError,
-    StoreOptions, WriteBatch,
+    ChangedAgent, Configuration, ConfigurationStore, ConfigurationVersion, DriftStore, EventQuery,
+    Fence, FleetCounts, FleetQuery, FleetRow, FleetStore, Guarded, Lease, LeaseStore,
+    LintRuleSetting, NewAccount, NewApiToken, NewConfiguration, NewSession, OperatorStore,
+    PresenceStore, Published, Result, SessionAccount, Store, StoreError, StoreOptions, WriteBatch,
 };
 use crate::agents::snapshot::{AgentDetails, AgentHead, AgentRecord, Transport};
 use crate::assignments::{Assignment, NewAssignment, Target};
@@ -497,6 +497,44 @@ impl AuditStore for SqliteStore {
         Ok(Some(
             audit::retain(transaction, hot_before, purge_before).await?,
         ))
+    }
+}
+
+#[async_trait]
+impl FleetStore for SqliteStore {
+    async fn list_fleet(&self, query: &FleetQuery) -> Result<Vec<FleetRow>> {
+        let rows = fleet::list::<Sqlite, Hyphenated>(
+            &self.reader,
+            query,
+            None,
+            query.after.map(|after| after.hyphenated()),
+        )
+        .await?;
+        model::convert(rows)
+    }
+
+    async fn fleet_row(&self, uid: Uuid, query: &FleetQuery) -> Result<Option<FleetRow>> {
+        let one = FleetQuery {
+            limit: 1,
+            after: None,
+            ..query.clone()
+        };
+        let rows =
+            fleet::list::<Sqlite, Hyphenated>(&self.reader, &one, Some(uid.hyphenated()), None)
+                .await?;
+        Ok(model::convert(rows)?.pop())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts> {
+        fleet::counts::<Sqlite>(&self.reader).await
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<ChangedAgent>> {
+        fleet::changes::<Sqlite, Hyphenated>(&self.reader, after, limit).await
+    }
+
+    async fn newest_change(&self) -> Result<i64> {
+        fleet::newest_change::<Sqlite>(&self.reader).await
     }
 }
 
