@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// How long to keep the fleet running once every agent has been started.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// End this long after every agent is ready, if that comes before the duration is up: a
+    /// run that must see the whole fleet ready need not guess how long the handshakes take.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub after_ready: Option<Duration>,
     /// How often to print progress.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
@@ -147,7 +151,7 @@ pub async fn run(mut fleet: FleetArgs, options: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let started_unix_us = (unix_nanos() / 1000) as i64;
     let ramp_time = Duration::from_secs_f64(fleet.agents as f64 / fleet.ramp.max(0.001));
-    let end = started + ramp_time + options.duration;
+    let mut end = started + ramp_time + options.duration;
     let mut ticks = tokio::time::interval(options.progress_interval);
     let mut previous: Option<(Instant, Snapshot)> = None;
     let mut all_ready: Option<(Instant, Snapshot, i64)> = None;
@@ -163,6 +167,9 @@ pub async fn run(mut fleet: FleetArgs, options: RunArgs) -> anyhow::Result<()> {
         let now = Instant::now();
         if all_ready.is_none() && total.agents == fleet.agents && total.ready >= fleet.agents {
             all_ready = Some((now, total.clone(), (unix_nanos() / 1000) as i64));
+            if let Some(after_ready) = options.after_ready {
+                end = end.min(now + after_ready);
+            }
         }
         eprintln!(
             "{}",

@@ -125,10 +125,13 @@ fn a_tls_fleet_over_two_workers_and_several_sources_is_held_and_reported() {
             "--status-rate",
             "200",
             // Every agent's first handshake is a full one (no agent has a ticket yet), which
-            // takes a while on a busy machine in a debug build; "all ready" is seen only at a
-            // progress tick, so ticks come often.
+            // takes a while on a busy machine in a debug build: the run lasts until the fleet
+            // is ready (bounded), then long enough for heartbeats; "all ready" is seen only at
+            // a progress tick, so ticks come often.
             "--duration",
-            "4s",
+            "60s",
+            "--after-ready",
+            "3s",
             "--progress-interval",
             "500ms",
             "--report",
