@@ -250,12 +250,14 @@ pub async fn agent_get(
     State(state): State<ApiState>,
     Path(instance_uid): Path<Uuid>,
 ) -> Result<Json<AgentDetailView>, ApiError> {
+    // The drift row first: both are written in one transaction, so the snapshot read after it
+    // is at least as new, and a caller that waited for a drift state sees the hashes behind it.
+    let config = state.store.agent_config(instance_uid).await?;
     let record = state
         .store
         .get_agent(instance_uid)
         .await?
         .ok_or_else(|| no_agent(instance_uid))?;
-    let config = state.store.agent_config(instance_uid).await?;
     Ok(Json(AgentDetailView::new(record, config)))
 }
 
