@@ -144,7 +144,10 @@ pub async fn bootstrap_token_create(
             "label {key:?}: keys must be 1 to {MAX_LABEL_LENGTH} bytes, values at most {MAX_LABEL_LENGTH}"
         )));
     }
-    let (token, record) = state.trust.create_token(ttl, body.labels, &principal.audit).await?;
+    let (token, record) = state
+        .trust
+        .create_token(ttl, body.labels, &principal.audit)
+        .await?;
     tracing::info!(token_id = record.id, "bootstrap token created");
     Ok((
         StatusCode::CREATED,

@@ -302,7 +302,11 @@ impl Change {
     }
 
     /// `reason`: the operator's, or `superseded` when a renewed certificate took its place.
-    pub fn certificate_revoked(fingerprint: &str, instance_uid: uuid::Uuid, reason: &str) -> Change {
+    pub fn certificate_revoked(
+        fingerprint: &str,
+        instance_uid: uuid::Uuid,
+        reason: &str,
+    ) -> Change {
         Change::new(
             "certificate.revoke",
             "certificate",

@@ -24,19 +24,19 @@ use uuid::Uuid;
 
 use super::ownership::Ownership;
 use crate::agents::capabilities::SERVER_CAPABILITIES;
-use crate::audit::AuditContext;
 use crate::agents::history::EventKind;
 use crate::agents::merge::{
     apply_connection_closed, apply_message, event_payload, new_record, EventPayload, Origin,
 };
 use crate::agents::snapshot::{AgentRecord, AgentStatus, RemoteConfigStatus, Transport};
 use crate::assignments::{Assignment, AssignmentWatch};
+use crate::audit::AuditContext;
 use crate::config::ControlPlaneConfig;
 use crate::remote_config::drift::AgentConfig;
 use crate::remote_config::{self, AgentOffers, Report};
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
-use crate::trust::identity::{Admission, Presented};
 use crate::trust::enrolment::{self, Requester};
+use crate::trust::identity::{Admission, Presented};
 use crate::trust::Trust;
 
 pub enum WorkItem {
@@ -1136,7 +1136,6 @@ fn event(
         payload,
     }
 }
-
 
 /// Who the audit log says an agent's enrolment came from: its address without the port, as
 /// the API records operators' addresses.

@@ -701,7 +701,14 @@ impl TrustStore for PostgresStore {
         now: OffsetDateTime,
         audit: &AuditContext,
     ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>> {
-        trust::enrol(self.pool.begin().await?, token_hash, certificate, now, audit).await
+        trust::enrol(
+            self.pool.begin().await?,
+            token_hash,
+            certificate,
+            now,
+            audit,
+        )
+        .await
     }
 
     async fn list_certificates(

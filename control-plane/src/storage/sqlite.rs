@@ -837,7 +837,14 @@ impl TrustStore for SqliteStore {
         now: OffsetDateTime,
         audit: &AuditContext,
     ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>> {
-        trust::enrol(self.begin_write().await?, token_hash, certificate, now, audit).await
+        trust::enrol(
+            self.begin_write().await?,
+            token_hash,
+            certificate,
+            now,
+            audit,
+        )
+        .await
     }
 
     async fn list_certificates(

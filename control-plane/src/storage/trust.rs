@@ -605,7 +605,13 @@ where
     .fetch_optional(&mut *transaction)
     .await?;
     if revoked.is_some() {
-        append(&mut transaction, audit, Change::bootstrap_token_revoked(id), now).await?;
+        append(
+            &mut transaction,
+            audit,
+            Change::bootstrap_token_revoked(id),
+            now,
+        )
+        .await?;
     }
     let row: Option<TokenRow> = sqlx::query_as(&format!(
         "SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens WHERE id = $1"
@@ -819,8 +825,7 @@ where
     .await?;
     let certificate = row.map(AgentCertificate::try_from).transpose()?;
     if let (Some(_), Some(certificate)) = (revoked, &certificate) {
-        let change =
-            Change::certificate_revoked(fingerprint, certificate.instance_uid, reason);
+        let change = Change::certificate_revoked(fingerprint, certificate.instance_uid, reason);
         append(&mut transaction, audit, change, now).await?;
     }
     transaction.commit().await?;

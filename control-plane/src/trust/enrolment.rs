@@ -186,10 +186,13 @@ impl Trust {
             None => None,
         };
         match (admission, csr) {
-            (Admission::Certified(current), Some(csr)) => Some(self.renew(current, csr, from).await),
-            (Admission::Plain | Admission::EnrolmentOnly, Some(csr)) => {
-                Some(self.enrol_with_token(token, Some(csr), Some(uid), from).await)
+            (Admission::Certified(current), Some(csr)) => {
+                Some(self.renew(current, csr, from).await)
             }
+            (Admission::Plain | Admission::EnrolmentOnly, Some(csr)) => Some(
+                self.enrol_with_token(token, Some(csr), Some(uid), from)
+                    .await,
+            ),
             // No CSR: a key made here, for an agent that takes connection settings and shows
             // a token of ours (an unrelated `Authorization` header is not an enrolment).
             (Admission::Plain | Admission::EnrolmentOnly, None)
