@@ -1,6 +1,6 @@
 //! Trust over the API: bootstrap tokens, the CA, and agents' certificates (the token →
 //! certificate exchange for agents that cannot take certificates over OpAMP, listing and
-//! revocation). Each change is one storage transaction.
+//! revocation). Each change is one storage transaction, with its audit entry.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
