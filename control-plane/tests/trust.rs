@@ -9,7 +9,7 @@ use std::time::Duration;
 use ::time::OffsetDateTime;
 use ampora_control_plane::agents::snapshot::AgentRecord;
 use ampora_control_plane::assignments::AssignmentWatch;
-use ampora_control_plane::audit::AuditContext;
+use ampora_control_plane::audit::{AuditContext, AuditQuery};
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::{self, Readiness};
 use ampora_control_plane::storage::{self, AgentEvent, EventQuery, Store, StoreOptions};
@@ -495,6 +495,49 @@ async fn an_agent_enrols_with_a_csr_reconnects_with_its_certificate_and_renews()
         .send(uid, message(uid, 3, ACCEPTS_SETTINGS), certified)
         .await;
     refused_because(&reply, "client certificate revoked");
+
+    // The audit log: the enrolment by its token from the agent's address (refusals leave
+    // nothing), the renewal by the agent, the old certificate retired by the server.
+    let mut entries = control_plane
+        .store
+        .list_audit(&AuditQuery {
+            object_type: Some("certificate".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    entries.reverse();
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.object_id.as_str(),
+                e.address.as_str(),
+            )
+        })
+        .collect();
+    let agent = format!("agent:{uid}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].0.starts_with("bootstrap-token:"), "{seen:?}");
+    assert_eq!(
+        (seen[0].1, seen[0].2, seen[0].3),
+        ("certificate.enrol", fingerprint.as_str(), "127.0.0.1")
+    );
+    assert_eq!(
+        seen[1..],
+        [
+            (
+                agent.as_str(),
+                "certificate.renew",
+                renewed.as_str(),
+                "127.0.0.1"
+            ),
+            ("system", "certificate.revoke", fingerprint.as_str(), ""),
+        ]
+    );
     control_plane.stop().await;
 }
 
