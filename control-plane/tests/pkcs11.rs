@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ampora_control_plane::audit::AuditContext;
 use ampora_control_plane::storage::{self, StoreOptions};
+use ampora_control_plane::trust::enrolment::Requester;
 use ampora_control_plane::trust::signer::Pkcs11Settings;
 use ampora_control_plane::trust::{Trust, TrustConfig};
 use x509_parser::prelude::*;
@@ -102,12 +104,18 @@ async fn softhsm_holds_the_ca_key_and_signs() {
     assert_eq!(stored.key_sealed, None, "no key leaves the token");
     assert_eq!(stored.key_label, "operator-made");
 
-    let (token, _) = trust.create_token(None, Default::default()).await.unwrap();
-    let enrolled = trust.enrol_with_token(&token, None, None).await.unwrap();
+    let (token, _) = trust
+        .create_token(None, Default::default(), &AuditContext::system())
+        .await
+        .unwrap();
+    let enrolled = trust
+        .enrol_with_token(&token, None, None, &Requester::default())
+        .await
+        .unwrap();
     verify(&enrolled.issued.certificate_pem, &enrolled.ca_pem);
 
     // Rotation makes a new key in the token, under a label of its own.
-    let rotated = trust.rotate_ca().await.unwrap();
+    let rotated = trust.rotate_ca(&AuditContext::system()).await.unwrap();
     let stored = store.current_ca().await.unwrap().unwrap();
     assert_eq!(stored.id, rotated.id);
     assert!(
@@ -115,8 +123,14 @@ async fn softhsm_holds_the_ca_key_and_signs() {
         "{}",
         stored.key_label
     );
-    let (token, _) = trust.create_token(None, Default::default()).await.unwrap();
-    let enrolled = trust.enrol_with_token(&token, None, None).await.unwrap();
+    let (token, _) = trust
+        .create_token(None, Default::default(), &AuditContext::system())
+        .await
+        .unwrap();
+    let enrolled = trust
+        .enrol_with_token(&token, None, None, &Requester::default())
+        .await
+        .unwrap();
     assert_eq!(enrolled.ca_pem, rotated.certificate_pem);
     verify(&enrolled.issued.certificate_pem, &enrolled.ca_pem);
 
@@ -124,8 +138,14 @@ async fn softhsm_holds_the_ca_key_and_signs() {
     drop(trust);
     let trust = Trust::start(store.clone(), config).await.unwrap();
     assert_eq!(trust.ca().id, rotated.id);
-    let (token, _) = trust.create_token(None, Default::default()).await.unwrap();
-    let enrolled = trust.enrol_with_token(&token, None, None).await.unwrap();
+    let (token, _) = trust
+        .create_token(None, Default::default(), &AuditContext::system())
+        .await
+        .unwrap();
+    let enrolled = trust
+        .enrol_with_token(&token, None, None, &Requester::default())
+        .await
+        .unwrap();
     verify(&enrolled.issued.certificate_pem, &rotated.certificate_pem);
 
     // A CA created from scratch makes its key in the token.
@@ -145,7 +165,13 @@ async fn softhsm_holds_the_ca_key_and_signs() {
         other.current_ca().await.unwrap().unwrap().key_label,
         "made-by-ampora"
     );
-    let (token, _) = fresh.create_token(None, Default::default()).await.unwrap();
-    let enrolled = fresh.enrol_with_token(&token, None, None).await.unwrap();
+    let (token, _) = fresh
+        .create_token(None, Default::default(), &AuditContext::system())
+        .await
+        .unwrap();
+    let enrolled = fresh
+        .enrol_with_token(&token, None, None, &Requester::default())
+        .await
+        .unwrap();
     verify(&enrolled.issued.certificate_pem, &enrolled.ca_pem);
 }

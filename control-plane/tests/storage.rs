@@ -3035,6 +3035,7 @@ storage_suite!(
     bootstrap_tokens_enrol_once_and_say_why_not,
     certificates_bind_uids_and_are_revoked_and_superseded,
     concurrent_enrolments_with_one_token_have_exactly_one_winner,
+    trust_changes_are_audited_one_entry_each,
     accounts_sessions_and_api_tokens,
     configuration_changes_are_audited_with_their_change,
     the_audit_chain_has_one_order_under_concurrent_writers,
@@ -3413,6 +3414,7 @@ async fn token(store: &dyn Store, hash: &str, expires: i64) -> BootstrapToken {
                 expires_at: at(expires),
             },
             at(0),
+            &audit(),
         )
         .await
         .unwrap()
@@ -3423,9 +3425,9 @@ async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_ha
 ) {
     let store = db.open().await;
     assert_eq!(store.current_ca().await.unwrap(), None);
-    let first = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let first = store.create_ca(&new_ca(1), at(0), &audit()).await.unwrap();
     // A second replica starting at the same time gets the first one's CA.
-    let again = store.create_ca(&new_ca(2), at(1)).await.unwrap();
+    let again = store.create_ca(&new_ca(2), at(1), &audit()).await.unwrap();
     assert_eq!(again, first);
     assert_eq!(first.key_sealed, Some(vec![1; 48]));
     assert_eq!(store.current_ca().await.unwrap(), Some(first.clone()));
@@ -3433,14 +3435,19 @@ async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_ha
     // A certificate of the first CA, valid until 500.
     let uid = Uuid::now_v7();
     let issued = store
-        .enrol(None, &new_certificate(uid, first.id, "a1", 10, 500), at(10))
+        .enrol(
+            None,
+            &new_certificate(uid, first.id, "a1", 10, 500),
+            at(10),
+            &audit(),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(issued.labels["renewed"], "yes");
 
     let second = store
-        .rotate_ca(first.id, &new_ca(3), at(20))
+        .rotate_ca(first.id, &new_ca(3), at(20), &audit())
         .await
         .unwrap()
         .unwrap();
@@ -3452,7 +3459,10 @@ async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_ha
     );
     // A rotation from a stale view changes nothing.
     assert_eq!(
-        store.rotate_ca(first.id, &new_ca(4), at(21)).await.unwrap(),
+        store
+            .rotate_ca(first.id, &new_ca(4), at(21), &audit())
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(store.current_ca().await.unwrap().unwrap().id, second.id);
@@ -3474,20 +3484,23 @@ async fn the_ca_is_created_once_and_rotated_with_the_old_one_trusted_while_it_ha
 
 async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
     let store = db.open().await;
-    let ca = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let ca = store.create_ca(&new_ca(1), at(0), &audit()).await.unwrap();
     let created = token(store.as_ref(), "h1", 100).await;
     assert_eq!(created.labels["env"], "prod");
     assert_eq!(created.used_at, None);
     let expired = token(store.as_ref(), "h2", 5).await;
     let revoked = token(store.as_ref(), "h3", 100).await;
     let revoked = store
-        .revoke_bootstrap_token(revoked.id, at(2))
+        .revoke_bootstrap_token(revoked.id, at(2), &audit())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(revoked.revoked_at, Some(at(2)));
     assert_eq!(
-        store.revoke_bootstrap_token(9999, at(2)).await.unwrap(),
+        store
+            .revoke_bootstrap_token(9999, at(2), &audit())
+            .await
+            .unwrap(),
         None
     );
 
@@ -3509,6 +3522,7 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
                 Some(hash),
                 &new_certificate(Uuid::now_v7(), ca.id, hash, 10, 1000),
                 at(10),
+                &audit(),
             )
             .await
             .unwrap();
@@ -3522,6 +3536,7 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
             Some("h1"),
             &new_certificate(uid, ca.id, "c1", 10, 1000),
             at(10),
+            &audit(),
         )
         .await
         .unwrap()
@@ -3534,6 +3549,7 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
             Some("h1"),
             &new_certificate(uid, ca.id, "c2", 11, 1000),
             at(11),
+            &audit(),
         )
         .await
         .unwrap();
@@ -3556,7 +3572,7 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
     );
     // A used token stays used when revoked.
     let used = store
-        .revoke_bootstrap_token(created.id, at(12))
+        .revoke_bootstrap_token(created.id, at(12), &audit())
         .await
         .unwrap()
         .unwrap();
@@ -3569,6 +3585,7 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
             Some("h4"),
             &new_certificate(uid, ca.id, "c3", 12, 1000),
             at(12),
+            &audit(),
         )
         .await
         .unwrap();
@@ -3582,20 +3599,35 @@ async fn bootstrap_tokens_enrol_once_and_say_why_not(db: Db) {
 
 async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
     let store = db.open().await;
-    let ca = store.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let ca = store.create_ca(&new_ca(1), at(0), &audit()).await.unwrap();
     let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
     let old = store
-        .enrol(None, &new_certificate(one, ca.id, "01", 10, 1000), at(10))
+        .enrol(
+            None,
+            &new_certificate(one, ca.id, "01", 10, 1000),
+            at(10),
+            &audit(),
+        )
         .await
         .unwrap()
         .unwrap();
     let new = store
-        .enrol(None, &new_certificate(one, ca.id, "02", 20, 1000), at(20))
+        .enrol(
+            None,
+            &new_certificate(one, ca.id, "02", 20, 1000),
+            at(20),
+            &audit(),
+        )
         .await
         .unwrap()
         .unwrap();
     let other = store
-        .enrol(None, &new_certificate(two, ca.id, "03", 20, 30), at(20))
+        .enrol(
+            None,
+            &new_certificate(two, ca.id, "03", 20, 30),
+            at(20),
+            &audit(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -3626,18 +3658,18 @@ async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
     // The agent presents its new certificate: the old one is retired, once.
     assert_eq!(
         store
-            .retire_superseded(one, &new.fingerprint, at(25))
+            .retire_superseded(one, &new.fingerprint, at(25), &audit())
             .await
             .unwrap(),
         std::slice::from_ref(&old.fingerprint)
     );
     assert!(store
-        .retire_superseded(one, &new.fingerprint, at(26))
+        .retire_superseded(one, &new.fingerprint, at(26), &audit())
         .await
         .unwrap()
         .is_empty());
     let revoked = store
-        .revoke_certificate(&new.fingerprint, "compromised", at(27))
+        .revoke_certificate(&new.fingerprint, "compromised", at(27), &audit())
         .await
         .unwrap()
         .unwrap();
@@ -3645,13 +3677,16 @@ async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
     assert_eq!(revoked.revoked_reason.as_deref(), Some("compromised"));
     // Revoking again keeps the first revocation.
     let again = store
-        .revoke_certificate(&new.fingerprint, "again", at(28))
+        .revoke_certificate(&new.fingerprint, "again", at(28), &audit())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again, revoked);
     assert_eq!(
-        store.revoke_certificate("ff", "x", at(28)).await.unwrap(),
+        store
+            .revoke_certificate("ff", "x", at(28), &audit())
+            .await
+            .unwrap(),
         None
     );
     let snapshot = store.trust_snapshot(at(29)).await.unwrap();
@@ -3669,11 +3704,192 @@ async fn certificates_bind_uids_and_are_revoked_and_superseded(db: Db) {
     assert_eq!(rest, [other]);
 }
 
+/// Every trust change leaves one audit entry, in its transaction; what changes nothing (a
+/// lost race, a refused enrolment, a second revocation) leaves none.
+async fn trust_changes_are_audited_one_entry_each(db: Db) {
+    let store = db.open().await;
+    let system = AuditContext::system();
+    let ca = store.create_ca(&new_ca(1), at(0), &system).await.unwrap();
+    store.create_ca(&new_ca(2), at(0), &system).await.unwrap();
+    let created = token(store.as_ref(), "secret-hash", 100).await;
+    let revoked = token(store.as_ref(), "other-hash", 100).await;
+    store
+        .revoke_bootstrap_token(revoked.id, at(1), &audit())
+        .await
+        .unwrap();
+    store
+        .revoke_bootstrap_token(revoked.id, at(2), &audit())
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let by_token = AuditContext {
+        actor: Actor::BootstrapToken(created.id),
+        address: "198.51.100.7".into(),
+        request_id: String::new(),
+    };
+    let enrolled = store
+        .enrol(
+            Some("secret-hash"),
+            &new_certificate(uid, ca.id, "e1", 10, 1000),
+            at(10),
+            &by_token,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let before_refusals = actions(store.as_ref()).await;
+    // Refused: the token is used, and (with a fresh token) the uid is enrolled already.
+    let used = store
+        .enrol(
+            Some("secret-hash"),
+            &new_certificate(Uuid::now_v7(), ca.id, "e2", 11, 1000),
+            at(11),
+            &by_token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(used, Err(EnrolRefusal::Token(TokenRefusal::Used)));
+    let fresh = token(store.as_ref(), "fresh-hash", 100).await;
+    let mut after_refusals = before_refusals.clone();
+    after_refusals.push("bootstrap_token.create".into());
+    let again = store
+        .enrol(
+            Some("fresh-hash"),
+            &new_certificate(uid, ca.id, "e3", 12, 1000),
+            at(12),
+            &by_token,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Err(EnrolRefusal::AlreadyEnrolled(uid)));
+    assert_eq!(actions(store.as_ref()).await, after_refusals);
+    assert!(fresh.id > created.id);
+
+    let renewed = store
+        .enrol(
+            None,
+            &new_certificate(uid, ca.id, "e4", 20, 2000),
+            at(20),
+            &AuditContext {
+                actor: Actor::Agent(uid),
+                ..AuditContext::system()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .retire_superseded(uid, &renewed.fingerprint, at(21), &system)
+        .await
+        .unwrap();
+    store
+        .revoke_certificate(&renewed.fingerprint, "compromised", at(22), &audit())
+        .await
+        .unwrap();
+    store
+        .revoke_certificate(&renewed.fingerprint, "again", at(23), &audit())
+        .await
+        .unwrap();
+    let second = store
+        .rotate_ca(ca.id, &new_ca(3), at(24), &audit())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_ca(ca.id, &new_ca(4), at(25), &audit())
+            .await
+            .unwrap(),
+        None
+    );
+
+    let mut entries = audit_entries(store.as_ref(), AuditQuery::default()).await;
+    entries.reverse();
+    let seen: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.object_id.as_str()))
+        .collect();
+    let (ca_id, second_id) = (ca.id.to_string(), second.id.to_string());
+    let (created_id, revoked_id, fresh_id) = (
+        created.id.to_string(),
+        revoked.id.to_string(),
+        fresh.id.to_string(),
+    );
+    let token_actor = format!("bootstrap-token:{}", created.id);
+    let agent_actor = format!("agent:{uid}");
+    assert_eq!(
+        seen,
+        [
+            ("system", "ca.create", ca_id.as_str()),
+            (
+                "account:tester",
+                "bootstrap_token.create",
+                created_id.as_str()
+            ),
+            (
+                "account:tester",
+                "bootstrap_token.create",
+                revoked_id.as_str()
+            ),
+            (
+                "account:tester",
+                "bootstrap_token.revoke",
+                revoked_id.as_str()
+            ),
+            (
+                token_actor.as_str(),
+                "certificate.enrol",
+                enrolled.fingerprint.as_str()
+            ),
+            (
+                "account:tester",
+                "bootstrap_token.create",
+                fresh_id.as_str()
+            ),
+            (
+                agent_actor.as_str(),
+                "certificate.renew",
+                renewed.fingerprint.as_str()
+            ),
+            (
+                "system",
+                "certificate.revoke",
+                enrolled.fingerprint.as_str()
+            ),
+            (
+                "account:tester",
+                "certificate.revoke",
+                renewed.fingerprint.as_str()
+            ),
+            ("account:tester", "ca.rotate", second_id.as_str()),
+        ]
+    );
+    let enrol = &entries[4];
+    assert_eq!(enrol.address, "198.51.100.7");
+    let new = enrol.new_value.as_ref().unwrap();
+    assert_eq!(new["bootstrap_token_id"], created.id);
+    assert_eq!(new["labels"]["env"], "prod");
+    assert_eq!(new["instance_uid"], uid.to_string());
+    assert_eq!(
+        entries[7].new_value.as_ref().unwrap()["reason"],
+        "superseded"
+    );
+    assert_eq!(
+        entries[1].new_value.as_ref().unwrap()["token"],
+        "[redacted]"
+    );
+    // Neither a token's hash nor a CA's key in any entry.
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(!text.contains("secret-hash") && !text.contains("fresh-hash"));
+    assert!(!text.contains("key") && !text.contains("\"token_hash\""));
+    assert!(store.verify_audit().await.unwrap().ok);
+}
+
 /// Two enrolments with one token, through two stores on one database (two replicas): exactly
 /// one wins, whatever the interleaving.
 async fn concurrent_enrolments_with_one_token_have_exactly_one_winner(db: Db) {
     let (first, second) = (db.open().await, db.open().await);
-    let ca = first.create_ca(&new_ca(1), at(0)).await.unwrap();
+    let ca = first.create_ca(&new_ca(1), at(0), &audit()).await.unwrap();
     for round in 0..10 {
         let hash = format!("race-{round}");
         token(first.as_ref(), &hash, 100).await;
@@ -3681,9 +3897,10 @@ async fn concurrent_enrolments_with_one_token_have_exactly_one_winner(db: Db) {
             new_certificate(Uuid::now_v7(), ca.id, &format!("a{round}"), 10, 1000),
             new_certificate(Uuid::now_v7(), ca.id, &format!("b{round}"), 10, 1000),
         );
+        let by = audit();
         let (one, two) = tokio::join!(
-            first.enrol(Some(&hash), &a, at(10)),
-            second.enrol(Some(&hash), &b, at(10)),
+            first.enrol(Some(&hash), &a, at(10), &by),
+            second.enrol(Some(&hash), &b, at(10), &by),
         );
         let outcomes = [one.unwrap(), two.unwrap()];
         let winners = outcomes.iter().filter(|outcome| outcome.is_ok()).count();

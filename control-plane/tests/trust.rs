@@ -9,10 +9,12 @@ use std::time::Duration;
 use ::time::OffsetDateTime;
 use ampora_control_plane::agents::snapshot::AgentRecord;
 use ampora_control_plane::assignments::AssignmentWatch;
+use ampora_control_plane::audit::{AuditContext, AuditQuery};
 use ampora_control_plane::config::ControlPlaneConfig;
 use ampora_control_plane::ingest::{self, Readiness};
 use ampora_control_plane::storage::{self, AgentEvent, EventQuery, Store, StoreOptions};
 use ampora_control_plane::testing::TestPostgres;
+use ampora_control_plane::trust::enrolment::Requester;
 use ampora_control_plane::trust::{Trust, TrustConfig};
 use ampora_shared::bus::{Bus, InProcessBus, Subscription};
 use ampora_shared::pb::bus::{
@@ -153,7 +155,7 @@ impl ControlPlane {
 
     async fn token(&self) -> String {
         self.trust
-            .create_token(None, Default::default())
+            .create_token(None, Default::default(), &AuditContext::system())
             .await
             .unwrap()
             .0
@@ -258,7 +260,7 @@ async fn identities_are_checked_on_every_message(url: String) {
     let token = control_plane.token().await;
     let attackers = control_plane
         .trust
-        .enrol_with_token(&token, None, Some(attacker))
+        .enrol_with_token(&token, None, Some(attacker), &Requester::default())
         .await
         .unwrap()
         .issued
@@ -266,7 +268,7 @@ async fn identities_are_checked_on_every_message(url: String) {
     let token = control_plane.token().await;
     let victims = control_plane
         .trust
-        .enrol_with_token(&token, None, Some(victim))
+        .enrol_with_token(&token, None, Some(victim), &Requester::default())
         .await
         .unwrap()
         .issued
@@ -325,7 +327,7 @@ async fn identities_are_checked_on_every_message(url: String) {
     assert_eq!(error_of(&reply), None);
     control_plane
         .trust
-        .revoke_certificate(&attackers)
+        .revoke_certificate(&attackers, &AuditContext::system())
         .await
         .unwrap()
         .unwrap();
@@ -493,6 +495,49 @@ async fn an_agent_enrols_with_a_csr_reconnects_with_its_certificate_and_renews()
         .send(uid, message(uid, 3, ACCEPTS_SETTINGS), certified)
         .await;
     refused_because(&reply, "client certificate revoked");
+
+    // The audit log: the enrolment by its token from the agent's address (refusals leave
+    // nothing), the renewal by the agent, the old certificate retired by the server.
+    let mut entries = control_plane
+        .store
+        .list_audit(&AuditQuery {
+            object_type: Some("certificate".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    entries.reverse();
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.object_id.as_str(),
+                e.address.as_str(),
+            )
+        })
+        .collect();
+    let agent = format!("agent:{uid}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].0.starts_with("bootstrap-token:"), "{seen:?}");
+    assert_eq!(
+        (seen[0].1, seen[0].2, seen[0].3),
+        ("certificate.enrol", fingerprint.as_str(), "127.0.0.1")
+    );
+    assert_eq!(
+        seen[1..],
+        [
+            (
+                agent.as_str(),
+                "certificate.renew",
+                renewed.as_str(),
+                "127.0.0.1"
+            ),
+            ("system", "certificate.revoke", fingerprint.as_str(), ""),
+        ]
+    );
     control_plane.stop().await;
 }
 
@@ -611,25 +656,25 @@ async fn the_trust_state_goes_out_on_request_and_after_every_change() {
     assert!(answered.read_unix_nano >= first.read_unix_nano);
 
     let token = trust
-        .create_token(None, Default::default())
+        .create_token(None, Default::default(), &AuditContext::system())
         .await
         .unwrap()
         .0;
     let fingerprint = trust
-        .enrol_with_token(&token, None, None)
+        .enrol_with_token(&token, None, None, &Requester::default())
         .await
         .unwrap()
         .issued
         .fingerprint;
     trust
-        .revoke_certificate(&fingerprint)
+        .revoke_certificate(&fingerprint, &AuditContext::system())
         .await
         .unwrap()
         .unwrap();
     let revoked = next_state(&mut states).await;
     assert_eq!(revoked.revoked_certificate_sha256, [fingerprint]);
 
-    let rotated = trust.rotate_ca().await.unwrap();
+    let rotated = trust.rotate_ca(&AuditContext::system()).await.unwrap();
     let after_rotation = next_state(&mut states).await;
     // The new CA first; the old one still has a certificate that has not expired.
     assert_eq!(after_rotation.ca_certificates_der.len(), 2);
@@ -669,9 +714,12 @@ async fn an_enrolment_on_another_replica_binds_the_uid_here_too() {
         .await
         .unwrap();
     let there = Trust::start(other_store, trust_config).await.unwrap();
-    let (token, _) = there.create_token(None, Default::default()).await.unwrap();
+    let (token, _) = there
+        .create_token(None, Default::default(), &AuditContext::system())
+        .await
+        .unwrap();
     there
-        .enrol_with_token(&token, None, Some(uid))
+        .enrol_with_token(&token, None, Some(uid), &Requester::default())
         .await
         .unwrap();
 

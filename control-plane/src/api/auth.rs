@@ -81,7 +81,7 @@ impl Principal {
 }
 
 /// The client's IP address, as the audit log and the sign-in guard see it.
-fn client_address(parts: &Parts) -> String {
+pub(crate) fn client_address(parts: &Parts) -> String {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -89,7 +89,7 @@ fn client_address(parts: &Parts) -> String {
         .unwrap_or_default()
 }
 
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(REQUEST_ID)
         .and_then(|id| id.to_str().ok())

@@ -185,6 +185,15 @@ fn routes() -> Vec<(Method, &'static str, Option<Role>)> {
         (M::DELETE, "/api/v1/api-tokens/nothing", admin),
         (M::GET, "/api/v1/audit", admin),
         (M::GET, "/api/v1/audit/verify", admin),
+        (M::GET, "/api/v1/bootstrap-tokens", operator),
+        (M::POST, "/api/v1/bootstrap-tokens", operator),
+        (M::DELETE, "/api/v1/bootstrap-tokens/9999", operator),
+        (M::POST, "/api/v1/ca/rotate", admin),
+        (M::GET, "/api/v1/certificates", admin),
+        (M::POST, "/api/v1/certificates/00ff/revoke", admin),
+        // Agents': the CA, and the exchange whose credential is the bootstrap token.
+        (M::GET, "/api/v1/ca.pem", None),
+        (M::POST, "/api/v1/certificates", None),
     ]
 }
 
@@ -809,4 +818,189 @@ async fn a_path_can_mix_a_guarded_method_and_an_open_one() {
     );
     assert_eq!(status(Method::GET, Some(ADMIN_TOKEN)).await, StatusCode::OK);
     assert_eq!(status(Method::POST, None).await, StatusCode::OK);
+}
+
+/// The audit entries a filter finds, newest first, as `(actor, action, object_id)`.
+async fn audited(state: &ApiState, filter: &str) -> Vec<(String, String, String)> {
+    let (status, body) = send(
+        state,
+        Method::GET,
+        &format!("/api/v1/audit?{filter}"),
+        As::Bearer(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = |entry: &Value, field: &str| entry[field].as_str().unwrap().to_owned();
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                text(entry, "actor"),
+                text(entry, "action"),
+                text(entry, "object_id"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn trust_changes_are_audited_by_who_made_them_without_secrets() {
+    let state = state().await;
+    let operator = token(&state, Role::Operator).await;
+    // The first CA was the server's own doing.
+    let created_ca = audited(&state, "action=ca.create").await;
+    assert_eq!(created_ca.len(), 1);
+    assert_eq!(created_ca[0].0, "system");
+
+    let (status, created) = send(
+        &state,
+        Method::POST,
+        "/api/v1/bootstrap-tokens",
+        As::Bearer(&operator),
+        Some(json!({"labels": {"site": "berlin"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token_id = created["id"].as_i64().unwrap();
+    let secret = created["token"].as_str().unwrap().to_owned();
+    let (status, spare) = send(
+        &state,
+        Method::POST,
+        "/api/v1/bootstrap-tokens",
+        As::Bearer(&operator),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{spare}");
+    let spare_id = spare["id"].as_i64().unwrap();
+    let (status, body) = send(
+        &state,
+        Method::DELETE,
+        &format!("/api/v1/bootstrap-tokens/{spare_id}"),
+        As::Bearer(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The agent's exchange: no operator credential, the token is the credential.
+    let (status, enrolled) = send(
+        &state,
+        Method::POST,
+        "/api/v1/certificates",
+        As::Nobody,
+        Some(json!({"token": secret})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let fingerprint = enrolled["fingerprint"].as_str().unwrap().to_owned();
+    let private_key = enrolled["private_key_pem"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        &state,
+        Method::POST,
+        &format!("/api/v1/certificates/{fingerprint}/revoke"),
+        As::Bearer(ADMIN_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, rotated) = send(
+        &state,
+        Method::POST,
+        "/api/v1/ca/rotate",
+        As::Bearer(ADMIN_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+
+    let operator_actor = "api-token:test-operator".to_owned();
+    let admin_actor = "api-token:test-admin".to_owned();
+    let entry =
+        |actor: &str, action: &str, object: String| (actor.to_owned(), action.to_owned(), object);
+    assert_eq!(
+        audited(&state, "object_type=bootstrap_token").await,
+        [
+            entry(
+                &operator_actor,
+                "bootstrap_token.revoke",
+                spare_id.to_string()
+            ),
+            entry(
+                &operator_actor,
+                "bootstrap_token.create",
+                spare_id.to_string()
+            ),
+            entry(
+                &operator_actor,
+                "bootstrap_token.create",
+                token_id.to_string()
+            ),
+        ]
+    );
+    // The enrolment names its token, and is found by it.
+    assert_eq!(
+        audited(&state, &format!("actor=bootstrap-token:{token_id}")).await,
+        [entry(
+            &format!("bootstrap-token:{token_id}"),
+            "certificate.enrol",
+            fingerprint.clone()
+        )]
+    );
+    assert_eq!(
+        audited(&state, "action=certificate.revoke").await,
+        [entry(
+            &admin_actor,
+            "certificate.revoke",
+            fingerprint.clone()
+        )]
+    );
+    assert_eq!(
+        audited(&state, "action=ca.rotate").await,
+        [entry(
+            &admin_actor,
+            "ca.rotate",
+            rotated["ca_id"].as_i64().unwrap().to_string()
+        )]
+    );
+
+    let (_, full) = send(
+        &state,
+        Method::GET,
+        "/api/v1/audit",
+        As::Bearer(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    let text = full.to_string();
+    assert!(
+        !text.contains(&secret),
+        "no bootstrap token in the audit log"
+    );
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "no private key in the audit log"
+    );
+    let key_body = private_key.lines().nth(1).unwrap();
+    assert!(!text.contains(key_body), "no private key in the audit log");
+    let enrol = full["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["action"] == "certificate.enrol")
+        .unwrap();
+    assert_eq!(enrol["new_value"]["labels"]["site"], "berlin");
+    assert_eq!(enrol["new_value"]["bootstrap_token_id"], token_id);
+    let (_, verified) = send(
+        &state,
+        Method::GET,
+        "/api/v1/audit/verify",
+        As::Bearer(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(verified["ok"], true, "{verified}");
 }

@@ -1199,6 +1199,7 @@ async fn a_token_buys_one_certificate_and_is_refused_used_expired_or_revoked() {
                 expires_at: OffsetDateTime::now_utc() - time::Duration::seconds(1),
             },
             OffsetDateTime::now_utc() - time::Duration::hours(1),
+            &crate::audit::AuditContext::system(),
         )
         .await
         .unwrap();

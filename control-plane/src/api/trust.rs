@@ -1,11 +1,12 @@
 //! Trust over the API: bootstrap tokens, the CA, and agents' certificates (the token →
 //! certificate exchange for agents that cannot take certificates over OpAMP, listing and
-//! revocation). Each change is one storage transaction.
+//! revocation). Each change is one storage transaction, with its audit entry.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -15,9 +16,9 @@ use uuid::Uuid;
 
 use super::extract::{JsonBody, Path, Query};
 use super::paging::{next_page_token, page_token, Limit};
-use super::{ApiError, ApiState};
+use super::{auth, ApiError, ApiState, Principal};
 use crate::storage::{AgentCertificate, BootstrapToken};
-use crate::trust::enrolment::EnrolError;
+use crate::trust::enrolment::{EnrolError, Requester};
 use crate::trust::TrustError;
 
 /// Longest lifetime a bootstrap token may be given: a year.
@@ -120,6 +121,7 @@ impl From<BootstrapToken> for TokenView {
 
 pub async fn bootstrap_token_create(
     State(state): State<ApiState>,
+    principal: Principal,
     JsonBody(body): JsonBody<TokenCreate>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let ttl = match body.ttl_seconds {
@@ -142,7 +144,10 @@ pub async fn bootstrap_token_create(
             "label {key:?}: keys must be 1 to {MAX_LABEL_LENGTH} bytes, values at most {MAX_LABEL_LENGTH}"
         )));
     }
-    let (token, record) = state.trust.create_token(ttl, body.labels).await?;
+    let (token, record) = state
+        .trust
+        .create_token(ttl, body.labels, &principal.audit)
+        .await?;
     tracing::info!(token_id = record.id, "bootstrap token created");
     Ok((
         StatusCode::CREATED,
@@ -189,11 +194,12 @@ pub async fn bootstrap_tokens_list(
 /// the certificate it brought is what takes the agent's access away.
 pub async fn bootstrap_token_delete(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(id): Path<i64>,
 ) -> Result<Json<TokenView>, ApiError> {
     let token = state
         .store
-        .revoke_bootstrap_token(id, OffsetDateTime::now_utc())
+        .revoke_bootstrap_token(id, OffsetDateTime::now_utc(), &principal.audit)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no bootstrap token {id}")))?;
     if token.used_at.is_some() {
@@ -221,8 +227,9 @@ pub struct CaRotated {
 
 pub async fn ca_rotate(
     State(state): State<ApiState>,
+    principal: Principal,
 ) -> Result<(StatusCode, Json<CaRotated>), ApiError> {
-    let ca = state.trust.rotate_ca().await?;
+    let ca = state.trust.rotate_ca(&principal.audit).await?;
     Ok((
         StatusCode::CREATED,
         Json(CaRotated {
@@ -253,13 +260,19 @@ pub struct CertificateCreated {
     fingerprint: String,
 }
 
+/// Open: the bootstrap token is the credential, and the audit entry names it as the actor.
 pub async fn certificate_create(
     State(state): State<ApiState>,
+    parts: Parts,
     JsonBody(body): JsonBody<CertificateCreate>,
 ) -> Result<(StatusCode, Json<CertificateCreated>), ApiError> {
+    let from = Requester {
+        address: auth::client_address(&parts),
+        request_id: auth::request_id(&parts.headers),
+    };
     let enrolled = state
         .trust
-        .enrol_with_token(&body.token, body.csr_pem.as_deref(), None)
+        .enrol_with_token(&body.token, body.csr_pem.as_deref(), None, &from)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -339,12 +352,13 @@ pub async fn certificates_list(
 
 pub async fn certificate_revoke(
     State(state): State<ApiState>,
+    principal: Principal,
     Path(fingerprint): Path<String>,
 ) -> Result<Json<CertificateView>, ApiError> {
     let fingerprint = fingerprint.to_ascii_lowercase();
     let certificate = state
         .trust
-        .revoke_certificate(&fingerprint)
+        .revoke_certificate(&fingerprint, &principal.audit)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no certificate {fingerprint}")))?;
     tracing::info!(%fingerprint, instance_uid = %certificate.instance_uid, "certificate revoked");

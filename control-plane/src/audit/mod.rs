@@ -214,6 +214,109 @@ impl Change {
     }
 }
 
+// === agent trust: the CA, bootstrap tokens, agents' certificates ===
+
+impl Change {
+    /// A CA as the log shows it: the SHA-256 of its certificate, never its key.
+    fn ca_value(id: i64, certificate_sha256: &str, not_after: OffsetDateTime) -> Value {
+        json!({
+            "ca_id": id,
+            "certificate_sha256": certificate_sha256,
+            "not_after": not_after.unix_timestamp(),
+        })
+    }
+
+    pub fn ca_created(id: i64, certificate_sha256: &str, not_after: OffsetDateTime) -> Change {
+        let new = Change::ca_value(id, certificate_sha256, not_after);
+        Change::new("ca.create", "ca", id.to_string(), None, Some(new))
+    }
+
+    pub fn ca_rotated(
+        old_id: i64,
+        id: i64,
+        certificate_sha256: &str,
+        not_after: OffsetDateTime,
+    ) -> Change {
+        let new = Change::ca_value(id, certificate_sha256, not_after);
+        Change::new(
+            "ca.rotate",
+            "ca",
+            id.to_string(),
+            Some(json!({"ca_id": old_id})),
+            Some(new),
+        )
+    }
+
+    pub fn bootstrap_token_created(
+        id: i64,
+        labels: &std::collections::BTreeMap<String, String>,
+        expires_at: OffsetDateTime,
+    ) -> Change {
+        let new = json!({
+            "labels": labels,
+            "expires_at": expires_at.unix_timestamp(),
+            "token": REDACTED,
+        });
+        Change::new(
+            "bootstrap_token.create",
+            "bootstrap_token",
+            id.to_string(),
+            None,
+            Some(new),
+        )
+    }
+
+    pub fn bootstrap_token_revoked(id: i64) -> Change {
+        Change::new(
+            "bootstrap_token.revoke",
+            "bootstrap_token",
+            id.to_string(),
+            Some(json!({"state": "active"})),
+            Some(json!({"state": "revoked"})),
+        )
+    }
+
+    /// A certificate stored for an agent: `certificate.enrol` with a bootstrap token,
+    /// `certificate.renew` without.
+    pub fn certificate_issued(
+        fingerprint: &str,
+        instance_uid: uuid::Uuid,
+        ca_id: i64,
+        token_id: Option<i64>,
+        labels: &std::collections::BTreeMap<String, String>,
+        not_after: OffsetDateTime,
+    ) -> Change {
+        let new = json!({
+            "instance_uid": instance_uid,
+            "ca_id": ca_id,
+            "bootstrap_token_id": token_id,
+            "labels": labels,
+            "not_after": not_after.unix_timestamp(),
+        });
+        let action = if token_id.is_some() {
+            "certificate.enrol"
+        } else {
+            "certificate.renew"
+        };
+        Change::new(action, "certificate", fingerprint, None, Some(new))
+    }
+
+    /// `reason`: the operator's, or `superseded` when a renewed certificate took its place.
+    pub fn certificate_revoked(
+        fingerprint: &str,
+        instance_uid: uuid::Uuid,
+        reason: &str,
+    ) -> Change {
+        Change::new(
+            "certificate.revoke",
+            "certificate",
+            fingerprint,
+            Some(json!({"instance_uid": instance_uid, "revoked": false})),
+            Some(json!({"instance_uid": instance_uid, "revoked": true, "reason": reason})),
+        )
+    }
+}
+
 /// An entry as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEntry {

@@ -30,12 +30,14 @@ use crate::agents::merge::{
 };
 use crate::agents::snapshot::{AgentRecord, AgentStatus, RemoteConfigStatus, Transport};
 use crate::assignments::{Assignment, AssignmentWatch};
+use crate::audit::AuditContext;
 use crate::config::ControlPlaneConfig;
 use crate::remote_config::drift::AgentConfig;
 use crate::remote_config::{self, AgentOffers, Report};
 use crate::storage::{NewEvent, SeenUpdate, Store, StoreError, WriteBatch};
+use crate::trust::enrolment::{self, Requester};
 use crate::trust::identity::{Admission, Presented};
-use crate::trust::{enrolment, Trust};
+use crate::trust::Trust;
 
 pub enum WorkItem {
     Envelope(Uuid, AgentEnvelope),
@@ -438,7 +440,13 @@ impl Worker {
         };
         match self
             .trust
-            .enrol_over_opamp(uid, message, bearer_token, &Admission::EnrolmentOnly)
+            .enrol_over_opamp(
+                uid,
+                message,
+                bearer_token,
+                &Admission::EnrolmentOnly,
+                &requester(origin),
+            )
             .await
         {
             None => refused(
@@ -479,7 +487,7 @@ impl Worker {
         }
         let Some(outcome) = self
             .trust
-            .enrol_over_opamp(uid, message, bearer_token, admission)
+            .enrol_over_opamp(uid, message, bearer_token, admission, &requester(origin))
             .await
         else {
             return reply;
@@ -549,6 +557,7 @@ impl Worker {
                 certificate.instance_uid,
                 &certificate.fingerprint,
                 OffsetDateTime::now_utc(),
+                &AuditContext::system(),
             )
             .await
         {
@@ -1125,6 +1134,20 @@ fn event(
         at,
         kind: kind.as_str(),
         payload,
+    }
+}
+
+/// Who the audit log says an agent's enrolment came from: its address without the port, as
+/// the API records operators' addresses.
+fn requester(origin: &Origin) -> Requester {
+    let address = origin
+        .remote_addr
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| addr.ip().to_string())
+        .unwrap_or_else(|_| origin.remote_addr.clone());
+    Requester {
+        address,
+        request_id: String::new(),
     }
 }
 

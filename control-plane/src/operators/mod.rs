@@ -62,20 +62,26 @@ impl Role {
     }
 }
 
-/// Who did something: an account (signed in), an API token, or the server itself.
+/// Who did something: an account (signed in), an API token, an agent enrolling with a
+/// bootstrap token or renewing with its certificate, or the server itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Account(String),
     ApiToken(String),
+    BootstrapToken(i64),
+    Agent(uuid::Uuid),
     System,
 }
 
-/// `account:NAME`, `api-token:ID` or `system`: how the audit log stores and filters actors.
+/// `account:NAME`, `api-token:ID`, `bootstrap-token:ID`, `agent:UID` or `system`: how the
+/// audit log stores and filters actors.
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Actor::Account(name) => write!(f, "account:{name}"),
             Actor::ApiToken(id) => write!(f, "api-token:{id}"),
+            Actor::BootstrapToken(id) => write!(f, "bootstrap-token:{id}"),
+            Actor::Agent(uid) => write!(f, "agent:{uid}"),
             Actor::System => f.write_str("system"),
         }
     }
@@ -142,6 +148,12 @@ mod tests {
     fn actors_read_as_stored() {
         assert_eq!(Actor::Account("ada".into()).to_string(), "account:ada");
         assert_eq!(Actor::ApiToken("t1".into()).to_string(), "api-token:t1");
+        assert_eq!(Actor::BootstrapToken(7).to_string(), "bootstrap-token:7");
+        let uid = uuid::Uuid::nil();
+        assert_eq!(
+            Actor::Agent(uid).to_string(),
+            "agent:00000000-0000-0000-0000-000000000000"
+        );
         assert_eq!(Actor::System.to_string(), "system");
     }
 }

@@ -631,8 +631,13 @@ impl TrustStore for PostgresStore {
         trust::current_ca(&self.pool).await
     }
 
-    async fn create_ca(&self, ca: &NewCa, now: OffsetDateTime) -> Result<StoredCa> {
-        if let Some(created) = trust::create_ca(self.pool.begin().await?, ca, now).await? {
+    async fn create_ca(
+        &self,
+        ca: &NewCa,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<StoredCa> {
+        if let Some(created) = trust::create_ca(self.pool.begin().await?, ca, now, audit).await? {
             return Ok(created);
         }
         // Another replica created it first: read from the writer, which saw that commit.
@@ -646,8 +651,9 @@ impl TrustStore for PostgresStore {
         current_id: i64,
         ca: &NewCa,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<StoredCa>> {
-        trust::rotate_ca(self.pool.begin().await?, current_id, ca, now).await
+        trust::rotate_ca(self.pool.begin().await?, current_id, ca, now, audit).await
     }
 
     async fn get_ca(&self, id: i64) -> Result<Option<StoredCa>> {
@@ -662,8 +668,9 @@ impl TrustStore for PostgresStore {
         &self,
         new: &NewBootstrapToken,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<BootstrapToken> {
-        trust::create_bootstrap_token(self.pool.begin().await?, new, now).await
+        trust::create_bootstrap_token(self.pool.begin().await?, new, now, audit).await
     }
 
     async fn list_bootstrap_tokens(&self, after: i64, limit: u32) -> Result<Vec<BootstrapToken>> {
@@ -674,8 +681,9 @@ impl TrustStore for PostgresStore {
         &self,
         id: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<BootstrapToken>> {
-        trust::revoke_bootstrap_token(self.pool.begin().await?, id, now).await
+        trust::revoke_bootstrap_token(self.pool.begin().await?, id, now, audit).await
     }
 
     async fn check_bootstrap_token(
@@ -691,8 +699,16 @@ impl TrustStore for PostgresStore {
         token_hash: Option<&str>,
         certificate: &NewCertificate,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>> {
-        trust::enrol(self.pool.begin().await?, token_hash, certificate, now).await
+        trust::enrol(
+            self.pool.begin().await?,
+            token_hash,
+            certificate,
+            now,
+            audit,
+        )
+        .await
     }
 
     async fn list_certificates(
@@ -708,8 +724,9 @@ impl TrustStore for PostgresStore {
         fingerprint: &str,
         reason: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<AgentCertificate>> {
-        trust::revoke_certificate(self.pool.begin().await?, fingerprint, reason, now).await
+        trust::revoke_certificate(self.pool.begin().await?, fingerprint, reason, now, audit).await
     }
 
     async fn certificate_bindings(
@@ -726,7 +743,8 @@ impl TrustStore for PostgresStore {
         uid: Uuid,
         fingerprint: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Vec<String>> {
-        trust::retire_superseded(self.pool.begin().await?, uid, fingerprint, now).await
+        trust::retire_superseded(self.pool.begin().await?, uid, fingerprint, now, audit).await
     }
 }

@@ -767,8 +767,13 @@ impl TrustStore for SqliteStore {
         trust::current_ca(&self.reader).await
     }
 
-    async fn create_ca(&self, ca: &NewCa, now: OffsetDateTime) -> Result<StoredCa> {
-        if let Some(created) = trust::create_ca(self.begin_write().await?, ca, now).await? {
+    async fn create_ca(
+        &self,
+        ca: &NewCa,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<StoredCa> {
+        if let Some(created) = trust::create_ca(self.begin_write().await?, ca, now, audit).await? {
             return Ok(created);
         }
         // Another replica created it first: read from the writer, which saw that commit.
@@ -782,8 +787,9 @@ impl TrustStore for SqliteStore {
         current_id: i64,
         ca: &NewCa,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<StoredCa>> {
-        trust::rotate_ca(self.begin_write().await?, current_id, ca, now).await
+        trust::rotate_ca(self.begin_write().await?, current_id, ca, now, audit).await
     }
 
     async fn get_ca(&self, id: i64) -> Result<Option<StoredCa>> {
@@ -798,8 +804,9 @@ impl TrustStore for SqliteStore {
         &self,
         new: &NewBootstrapToken,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<BootstrapToken> {
-        trust::create_bootstrap_token(self.begin_write().await?, new, now).await
+        trust::create_bootstrap_token(self.begin_write().await?, new, now, audit).await
     }
 
     async fn list_bootstrap_tokens(&self, after: i64, limit: u32) -> Result<Vec<BootstrapToken>> {
@@ -810,8 +817,9 @@ impl TrustStore for SqliteStore {
         &self,
         id: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<BootstrapToken>> {
-        trust::revoke_bootstrap_token(self.begin_write().await?, id, now).await
+        trust::revoke_bootstrap_token(self.begin_write().await?, id, now, audit).await
     }
 
     async fn check_bootstrap_token(
@@ -827,8 +835,16 @@ impl TrustStore for SqliteStore {
         token_hash: Option<&str>,
         certificate: &NewCertificate,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>> {
-        trust::enrol(self.begin_write().await?, token_hash, certificate, now).await
+        trust::enrol(
+            self.begin_write().await?,
+            token_hash,
+            certificate,
+            now,
+            audit,
+        )
+        .await
     }
 
     async fn list_certificates(
@@ -844,8 +860,9 @@ impl TrustStore for SqliteStore {
         fingerprint: &str,
         reason: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<AgentCertificate>> {
-        trust::revoke_certificate(self.begin_write().await?, fingerprint, reason, now).await
+        trust::revoke_certificate(self.begin_write().await?, fingerprint, reason, now, audit).await
     }
 
     async fn certificate_bindings(
@@ -862,7 +879,8 @@ impl TrustStore for SqliteStore {
         uid: Uuid,
         fingerprint: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Vec<String>> {
-        trust::retire_superseded(self.begin_write().await?, uid, fingerprint, now).await
+        trust::retire_superseded(self.begin_write().await?, uid, fingerprint, now, audit).await
     }
 }

@@ -1,6 +1,6 @@
 //! Agent trust as stored: Ampora's CAs, bootstrap tokens and the certificates issued to agents.
 //! The same statements on both backends, generic over the sqlx database; every state change
-//! is one transaction. Instance uids are hyphenated text in these tables on both backends.
+//! is one transaction, with its audit entry. Instance uids are hyphenated text in these tables on both backends.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +8,11 @@ use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Tra
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::audit::append;
 use super::encoding::{from_micros, micros};
 use super::{Result, StoreError};
+use crate::audit::{AuditContext, Change};
+use crate::remote_config::sha256_hex;
 
 /// A CA as stored: the current one (`retired_at` empty) or one rotated out.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +133,12 @@ pub trait TrustStore: Send + Sync {
 
     /// Stores `ca` as the current CA unless there is one already; returns the current CA
     /// either way (of two replicas starting at once, one creates it and both use it).
-    async fn create_ca(&self, ca: &NewCa, now: OffsetDateTime) -> Result<StoredCa>;
+    async fn create_ca(
+        &self,
+        ca: &NewCa,
+        now: OffsetDateTime,
+        audit: &AuditContext,
+    ) -> Result<StoredCa>;
 
     /// Retires the current CA, if it is still `current_id`, and makes `ca` current, in one
     /// transaction. `None` when another rotation came first.
@@ -139,6 +147,7 @@ pub trait TrustStore: Send + Sync {
         current_id: i64,
         ca: &NewCa,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<StoredCa>>;
 
     async fn get_ca(&self, id: i64) -> Result<Option<StoredCa>>;
@@ -150,6 +159,7 @@ pub trait TrustStore: Send + Sync {
         &self,
         new: &NewBootstrapToken,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<BootstrapToken>;
 
     /// Tokens by id, after `after`, at most `limit`.
@@ -161,6 +171,7 @@ pub trait TrustStore: Send + Sync {
         &self,
         id: i64,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<BootstrapToken>>;
 
     /// The token whose hash this is, if it would enrol at `now`: read before signing, so a
@@ -174,12 +185,13 @@ pub trait TrustStore: Send + Sync {
     /// Stores an issued certificate, in one transaction: with `token_hash`, consumes the token
     /// (exactly one of concurrent enrolments with one token wins, on any replica), refuses a uid
     /// that holds a valid certificate already, and gives the certificate the token's labels;
-    /// without, a renewal, stores it as it is.
+    /// without, a renewal, stores it as it is. A refused enrolment leaves no audit entry.
     async fn enrol(
         &self,
         token_hash: Option<&str>,
         certificate: &NewCertificate,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>>;
 
     /// Certificates by fingerprint, after `after`, at most `limit`.
@@ -196,6 +208,7 @@ pub trait TrustStore: Send + Sync {
         fingerprint: &str,
         reason: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Option<AgentCertificate>>;
 
     /// The certificates with these fingerprints, and the valid ones of these agents: what the
@@ -208,12 +221,13 @@ pub trait TrustStore: Send + Sync {
     ) -> Result<Vec<AgentCertificate>>;
 
     /// An agent presented `fingerprint`: its other valid certificates issued before that one
-    /// are revoked (`superseded`). Returns their fingerprints.
+    /// are revoked (`superseded`), one audit entry each. Returns their fingerprints.
     async fn retire_superseded(
         &self,
         uid: Uuid,
         fingerprint: &str,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Vec<String>>;
 }
 
@@ -397,13 +411,16 @@ pub async fn create_ca<DB>(
     mut transaction: Transaction<'static, DB>,
     ca: &NewCa,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Option<StoredCa>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
     for<'r> CaRow: FromRow<'r, DB::Row>,
@@ -411,6 +428,12 @@ where
     // The unique index on the current CA refuses a second one: the caller reads the winner.
     match insert_ca(&mut transaction, ca, now).await {
         Ok(created) => {
+            let change = Change::ca_created(
+                created.id,
+                &sha256_hex(&created.certificate_der),
+                created.not_after,
+            );
+            append(&mut transaction, audit, change, now).await?;
             transaction.commit().await?;
             Ok(Some(created))
         }
@@ -424,12 +447,15 @@ pub async fn rotate_ca<DB>(
     current_id: i64,
     ca: &NewCa,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Option<StoredCa>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
@@ -447,6 +473,13 @@ where
         return Ok(None);
     }
     let created = insert_ca(&mut transaction, ca, now).await?;
+    let change = Change::ca_rotated(
+        current_id,
+        created.id,
+        &sha256_hex(&created.certificate_der),
+        created.not_after,
+    );
+    append(&mut transaction, audit, change, now).await?;
     transaction.commit().await?;
     Ok(Some(created))
 }
@@ -495,13 +528,16 @@ pub async fn create_bootstrap_token<DB>(
     mut transaction: Transaction<'static, DB>,
     new: &NewBootstrapToken,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<BootstrapToken>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'r> TokenRow: FromRow<'r, DB::Row>,
 {
     let row: TokenRow = sqlx::query_as(&format!(
@@ -514,8 +550,11 @@ where
     .bind(micros(new.expires_at))
     .fetch_one(&mut *transaction)
     .await?;
+    let token = BootstrapToken::try_from(row)?;
+    let change = Change::bootstrap_token_created(token.id, &token.labels, token.expires_at);
+    append(&mut transaction, audit, change, now).await?;
     transaction.commit().await?;
-    row.try_into()
+    Ok(token)
 }
 
 pub async fn list_bootstrap_tokens<DB>(
@@ -544,22 +583,36 @@ pub async fn revoke_bootstrap_token<DB>(
     mut transaction: Transaction<'static, DB>,
     id: i64,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Option<BootstrapToken>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'r> TokenRow: FromRow<'r, DB::Row>,
 {
-    sqlx::query(
+    let revoked: Option<i64> = sqlx::query_scalar(
         "UPDATE bootstrap_tokens SET revoked_at = $1 \
-         WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL",
+         WHERE id = $2 AND used_at IS NULL AND revoked_at IS NULL RETURNING id",
     )
     .bind(micros(now))
     .bind(id)
-    .execute(&mut *transaction)
+    .fetch_optional(&mut *transaction)
     .await?;
+    if revoked.is_some() {
+        append(
+            &mut transaction,
+            audit,
+            Change::bootstrap_token_revoked(id),
+            now,
+        )
+        .await?;
+    }
     let row: Option<TokenRow> = sqlx::query_as(&format!(
         "SELECT {TOKEN_COLUMNS} FROM bootstrap_tokens WHERE id = $1"
     ))
@@ -631,11 +684,13 @@ pub async fn enrol<DB>(
     token_hash: Option<&str>,
     certificate: &NewCertificate,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<std::result::Result<AgentCertificate, EnrolRefusal>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
@@ -697,8 +752,18 @@ where
     .bind(micros(certificate.not_after))
     .fetch_one(&mut *transaction)
     .await?;
+    let stored = AgentCertificate::try_from(row)?;
+    let change = Change::certificate_issued(
+        &stored.fingerprint,
+        stored.instance_uid,
+        stored.ca_id,
+        stored.token_id,
+        &stored.labels,
+        stored.not_after,
+    );
+    append(&mut transaction, audit, change, now).await?;
     transaction.commit().await?;
-    Ok(Ok(row.try_into()?))
+    Ok(Ok(stored))
 }
 
 pub async fn list_certificates<DB>(
@@ -730,23 +795,27 @@ pub async fn revoke_certificate<DB>(
     fingerprint: &str,
     reason: &str,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Option<AgentCertificate>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
     for<'r> CertificateRow: FromRow<'r, DB::Row>,
 {
-    sqlx::query(
+    let revoked: Option<String> = sqlx::query_scalar(
         "UPDATE agent_certificates SET revoked_at = $1, revoked_reason = $2 \
-         WHERE fingerprint = $3 AND revoked_at IS NULL",
+         WHERE fingerprint = $3 AND revoked_at IS NULL RETURNING fingerprint",
     )
     .bind(micros(now))
     .bind(reason.to_owned())
     .bind(fingerprint.to_owned())
-    .execute(&mut *transaction)
+    .fetch_optional(&mut *transaction)
     .await?;
     let row: Option<CertificateRow> = sqlx::query_as(&format!(
         "SELECT {CERTIFICATE_COLUMNS} FROM agent_certificates WHERE fingerprint = $1"
@@ -754,8 +823,13 @@ where
     .bind(fingerprint.to_owned())
     .fetch_optional(&mut *transaction)
     .await?;
+    let certificate = row.map(AgentCertificate::try_from).transpose()?;
+    if let (Some(_), Some(certificate)) = (revoked, &certificate) {
+        let change = Change::certificate_revoked(fingerprint, certificate.instance_uid, reason);
+        append(&mut transaction, audit, change, now).await?;
+    }
     transaction.commit().await?;
-    row.map(AgentCertificate::try_from).transpose()
+    Ok(certificate)
 }
 
 pub async fn certificate_bindings<DB>(
@@ -805,13 +879,16 @@ pub async fn retire_superseded<DB>(
     uid: Uuid,
     fingerprint: &str,
     now: OffsetDateTime,
+    audit: &AuditContext,
 ) -> Result<Vec<String>>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64, String): FromRow<'r, DB::Row>,
     for<'r> (String,): FromRow<'r, DB::Row>,
 {
     let retired: Vec<String> = sqlx::query_scalar(
@@ -825,6 +902,10 @@ where
     .bind(fingerprint.to_owned())
     .fetch_all(&mut *transaction)
     .await?;
+    for retired in &retired {
+        let change = Change::certificate_revoked(retired, uid, "superseded");
+        append(&mut transaction, audit, change, now).await?;
+    }
     transaction.commit().await?;
     Ok(retired)
 }

@@ -19,6 +19,8 @@ use ampora_shared::pb::opamp::{
 use super::certificates::{self, IssueError, Issued};
 use super::identity::Admission;
 use super::{tokens, Trust};
+use crate::audit::AuditContext;
+use crate::operators::Actor;
 use crate::storage::{AgentCertificate, EnrolRefusal, NewCertificate, StoreError, TokenRefusal};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,25 @@ pub enum EnrolError {
     Store(#[from] StoreError),
 }
 
+/// Where an agent's enrolment or renewal came from, for its audit entry.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    /// The agent's address (IP), empty when unknown.
+    pub address: String,
+    /// The API request's `x-request-id`; empty over OpAMP.
+    pub request_id: String,
+}
+
+impl Requester {
+    fn audit(&self, actor: Actor) -> AuditContext {
+        AuditContext {
+            actor,
+            address: self.address.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
 /// A certificate issued and stored, with what the agent needs to use it.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
@@ -50,11 +71,14 @@ pub struct Enrolled {
 impl Trust {
     /// Exchanges a bootstrap token for a certificate: for the key in `csr_pem`, or for a key
     /// made here. `agent` is the uid of the agent asking (over OpAMP); the API has none.
+    /// `from` is where the request came from (address, request id): the audit entry names
+    /// the token as the actor.
     pub async fn enrol_with_token(
         &self,
         token: &str,
         csr_pem: Option<&str>,
         agent: Option<Uuid>,
+        from: &Requester,
     ) -> Result<Enrolled, EnrolError> {
         let token = token.trim();
         if token.is_empty() {
@@ -63,18 +87,21 @@ impl Trust {
         let hash = tokens::hash(token);
         let now = OffsetDateTime::now_utc();
         // A refused token costs no signature; the enrolment itself decides for good.
-        self.store().check_bootstrap_token(&hash, now).await??;
+        let checked = self.store().check_bootstrap_token(&hash, now).await??;
         let issued = self.issue(csr_pem, agent, now)?;
-        self.store_issued(Some(&hash), issued, Default::default(), now)
+        // The hash names one token row: the one checked is the one `enrol` consumes.
+        let audit = from.audit(Actor::BootstrapToken(checked.id));
+        self.store_issued(Some(&hash), issued, Default::default(), now, &audit)
             .await
     }
 
     /// Renews the certificate an agent is identified by, for the key in `csr_pem`, once it
-    /// expires within the renewal window.
+    /// expires within the renewal window. The audit entry names the agent as the actor.
     pub async fn renew(
         &self,
         current: &AgentCertificate,
         csr_pem: &str,
+        from: &Requester,
     ) -> Result<Enrolled, EnrolError> {
         let now = OffsetDateTime::now_utc();
         let due = current.not_after - self.config().renewal_window;
@@ -82,7 +109,8 @@ impl Trust {
             return Err(EnrolError::NotDue(due));
         }
         let issued = self.issue(Some(csr_pem), Some(current.instance_uid), now)?;
-        self.store_issued(None, issued, current.labels.clone(), now)
+        let audit = from.audit(Actor::Agent(current.instance_uid));
+        self.store_issued(None, issued, current.labels.clone(), now, &audit)
             .await
     }
 
@@ -108,6 +136,7 @@ impl Trust {
         issued: Issued,
         labels: std::collections::BTreeMap<String, String>,
         now: OffsetDateTime,
+        audit: &AuditContext,
     ) -> Result<Enrolled, EnrolError> {
         let ca = self.ca();
         let new = NewCertificate {
@@ -119,7 +148,7 @@ impl Trust {
             issued_at: issued.issued_at,
             not_after: issued.not_after,
         };
-        let certificate = self.store().enrol(token_hash, &new, now).await??;
+        let certificate = self.store().enrol(token_hash, &new, now, audit).await??;
         self.identities().enrolled(&certificate);
         tracing::info!(
             instance_uid = %certificate.instance_uid,
@@ -145,6 +174,7 @@ impl Trust {
         message: &AgentToServer,
         bearer_token: &str,
         admission: &Admission,
+        from: &Requester,
     ) -> Option<Result<Enrolled, EnrolError>> {
         let csr = csr_of(message);
         let accepts =
@@ -156,16 +186,19 @@ impl Trust {
             None => None,
         };
         match (admission, csr) {
-            (Admission::Certified(current), Some(csr)) => Some(self.renew(current, csr).await),
-            (Admission::Plain | Admission::EnrolmentOnly, Some(csr)) => {
-                Some(self.enrol_with_token(token, Some(csr), Some(uid)).await)
+            (Admission::Certified(current), Some(csr)) => {
+                Some(self.renew(current, csr, from).await)
             }
+            (Admission::Plain | Admission::EnrolmentOnly, Some(csr)) => Some(
+                self.enrol_with_token(token, Some(csr), Some(uid), from)
+                    .await,
+            ),
             // No CSR: a key made here, for an agent that takes connection settings and shows
             // a token of ours (an unrelated `Authorization` header is not an enrolment).
             (Admission::Plain | Admission::EnrolmentOnly, None)
                 if accepts && tokens::looks_like_token(token) =>
             {
-                Some(self.enrol_with_token(token, None, Some(uid)).await)
+                Some(self.enrol_with_token(token, None, Some(uid), from).await)
             }
             _ => None,
         }

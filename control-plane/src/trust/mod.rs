@@ -28,6 +28,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
+use crate::audit::AuditContext;
 use crate::storage::{BootstrapToken, NewBootstrapToken, Store, StoreError};
 use ca::{Ca, CaError, CaKeys, Kek};
 use identity::Identities;
@@ -134,7 +135,7 @@ impl Trust {
             None => {
                 let now = OffsetDateTime::now_utc();
                 let (new, created) = ca::create(&keys, true, now)?;
-                let stored = store.create_ca(&new, now).await?;
+                let stored = store.create_ca(&new, now, &AuditContext::system()).await?;
                 if stored.certificate_der == new.certificate_der {
                     tracing::info!(ca_id = stored.id, key = %created.describe(), "created Ampora's CA");
                     created.stored_as(stored.id)
@@ -190,13 +191,13 @@ impl Trust {
     }
 
     /// A new CA signs from now on; the old one stays trusted while its certificates last.
-    pub async fn rotate_ca(&self) -> Result<Arc<Ca>, TrustError> {
+    pub async fn rotate_ca(&self, audit: &AuditContext) -> Result<Arc<Ca>, TrustError> {
         let current = self.ca();
         let now = OffsetDateTime::now_utc();
         let (new, created) = ca::create(&self.keys, false, now)?;
         let stored = self
             .store
-            .rotate_ca(current.id, &new, now)
+            .rotate_ca(current.id, &new, now, audit)
             .await?
             .ok_or(TrustError::RotationRaced)?;
         let ca = Arc::new(created.stored_as(stored.id));
@@ -211,6 +212,7 @@ impl Trust {
         &self,
         ttl: Option<Duration>,
         labels: BTreeMap<String, String>,
+        audit: &AuditContext,
     ) -> Result<(String, BootstrapToken), TrustError> {
         let new = tokens::generate();
         let now = OffsetDateTime::now_utc();
@@ -224,6 +226,7 @@ impl Trust {
                     expires_at: now + ttl,
                 },
                 now,
+                audit,
             )
             .await?;
         Ok((new.token, record))
@@ -233,11 +236,12 @@ impl Trust {
     pub async fn revoke_certificate(
         &self,
         fingerprint: &str,
+        audit: &AuditContext,
     ) -> Result<Option<crate::storage::AgentCertificate>, TrustError> {
         let now = OffsetDateTime::now_utc();
         let revoked = self
             .store
-            .revoke_certificate(fingerprint, "revoked by an operator", now)
+            .revoke_certificate(fingerprint, "revoked by an operator", now, audit)
             .await?;
         if revoked.is_some() {
             self.identities.revoked(&[fingerprint.to_owned()]);
