@@ -285,7 +285,10 @@ async fn pages_show_refusals_and_missing_endpoints_clearly() {
         )
         .await;
     assert!(
-        refused.as_str().unwrap().contains("wrong username or password"),
+        refused
+            .as_str()
+            .unwrap()
+            .contains("wrong username or password"),
         "{refused}"
     );
     sign_in_here(&browser, "admin", ADMIN_PASSWORD, "/fleet").await;
@@ -350,7 +353,10 @@ mod with_accounts {
         sign_in_here(&browser, ADMIN.0, ADMIN.1, "/users").await;
         let offered = navigation(&browser).await;
         for entry in ["Enrolment", "Users", "API tokens", "Audit"] {
-            assert!(offered.contains(entry), "{entry} not offered to an admin: {offered}");
+            assert!(
+                offered.contains(entry),
+                "{entry} not offered to an admin: {offered}"
+            );
         }
 
         // A viewer.
@@ -403,10 +409,16 @@ mod with_accounts {
         browser.screenshot("api-tokens").await;
         browser.goto(&format!("{base}/api-tokens")).await;
         browser
-            .wait_until("the tokens", "document.querySelector('#api-tokens-table table')")
+            .wait_until(
+                "the tokens",
+                "document.querySelector('#api-tokens-table table')",
+            )
             .await;
         let page = browser.eval("return document.body.innerHTML").await;
-        assert!(!page.as_str().unwrap().contains(&token), "the token shown twice");
+        assert!(
+            !page.as_str().unwrap().contains(&token),
+            "the token shown twice"
+        );
 
         // Enrolment: a bootstrap token, shown once; an agent exchanges it for a certificate,
         // which the certificates list then shows, and the token is used.
@@ -469,7 +481,10 @@ mod with_accounts {
         sign_in(&browser, &base, VIEWER.0, VIEWER.1).await;
         let offered = navigation(&browser).await;
         for entry in ["Enrolment", "Users", "API tokens", "Audit"] {
-            assert!(!offered.contains(entry), "{entry} offered to a viewer: {offered}");
+            assert!(
+                !offered.contains(entry),
+                "{entry} offered to a viewer: {offered}"
+            );
         }
         browser.goto(&format!("{base}/users")).await;
         let refused = browser

@@ -79,7 +79,11 @@ async fn at_least(State(role): State<Role>, request: Request, next: Next) -> Res
         None => next.run(request).await,
         Some(error) => {
             let looking = view::Looking(request.extensions().get::<Viewer>().cloned());
-            view::error_page(looking.frame("", "Not allowed"), error.status(), &error.to_string())
+            view::error_page(
+                looking.frame("", "Not allowed"),
+                error.status(),
+                &error.to_string(),
+            )
         }
     }
 }

@@ -364,7 +364,12 @@ async fn pages_for_higher_roles_answer_a_viewer_with_a_403_page() {
     // A viewer's navigation offers only what a viewer may open.
     let (status, html) = page(&state, "/fleet").await;
     assert_eq!(status, StatusCode::OK);
-    for hidden in ["href=\"/users\"", "href=\"/api-tokens\"", "href=\"/audit\"", "href=\"/enrolment\""] {
+    for hidden in [
+        "href=\"/users\"",
+        "href=\"/api-tokens\"",
+        "href=\"/audit\"",
+        "href=\"/enrolment\"",
+    ] {
         assert!(!html.contains(hidden), "{hidden} shown to a viewer");
     }
 
@@ -376,7 +381,11 @@ async fn pages_for_higher_roles_answer_a_viewer_with_a_403_page() {
         password_hash: "not used: the session is made here".into(),
         role: Role::Admin,
     };
-    state.store.create_account(&admin, now, &audit).await.unwrap();
+    state
+        .store
+        .create_account(&admin, now, &audit)
+        .await
+        .unwrap();
     let session = NewSession {
         id_hash: secrets::hash("ui-test-admin-session"),
         username: "root".into(),
@@ -397,7 +406,12 @@ async fn pages_for_higher_roles_answer_a_viewer_with_a_403_page() {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let html = String::from_utf8(bytes.to_vec()).unwrap();
         assert!(html.contains("data-table="), "{uri}: {html}");
-        for offered in ["href=\"/users\"", "href=\"/api-tokens\"", "href=\"/audit\"", "href=\"/enrolment\""] {
+        for offered in [
+            "href=\"/users\"",
+            "href=\"/api-tokens\"",
+            "href=\"/audit\"",
+            "href=\"/enrolment\"",
+        ] {
             assert!(html.contains(offered), "{offered} not offered to an admin");
         }
     }
