@@ -57,14 +57,14 @@ pub async fn api_tokens_page(looking: Looking) -> Result<Response, PageError> {
     })
 }
 
-/// `GET /audit`
+/// `GET /audit` (admin)
 pub async fn audit_page(looking: Looking) -> Result<Response, PageError> {
     view::page(&AuditPage {
         frame: looking.frame("audit", "Audit"),
     })
 }
 
-/// `GET /enrolment`
+/// `GET /enrolment` (operator; certificates for admins)
 pub async fn enrolment_page(looking: Looking) -> Result<Response, PageError> {
     view::page(&EnrolmentPage {
         frame: looking.frame("enrolment", "Enrolment"),

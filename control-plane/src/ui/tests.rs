@@ -348,3 +348,71 @@ async fn the_live_feed_names_agents_that_change_and_ends_on_close() {
     .await;
     assert!(ended.is_ok(), "the stream outlived the close");
 }
+
+#[tokio::test]
+async fn pages_for_higher_roles_answer_a_viewer_with_a_403_page() {
+    let state = state().await;
+    for uri in ["/users", "/api-tokens", "/audit", "/enrolment"] {
+        let (status, html) = page(&state, uri).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(html.contains("Forbidden"), "{uri}: {html}");
+        assert!(html.contains("account:ada has viewer"), "{uri}: {html}");
+        // The refusal, in ada's own frame, not the page's shell.
+        assert!(!html.contains("data-table="), "{uri}: {html}");
+        assert!(html.contains("data-action=\"logout\""), "{uri}: {html}");
+    }
+    // A viewer's navigation offers only what a viewer may open.
+    let (status, html) = page(&state, "/fleet").await;
+    assert_eq!(status, StatusCode::OK);
+    for hidden in [
+        "href=\"/users\"",
+        "href=\"/api-tokens\"",
+        "href=\"/audit\"",
+        "href=\"/enrolment\"",
+    ] {
+        assert!(!html.contains(hidden), "{hidden} shown to a viewer");
+    }
+
+    // An admin opens them all, and is offered them.
+    let now = OffsetDateTime::now_utc();
+    let audit = AuditContext::system();
+    let admin = NewAccount {
+        username: "root".into(),
+        password_hash: "not used: the session is made here".into(),
+        role: Role::Admin,
+    };
+    state
+        .store
+        .create_account(&admin, now, &audit)
+        .await
+        .unwrap();
+    let session = NewSession {
+        id_hash: secrets::hash("ui-test-admin-session"),
+        username: "root".into(),
+        created_at: now,
+        expires_at: now + time::Duration::hours(1),
+    };
+    state.store.create_session(&session, &audit).await.unwrap();
+    for uri in ["/users", "/api-tokens", "/audit", "/enrolment"] {
+        let request = Request::get(uri)
+            .header(
+                header::COOKIE,
+                format!("{SESSION_COOKIE}=ui-test-admin-session"),
+            )
+            .body(Body::empty())
+            .unwrap();
+        let response = app(state.clone(), TIMEOUT).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(html.contains("data-table="), "{uri}: {html}");
+        for offered in [
+            "href=\"/users\"",
+            "href=\"/api-tokens\"",
+            "href=\"/audit\"",
+            "href=\"/enrolment\"",
+        ] {
+            assert!(html.contains(offered), "{offered} not offered to an admin");
+        }
+    }
+}

@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::api::ApiError;
+use crate::operators::Role;
 use crate::storage::StoreError;
 
 /// The signed-in user, as the session layer puts it in the request's extensions.
@@ -37,6 +38,15 @@ pub struct Frame {
 impl Frame {
     pub fn is(&self, section: &str) -> bool {
         self.section == section
+    }
+
+    /// Whether the one looking has at least `role` (`viewer`, `operator`, `admin`): the
+    /// navigation offers only the pages they may open.
+    pub fn may(&self, role: &str) -> bool {
+        match (Role::parse(&self.role), Role::parse(role)) {
+            (Some(has), Some(needed)) => has.allows(needed),
+            _ => false,
+        }
     }
 }
 
@@ -127,7 +137,26 @@ pub fn compact(value: &serde_json::Value, max: usize) -> String {
 struct ErrorPage<'a> {
     frame: Frame,
     status: u16,
+    reason: &'a str,
     message: &'a str,
+}
+
+/// An HTML page telling `status` and `message`, in `frame` (the one looking's, when known).
+pub fn error_page(frame: Frame, status: StatusCode, message: &str) -> Response {
+    let body = ErrorPage {
+        frame,
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("Error"),
+        message,
+    }
+    .render()
+    .unwrap_or_else(|_| message.to_owned());
+    (
+        status,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Html(body),
+    )
+        .into_response()
 }
 
 /// A page that could not be shown: an HTML page with the status and the reason.
@@ -166,15 +195,7 @@ impl IntoResponse for PageError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "page failed");
         }
-        let message = self.to_string();
-        let body = ErrorPage {
-            frame: Looking(None).frame("", "Error"),
-            status: status.as_u16(),
-            message: &message,
-        }
-        .render()
-        .unwrap_or_else(|_| message.clone());
-        (status, Html(body)).into_response()
+        error_page(Looking(None).frame("", "Error"), status, &self.to_string())
     }
 }
 

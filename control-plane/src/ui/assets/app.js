@@ -51,7 +51,7 @@
   function describe(error) {
     if (!(error instanceof Refusal)) return String(error);
     switch (error.status) {
-      case 401: return "Not signed in (401): " + error.message;
+      case 401: return page === "login" ? error.message : "Not signed in (401): " + error.message;
       case 403: return "Refused by the server (403): " + error.message;
       case 404: return "Not available on this server (404): " + error.message;
       case 0: return error.message;
@@ -92,7 +92,7 @@
     return out;
   }
 
-  // === tables of JSON, whatever its fields ===
+  // === tables of the API's JSON ===
 
   // The list inside a response: the response itself, or its first array-valued field.
   function itemsOf(json) {
@@ -103,31 +103,65 @@
     return [];
   }
 
-  function cellText(value) {
-    if (value === null || value === undefined) return "";
-    if (typeof value === "object") return JSON.stringify(value);
-    return String(value);
+  const pad = (number) => String(number).padStart(2, "0");
+
+  // A time as the server-rendered pages show it: UTC to the second. The API gives RFC 3339
+  // text or Unix seconds.
+  function when(value) {
+    if (value === null || value === undefined || value === "") return null;
+    const at = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+    if (isNaN(at)) return String(value);
+    return at.getUTCFullYear() + "-" + pad(at.getUTCMonth() + 1) + "-" + pad(at.getUTCDate()) + " " +
+      pad(at.getUTCHours()) + ":" + pad(at.getUTCMinutes()) + ":" + pad(at.getUTCSeconds()) + " UTC";
   }
 
-  // Renders items as a table of the fields present; `actions(item)` gives buttons for a row.
-  function renderTable(container, items, actions) {
+  function labels(value) {
+    const pairs = Object.entries(value || {});
+    return pairs.length ? pairs.map(([key, v]) => key + "=" + v).join(", ") : null;
+  }
+
+  // A value in one line, cut at `max` characters.
+  function compact(value, max) {
+    if (value === null || value === undefined) return null;
+    const text = typeof value === "object" ? JSON.stringify(value) : String(value);
+    return text.length <= max ? text : text.slice(0, max) + "…";
+  }
+
+  // An audit entry's value as `key: value, …`, cut at 100 characters.
+  function change(value) {
+    if (value === null || value === undefined) return null;
+    if (typeof value !== "object" || Array.isArray(value)) return compact(value, 100);
+    const text = Object.entries(value)
+      .map(([key, v]) => key + ": " + (v === null ? "none" : typeof v === "object" ? JSON.stringify(v) : String(v)))
+      .join(", ");
+    return compact(text, 100);
+  }
+
+  function badge(text) {
+    const element = document.createElement("span");
+    element.className = "badge " + text;
+    element.textContent = text;
+    return element;
+  }
+
+  // Renders `items` as a table of `columns` ([heading, item => text or element or null, class
+  // of its cells]); `actions(item)` gives the buttons of a row.
+  function renderTable(container, items, columns, actions) {
     container.textContent = "";
     if (items.length === 0) {
       const empty = document.createElement("p");
       empty.className = "muted";
-      empty.textContent = "None.";
+      empty.textContent = "None yet.";
       container.append(empty);
       return;
     }
-    const columns = [];
-    for (const item of items) for (const key of Object.keys(item)) if (!columns.includes(key)) columns.push(key);
     const table = document.createElement("table");
-    table.className = "grid";
+    table.className = "grid rows";
     const head = table.createTHead().insertRow();
-    for (const column of columns) {
+    for (const [heading] of columns) {
       const th = document.createElement("th");
       th.scope = "col";
-      th.textContent = column.replace(/_/g, " ");
+      th.textContent = heading;
       head.append(th);
     }
     if (actions) {
@@ -139,10 +173,20 @@
     const body = table.createTBody();
     for (const item of items) {
       const row = body.insertRow();
-      for (const column of columns) row.insertCell().textContent = cellText(item[column]);
+      for (const [, cell, className] of columns) {
+        const value = cell(item);
+        const td = row.insertCell();
+        if (className) td.className = className;
+        if (value instanceof Node) td.append(value);
+        else if (value === null || value === undefined || value === "") {
+          td.textContent = "—";
+          td.classList.add("muted");
+        } else td.textContent = String(value);
+      }
       if (actions) {
-        const cell = row.insertCell();
-        for (const button of actions(item)) cell.append(button, " ");
+        const td = row.insertCell();
+        td.className = "row-actions";
+        for (const element of actions(item)) td.append(element, " ");
       }
     }
     container.append(table);
@@ -358,7 +402,13 @@
     async function load() {
       const users = await attempt(() => api("GET", "/api/v1/users"));
       if (users === undefined) { container.textContent = ""; return; }
-      renderTable(container, itemsOf(users), (user) => {
+      const columns = [
+        ["Username", (user) => user.username],
+        ["Role", (user) => badge(user.role)],
+        ["Created", (user) => when(user.created_at), "nowrap"],
+        ["Changed", (user) => when(user.updated_at), "nowrap"],
+      ];
+      renderTable(container, itemsOf(users), columns, (user) => {
         const select = document.createElement("select");
         select.setAttribute("aria-label", "Role of " + user.username);
         for (const role of ["viewer", "operator", "admin"]) select.add(new Option(role, role, false, user.role === role));
@@ -366,7 +416,7 @@
           select,
           button("Change role", async () => {
             if (await attempt(() => api("PATCH", "/api/v1/users/" + encodeURIComponent(user.username), { role: select.value }))) load();
-          }),
+          }, "secondary"),
           button("Delete", async () => {
             if (await attempt(() => api("DELETE", "/api/v1/users/" + encodeURIComponent(user.username))) !== undefined) load();
           }, "danger"),
@@ -389,7 +439,15 @@
     async function load() {
       const tokens = await attempt(() => api("GET", "/api/v1/api-tokens"));
       if (tokens === undefined) { container.textContent = ""; return; }
-      renderTable(container, itemsOf(tokens), (token) => [
+      const columns = [
+        ["Name", (token) => token.name],
+        ["Role", (token) => badge(token.role)],
+        ["Made by", (token) => token.created_by],
+        ["Created", (token) => when(token.created_at), "nowrap"],
+        ["Expires", (token) => when(token.expires_at) || "never", "nowrap"],
+        ["Id", (token) => token.id],
+      ];
+      renderTable(container, itemsOf(tokens), columns, (token) => [
         button("Revoke", async () => {
           if (await attempt(() => api("DELETE", "/api/v1/api-tokens/" + encodeURIComponent(token.id))) !== undefined) load();
         }, "danger"),
@@ -423,11 +481,25 @@
       shown = more ? shown.concat(itemsOf(page)) : itemsOf(page);
       token = page && page.next_page_token ? page.next_page_token : null;
       older.hidden = !token;
-      renderTable(container, shown);
+      renderTable(container, shown, [
+        ["#", (entry) => entry.id],
+        ["When", (entry) => when(entry.at), "nowrap"],
+        ["Actor", (entry) => entry.actor],
+        ["Action", (entry) => { const code = document.createElement("code"); code.textContent = entry.action; return code; }],
+        ["Object", (entry) => entry.object_type + " " + entry.object_id],
+        ["Change", (entry) => change(entry.new_value !== null ? entry.new_value : entry.old_value)],
+        ["From", (entry) => entry.address],
+      ]);
     }
     $("#audit-filters").addEventListener("submit", (event) => {
       event.preventDefault();
-      filters = formObject(event.target);
+      const form = formObject(event.target);
+      // The form's "object" is `TYPE` or `TYPE ID`; times are given as typed.
+      const [objectType, ...objectId] = (form.object || "").trim().split(/\s+/);
+      filters = {
+        actor: form.actor, action: form.action, object_type: objectType,
+        object_id: objectId.join(" "), since: form.since, until: form.until,
+      };
       load(false);
     });
     older.addEventListener("click", () => load(true));
@@ -451,7 +523,16 @@
     async function loadTokens() {
       const list = await attempt(() => api("GET", "/api/v1/bootstrap-tokens"));
       if (list === undefined) { tokens.textContent = ""; return; }
-      renderTable(tokens, itemsOf(list), (token) => [
+      const columns = [
+        ["Id", (token) => token.id],
+        ["State", (token) => badge(token.state)],
+        ["Labels", (token) => labels(token.labels)],
+        ["Created", (token) => when(token.created_at), "nowrap"],
+        ["Expires", (token) => when(token.expires_at), "nowrap"],
+        ["Used", (token) => when(token.used_at), "nowrap"],
+        ["Agent", (token) => token.used_by],
+      ];
+      renderTable(tokens, itemsOf(list), columns, (token) => token.state !== "active" ? [] : [
         button("Revoke", async () => {
           if (await attempt(() => api("DELETE", "/api/v1/bootstrap-tokens/" + encodeURIComponent(token.id))) !== undefined) loadTokens();
         }, "danger"),
@@ -460,14 +541,25 @@
     async function loadCertificates() {
       const list = await attempt(() => api("GET", "/api/v1/certificates"));
       if (list === undefined) { certificates.textContent = ""; return; }
-      renderTable(certificates, itemsOf(list), (certificate) => {
-        const fingerprint = certificate.fingerprint || certificate.sha256 || certificate.id;
-        return [
-          button("Revoke", async () => {
-            if (await attempt(() => api("POST", "/api/v1/certificates/" + encodeURIComponent(fingerprint) + "/revoke")) !== undefined) loadCertificates();
-          }, "danger"),
-        ];
-      });
+      const columns = [
+        ["Agent", (certificate) => certificate.instance_uid],
+        ["Fingerprint (SHA-256)", (certificate) => {
+          const code = document.createElement("code");
+          code.className = "fingerprint";
+          code.title = certificate.fingerprint;
+          code.textContent = compact(certificate.fingerprint, 16);
+          return code;
+        }],
+        ["Labels", (certificate) => labels(certificate.labels)],
+        ["Issued", (certificate) => when(certificate.issued_at), "nowrap"],
+        ["Valid until", (certificate) => when(certificate.not_after), "nowrap"],
+        ["State", (certificate) => badge(certificate.revoked_at ? "revoked" : "valid")],
+      ];
+      renderTable(certificates, itemsOf(list), columns, (certificate) => certificate.revoked_at ? [] : [
+        button("Revoke", async () => {
+          if (await attempt(() => api("POST", "/api/v1/certificates/" + encodeURIComponent(certificate.fingerprint) + "/revoke")) !== undefined) loadCertificates();
+        }, "danger"),
+      ]);
     }
     $("#create-bootstrap-token").addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -484,7 +576,8 @@
       }
     });
     loadTokens();
-    loadCertificates();
+    // Only admins see agents' certificates (the section is not on an operator's page).
+    if (certificates) loadCertificates();
   };
 
   if (pages[page]) pages[page]();
