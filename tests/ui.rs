@@ -539,6 +539,8 @@ mod with_accounts {
             "account:admin\taccount.create\taccount vera",
             "account:admin\tapi_token.create",
             "name: ci, role: operator",
+            "account:admin\tbootstrap_token.create",
+            "\tcertificate.enrol",
             "account:vera\tsession.login",
             "account:vera\tsession.logout",
         ] {
