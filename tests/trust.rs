@@ -106,7 +106,11 @@ async fn go_agent_enrols_with_a_server_made_key_and_reconnects_with_mtls() {
 
 /// Enrols over the API without a CSR and writes the agent's files into the PKI's directory:
 /// (instance uid, certificate path, key path, fingerprint).
-async fn enrolled_files(ampora: &Ampora, pki: &ServerPki, name: &str) -> (Uuid, String, String, String) {
+async fn enrolled_files(
+    ampora: &Ampora,
+    pki: &ServerPki,
+    name: &str,
+) -> (Uuid, String, String, String) {
     let (_, token) = bootstrap_token(ampora, None).await;
     let (status, enrolled) = enrol_over_api(ampora, &token, None).await;
     assert_eq!(status, 201, "POST /api/v1/certificates: {enrolled}");
@@ -145,7 +149,10 @@ async fn supervisor_connects_over_wss_with_an_issued_certificate() {
         }),
     );
     let snapshot = online(&ampora, uid).await;
-    assert_eq!(snapshot["identifying_attributes"]["service.name"], "supervised");
+    assert_eq!(
+        snapshot["identifying_attributes"]["service.name"],
+        "supervised"
+    );
 }
 
 /// `otelcol` with only the `opamp` extension connecting to `ws_url` as `uid` with `tls`; killed
@@ -244,7 +251,10 @@ async fn python_agent_polls_over_https_with_an_issued_certificate() {
     );
     assert_eq!(agent.uid, uid);
     let snapshot = online(&ampora, uid).await;
-    assert_eq!(snapshot["identifying_attributes"]["service.name"], "python-mtls");
+    assert_eq!(
+        snapshot["identifying_attributes"]["service.name"],
+        "python-mtls"
+    );
 
     // Without a certificate an agent gets no further than the handshake.
     let refused = ExternalAgent::python_with_args(
@@ -276,7 +286,9 @@ async fn refused_over_api(ampora: &Ampora, token: &str, reason: &str) {
     let (status, body) = enrol_over_api(ampora, token, None).await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body["error"].as_str().is_some_and(|error| error.contains(reason)),
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(reason)),
         "expected {reason:?}: {body}"
     );
 }

@@ -76,7 +76,13 @@ pub async fn serve_tls(pki: &ServerPki, client_auth: &str) -> Ampora {
 
 /// `POST {api}{path}` with `body` as the admin: (status, JSON body).
 pub async fn post(ampora: &Ampora, path: &str, body: Value) -> (u16, Value) {
-    send(ampora.http().post(format!("{}{path}", ampora.api_base())).json(&body)).await
+    send(
+        ampora
+            .http()
+            .post(format!("{}{path}", ampora.api_base()))
+            .json(&body),
+    )
+    .await
 }
 
 /// `POST /api/v1/certificates {token, csr_pem?}` without operator credentials, as an agent's
