@@ -99,6 +99,7 @@ async fn go_agent_enrols_with_a_csr_over_websocket_and_reconnects_with_mtls() {
     enrol_over_opamp(&["-csr"]).await;
 }
 
+/// Without `-csr` the agent has no key of its own: it reconnects only if the offer carried one.
 #[tokio::test]
 async fn go_agent_enrols_with_a_server_made_key_and_reconnects_with_mtls() {
     enrol_over_opamp(&[]).await;
