@@ -177,6 +177,24 @@ impl ExternalAgent {
         ExternalAgent::start(format!("opamp-go agent {name:?} ({transport})"), command)
     }
 
+    /// The opamp-go agent with these arguments exactly (`-url`, `-token`, `-cert`, …), under
+    /// `label` in failure output.
+    pub fn go_with_args(label: &str, args: &[&str]) -> ExternalAgent {
+        let mut command = Command::new(go_agent_binary());
+        command.args(args);
+        ExternalAgent::start(format!("opamp-go agent {label:?}"), command)
+    }
+
+    /// The `opentelemetry-opamp-client` agent with these arguments exactly (`--url`, …).
+    pub fn python_with_args(label: &str, args: &[&str]) -> ExternalAgent {
+        let mut command = Command::new(python_venv());
+        command
+            .arg("-u")
+            .arg(repo().join("tests/interop/python-agent/agent.py"))
+            .args(args);
+        ExternalAgent::start(format!("python agent {label:?}"), command)
+    }
+
     /// The `opentelemetry-opamp-client` agent (HTTP only), heartbeating every 500 ms.
     pub fn python(url: &str, name: &str, attrs: &[&str]) -> ExternalAgent {
         let mut command = Command::new(python_venv());

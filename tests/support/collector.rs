@@ -69,8 +69,13 @@ impl Supervisor {
     /// `name`. It accepts remote configs, reports them, its effective config, health and
     /// heartbeats, and validates a config with the Collector before running it.
     pub fn start(ws_url: &str, name: &str) -> Supervisor {
+        Supervisor::start_with(ws_url, name, Uuid::now_v7(), json!({"insecure": true}))
+    }
+
+    /// [`Supervisor::start`] as instance `uid`, with `tls` as its `server.tls` settings (e.g.
+    /// `ca_file`, `cert_file`, `key_file` for `wss://` with a client certificate).
+    pub fn start_with(ws_url: &str, name: &str, uid: Uuid, tls: serde_json::Value) -> Supervisor {
         let (otelcol, opampsupervisor) = collector_binaries();
-        let uid = Uuid::now_v7();
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("create the storage directory");
@@ -78,7 +83,7 @@ impl Supervisor {
         let config = json!({
             "server": {
                 "endpoint": ws_url,
-                "tls": {"insecure": true},
+                "tls": tls,
             },
             "capabilities": {
                 "accepts_remote_config": true,

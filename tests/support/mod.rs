@@ -16,6 +16,7 @@ pub mod config_api;
 pub mod fleet;
 mod output;
 mod process;
+pub mod trust;
 
 #[allow(unused_imports)]
 pub use clients::{go_agent_binary, python_venv, ExternalAgent, GoAgent, PythonAgent};
@@ -137,12 +138,15 @@ impl Ampora {
         let (ws_url, http_opamp_url, api) =
             (ws_url.unwrap(), http_opamp_url.unwrap(), api.unwrap());
         assert!(banner, "no \"Ampora is ready.\" line\n{}", output.text());
+        // `wss://` and `https://` with AMPORA_TLS_CERT.
         assert!(
-            ws_url.starts_with("ws://") && ws_url.ends_with("/v1/opamp"),
+            (ws_url.starts_with("ws://") || ws_url.starts_with("wss://"))
+                && ws_url.ends_with("/v1/opamp"),
             "OpAMP WebSocket: {ws_url:?}"
         );
         assert!(
-            http_opamp_url.starts_with("http://") && http_opamp_url.ends_with("/v1/opamp"),
+            (http_opamp_url.starts_with("http://") || http_opamp_url.starts_with("https://"))
+                && http_opamp_url.ends_with("/v1/opamp"),
             "OpAMP HTTP: {http_opamp_url:?}"
         );
         let api_base = api
@@ -177,12 +181,12 @@ impl Ampora {
         terminate(&mut self.child, within)
     }
 
-    /// `ws://127.0.0.1:PORT/v1/opamp`.
+    /// `ws://127.0.0.1:PORT/v1/opamp` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
         self.ws_url.clone()
     }
 
-    /// `http://127.0.0.1:PORT/v1/opamp`.
+    /// `http://127.0.0.1:PORT/v1/opamp` (`https://` with TLS).
     pub fn http_opamp_url(&self) -> String {
         self.http_opamp_url.clone()
     }

@@ -30,7 +30,7 @@ pub enum EnrolError {
     #[error(transparent)]
     Token(#[from] TokenRefusal),
     #[error(transparent)]
-    Refused(#[from] EnrolRefusal),
+    Refused(EnrolRefusal),
     #[error(transparent)]
     Issue(#[from] IssueError),
     #[error("the certificate signing request is not UTF-8 PEM")]
@@ -56,6 +56,17 @@ impl Requester {
             actor,
             address: self.address.clone(),
             request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// A token refused when the certificate is stored (another enrolment spent it meanwhile) is
+/// refused like one refused when first checked: the API answers both `403`.
+impl From<EnrolRefusal> for EnrolError {
+    fn from(refusal: EnrolRefusal) -> Self {
+        match refusal {
+            EnrolRefusal::Token(token) => EnrolError::Token(token),
+            other => EnrolError::Refused(other),
         }
     }
 }
@@ -253,4 +264,21 @@ pub fn offer(reply: &mut ServerToAgent, enrolled: &Enrolled, heartbeat: Option<D
     hash.extend_from_slice(b";certificate=");
     hash.extend_from_slice(enrolled.issued.fingerprint.as_bytes());
     settings.hash = Bytes::from(hash);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_spent_by_a_racing_enrolment_is_refused_as_a_token() {
+        assert!(matches!(
+            EnrolError::from(EnrolRefusal::Token(TokenRefusal::Used)),
+            EnrolError::Token(TokenRefusal::Used)
+        ));
+        assert!(matches!(
+            EnrolError::from(EnrolRefusal::AlreadyEnrolled(uuid::Uuid::nil())),
+            EnrolError::Refused(EnrolRefusal::AlreadyEnrolled(_))
+        ));
+    }
 }

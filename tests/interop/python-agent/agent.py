@@ -100,6 +100,10 @@ def main() -> None:
     )
     parser.add_argument("--timeout-ms", type=int, default=2000, help="per-request timeout")
     parser.add_argument("--debug", action="store_true", help="log the library's debug messages")
+    parser.add_argument("--tls-ca", help="CA (PEM) that signs the server's certificate, for https:// URLs")
+    parser.add_argument("--tls-cert", help="client certificate (PEM) to present")
+    parser.add_argument("--tls-key", help="the client certificate's key (PEM)")
+    parser.add_argument("--instance-uid", help="instance uid (default: the library's new UUIDv7)")
     args = parser.parse_args()
 
     logging.basicConfig(
@@ -116,7 +120,14 @@ def main() -> None:
         timeout_millis=args.timeout_ms,
         agent_identifying_attributes={"service.name": args.name, "service.version": "0.0.1"},
         agent_non_identifying_attributes=non_identifying,
+        tls_certificate=args.tls_ca or True,
+        tls_client_certificate=args.tls_cert,
+        tls_client_key=args.tls_key,
     )
+    if args.instance_uid:
+        # The library has no setting for the uid; a client certificate names one, and the agent
+        # must claim that one.
+        client._instance_uid = uuid.UUID(args.instance_uid).bytes  # pylint: disable=protected-access
     client.update_effective_config(
         {"": f"# python-agent {args.name}\nexporters:\n  otlp: {{}}\n"},
         "text/yaml",
