@@ -50,7 +50,7 @@ mod error;
 mod extract;
 mod paging;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod tls;
 mod trust;
 mod users;

@@ -1,6 +1,5 @@
 //! The pages in process: requests through the API's router against a real (SQLite) store.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,31 +12,25 @@ use time::OffsetDateTime;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use ampora_shared::bus::InProcessBus;
-use ampora_shared::subjects::Subjects;
-
 use crate::agents::merge::event_payload;
 use crate::agents::snapshot::{
     AgentDetails, AgentHead, AgentRecord, AgentStatus, AgentSummary, Transport,
 };
 use crate::api::auth::SESSION_COOKIE;
 use crate::api::{app, ApiState};
-use crate::assignments::AssignmentWatch;
 use crate::audit::AuditContext;
-use crate::ingest::Readiness;
-use crate::operators::{secrets, Operators, Role};
+use crate::operators::{secrets, Role};
 use crate::remote_config::ConfigTrack;
-use crate::storage::{self, NewAccount, NewEvent, NewSession, StoreOptions, WriteBatch};
+use crate::storage::{NewAccount, NewEvent, NewSession, WriteBatch};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The session every page request of these tests carries: the account `ada`'s.
 const SESSION_ID: &str = "ui-test-session";
 
+/// The API tests' state, with the account `ada` signed in under [`SESSION_ID`].
 async fn state() -> ApiState {
-    let store = storage::connect("sqlite::memory:", StoreOptions::default())
-        .await
-        .expect("an in-memory store");
+    let state = crate::api::tests::state().await;
     let now = OffsetDateTime::now_utc();
     let account = NewAccount {
         username: "ada".into(),
@@ -45,26 +38,19 @@ async fn state() -> ApiState {
         role: Role::Viewer,
     };
     let audit = AuditContext::system();
-    store.create_account(&account, now, &audit).await.unwrap();
+    state
+        .store
+        .create_account(&account, now, &audit)
+        .await
+        .unwrap();
     let session = NewSession {
         id_hash: secrets::hash(SESSION_ID),
         username: "ada".into(),
         created_at: now,
         expires_at: now + time::Duration::hours(1),
     };
-    store.create_session(&session, &audit).await.unwrap();
-    ApiState {
-        live: super::Live::new(store.clone()),
-        store: store.clone(),
-        readiness: Readiness::default(),
-        bus: Arc::new(InProcessBus::default()),
-        subjects: Subjects::default(),
-        assignments: AssignmentWatch::default(),
-        trust: crate::trust::Trust::start(store, crate::trust::TrustConfig::for_test())
-            .await
-            .expect("a CA"),
-        operators: Operators::default(),
-    }
+    state.store.create_session(&session, &audit).await.unwrap();
+    state
 }
 
 fn record(uid: Uuid, name: &str, status: AgentStatus) -> AgentRecord {
